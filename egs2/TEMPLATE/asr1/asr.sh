@@ -1,0 +1,331 @@
+#!/usr/bin/env bash
+# espnet_ext's stage driver for ASR recipes, shared by every recipe under egs2/.
+# Run from a recipe directory (egs2/<corpus>/asr1) through its run.sh. It calls ESPnet as a library
+# (python -m espnet_ext.bin.* / espnet2.bin.*) and needs no Kaldi. Each stage writes a `.done`
+# marker when it finishes, so a re-run skips finished work and an interrupted training resumes.
+set -euo pipefail
+
+log() {
+    local fname=${BASH_SOURCE[1]##*/}
+    echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (${fname}:${BASH_LINENO[0]}:${FUNCNAME[1]}) $*"
+}
+die() { log "ERROR: $*"; exit 1; }
+min() { local a=$1 b=$2; [ "$a" -lt "$b" ] && echo "$a" || echo "$b"; }
+
+SECONDS=0
+template_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo_dir=$(cd "${template_dir}/../../.." && pwd)
+
+# General options
+stage=1               # First stage to run.
+stop_stage=10000      # Last stage to run.
+ngpu=0                # Number of GPUs (0: CPU).
+nj=2                  # Parallel jobs for statistics collection.
+inference_nj=2        # Parallel jobs for decoding.
+python=               # Python interpreter (default: tools/venv/bin/python, else python3).
+dumpdir=dump          # Directory for tokens and other derived data.
+expdir=exp            # Directory for experiments.
+
+# Data options
+local_data_opts=""    # Options passed to local/data.sh.
+train_set=            # Training data dir name under data/.
+valid_set=            # Validation data dir name under data/.
+test_sets=            # Evaluation data dir names under data/ (space separated).
+
+# Tokenization options
+token_type=bpe        # bpe (sentencepiece) or char.
+nbpe=50               # Number of sentencepiece pieces.
+bpemode=unigram       # sentencepiece model type: unigram or bpe.
+
+# Training options
+asr_configs=          # Training configs (space separated); each is trained with each seed.
+asr_config=           # Alias of asr_configs for a single config.
+seeds=1               # Training seeds (space separated).
+asr_args=             # Extra arguments for espnet_ext.bin.asr_train.
+feats_normalize=global_mvn  # Feature normalization at training time (global_mvn or none).
+
+# Decoding options
+inference_config=     # Decoding config.
+inference_args=       # Extra arguments for espnet_ext.bin.asr_inference.
+inference_model=valid.acc.ave.pth  # Which weights to decode.
+
+help_message=$(cat <<EOF
+Usage: $0 --train_set <name> --valid_set <name> --test_sets "<names>" --asr_configs "<yamls>" [options]
+
+Stages:
+  1: data preparation (local/data.sh) and validation of the data dirs
+  2: sentencepiece model and token list
+  3: feature statistics and shape files (ESPnet --collect_stats)
+  4: training: every config x seed; keeps checkpoints/0epoch.pth (initial weights) and every epoch
+  5: decoding and scoring (WER/CER) -> RESULTS.md
+
+Options (defaults in brackets):
+  --stage / --stop_stage   stages to run [${stage} / ${stop_stage}]
+  --ngpu                   number of GPUs, 0 for CPU [${ngpu}]
+  --nj / --inference_nj    parallel jobs for stats / decoding [${nj} / ${inference_nj}]
+  --python                 interpreter [tools/venv/bin/python]
+  --local_data_opts        options for local/data.sh [${local_data_opts}]
+  --train_set / --valid_set / --test_sets   data dir names under data/
+  --token_type / --nbpe / --bpemode         tokens [${token_type} / ${nbpe} / ${bpemode}]
+  --asr_configs            training configs (space separated)
+  --seeds                  training seeds (space separated) [${seeds}]
+  --asr_args               extra arguments for training
+  --inference_config       decoding config
+  --inference_args         extra arguments for decoding
+  --inference_model        weights to decode [${inference_model}]
+EOF
+)
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --help|-h) echo "${help_message}"; exit 0 ;;
+        --*)
+            name=${1#--}
+            [ $# -ge 2 ] || die "option $1 needs a value\n${help_message}"
+            # Only names declared above are options; a typo fails instead of being ignored.
+            if ! declare -p "${name}" >/dev/null 2>&1 || [[ ! ${name} =~ ^[a-z_]+$ ]]; then
+                die "unknown option $1 (see $0 --help)"
+            fi
+            printf -v "${name}" '%s' "$2"
+            shift 2 ;;
+        *) die "unexpected argument '$1' (see $0 --help)" ;;
+    esac
+done
+
+[ -n "${asr_config}" ] && asr_configs="${asr_configs} ${asr_config}"
+if [ -z "${python}" ]; then
+    if [ -x "${repo_dir}/tools/venv/bin/python" ]; then
+        python="${repo_dir}/tools/venv/bin/python"
+    else
+        python=python3
+    fi
+fi
+[ -n "${train_set}" ] || die "--train_set is required"
+[ -n "${valid_set}" ] || die "--valid_set is required"
+[ -n "${asr_configs// /}" ] || die "--asr_configs is required"
+for c in ${asr_configs}; do [ -f "${c}" ] || die "training config not found: ${c}"; done
+[ -z "${inference_config}" ] || [ -f "${inference_config}" ] \
+    || die "decoding config not found: ${inference_config}"
+case "${token_type}" in bpe|char) ;; *) die "--token_type must be bpe or char, got ${token_type}" ;; esac
+
+export PYTHONUNBUFFERED=1
+if [ "${token_type}" = bpe ]; then
+    token_dir="${dumpdir}/token_list/bpe_${bpemode}${nbpe}"
+    bpemodel="${token_dir}/bpe.model"
+else
+    token_dir="${dumpdir}/token_list/char"
+    bpemodel=none
+fi
+token_list="${token_dir}/tokens.txt"
+stats_dir="${expdir}/asr_stats_${token_type}${nbpe}"
+
+# Writes the exact command to <cmdfile> (replayable) and runs it with output in <logfile>.
+# On failure, prints the end of the log and the paths to look at.
+# With progress_pattern set, log lines matching it are also shown (e.g. one line per epoch).
+progress_pattern=
+run_logged() {
+    local logfile=$1 cmdfile=$2; shift 2
+    mkdir -p "$(dirname "${logfile}")" "$(dirname "${cmdfile}")"
+    { echo "#!/usr/bin/env bash"; echo "# $(date '+%Y-%m-%dT%H:%M:%S') from $(pwd)";
+      echo "cd $(printf '%q' "$(pwd)")"; printf '%q ' "$@"; echo; } >"${cmdfile}"
+    chmod +x "${cmdfile}"
+    local rc=0
+    if [ -n "${progress_pattern}" ]; then
+        "$@" 2>&1 | tee "${logfile}" | { grep --line-buffered -E "${progress_pattern}" || true; }
+        rc=${PIPESTATUS[0]}
+    else
+        "$@" >"${logfile}" 2>&1 || rc=$?
+    fi
+    if [ "${rc}" -ne 0 ]; then
+        tail -n 20 "${logfile}" >&2 || true
+        die "command failed; full log: ${logfile}; replay: ${cmdfile}"
+    fi
+}
+
+# Splits a Kaldi key file into <n> contiguous parts: <outdir>/keys.1 ... keys.<n>.
+split_keys() {
+    local scp=$1 n=$2 outdir=$3
+    mkdir -p "${outdir}"
+    rm -f "${outdir}"/keys.*
+    local total; total=$(wc -l <"${scp}")
+    awk -v n="${n}" -v total="${total}" -v out="${outdir}/keys." \
+        '{ part = int((NR - 1) * n / total) + 1; print > (out part) }' "${scp}"
+}
+
+stage_start() { log "Stage $1: $2"; stage_t0=${SECONDS}; }
+stage_end() { log "Stage $1 finished in $((SECONDS - stage_t0)) s"; }
+
+# ------------------------------------------------------------------------------------------------
+if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ]; then
+    stage_start 1 "Data preparation and validation"
+    [ -x local/data.sh ] || die "local/data.sh not found or not executable in $(pwd)"
+    # shellcheck disable=SC2086
+    local/data.sh ${local_data_opts}
+    # shellcheck disable=SC2086
+    "${python}" -m espnet_ext.bin.validate_data_dir \
+        "data/${train_set}" "data/${valid_set}" $(for t in ${test_sets}; do echo "data/${t}"; done)
+    stage_end 1
+fi
+
+# ------------------------------------------------------------------------------------------------
+if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ]; then
+    stage_start 2 "Token list (${token_type})"
+    if [ -f "${token_dir}/.done" ]; then
+        log "Skip: ${token_list} exists"
+    else
+        mkdir -p "${token_dir}"
+        if [ "${token_type}" = bpe ]; then
+            run_logged "${token_dir}/train_bpe.log" "${token_dir}/train_bpe.sh" \
+                "${python}" -m espnet_ext.bin.train_sentencepiece --text "data/${train_set}/text" \
+                --model_prefix "${token_dir}/bpe" --vocab_size "${nbpe}" --model_type "${bpemode}"
+        fi
+        run_logged "${token_dir}/tokenize.log" "${token_dir}/tokenize.sh" \
+            "${python}" -m espnet2.bin.tokenize_text --token_type "${token_type}" \
+            --bpemodel "${bpemodel}" --input "data/${train_set}/text" --output "${token_list}" \
+            --field 2- --cleaner none --g2p none --write_vocabulary true \
+            --add_symbol '<blank>:0' --add_symbol '<unk>:1' --add_symbol '<sos/eos>:-1'
+        touch "${token_dir}/.done"
+        log "Token list: ${token_list} ($(wc -l <"${token_list}") tokens)"
+    fi
+    stage_end 2
+fi
+
+# Arguments shared by stats collection and training.
+common_train_args() {
+    echo --use_preprocessor true --token_type "${token_type}" --token_list "${token_list}" \
+        --bpemodel "${bpemodel}" --non_linguistic_symbols none --cleaner none --g2p none
+}
+
+# ------------------------------------------------------------------------------------------------
+if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ]; then
+    stage_start 3 "Feature statistics -> ${stats_dir}"
+    if [ -f "${stats_dir}/.done" ]; then
+        log "Skip: ${stats_dir} is complete"
+    else
+        [ -f "${token_list}" ] || die "${token_list} not found: run stage 2 first"
+        first_config=$(echo ${asr_configs} | cut -d' ' -f1)
+        logdir="${stats_dir}/logdir"
+        _nj=$(min "${nj}" "$(wc -l <"data/${valid_set}/wav.scp")")
+        split_keys "data/${train_set}/wav.scp" "${_nj}" "${logdir}/train"
+        split_keys "data/${valid_set}/wav.scp" "${_nj}" "${logdir}/valid"
+        pids=()
+        for n in $(seq "${_nj}"); do
+            # shellcheck disable=SC2046
+            (run_logged "${logdir}/stats.${n}.log" "${logdir}/stats.${n}.sh" \
+                "${python}" -m espnet_ext.bin.asr_train --collect_stats true \
+                --config "${first_config}" --ngpu 0 $(common_train_args) \
+                --train_data_path_and_name_and_type "data/${train_set}/wav.scp,speech,sound" \
+                --train_data_path_and_name_and_type "data/${train_set}/text,text,text" \
+                --valid_data_path_and_name_and_type "data/${valid_set}/wav.scp,speech,sound" \
+                --valid_data_path_and_name_and_type "data/${valid_set}/text,text,text" \
+                --train_shape_file "${logdir}/train/keys.${n}" \
+                --valid_shape_file "${logdir}/valid/keys.${n}" \
+                --output_dir "${logdir}/stats.${n}") &
+            pids+=($!)
+        done
+        for pid in "${pids[@]}"; do wait "${pid}" || die "statistics collection failed (${logdir})"; done
+        # shellcheck disable=SC2046
+        run_logged "${logdir}/aggregate.log" "${logdir}/aggregate.sh" \
+            "${python}" -m espnet2.bin.aggregate_stats_dirs \
+            $(for n in $(seq "${_nj}"); do echo --input_dir "${logdir}/stats.${n}"; done) \
+            --output_dir "${stats_dir}"
+        # Token shapes need the vocabulary size appended (ESPnet's convention).
+        ntok=$(wc -l <"${token_list}")
+        for d in train valid; do
+            awk -v N="${ntok}" '{ print $0 "," N }' "${stats_dir}/${d}/text_shape" \
+                >"${stats_dir}/${d}/text_shape.${token_type}"
+        done
+        touch "${stats_dir}/.done"
+    fi
+    stage_end 3
+fi
+
+# Experiment directory of a config and seed.
+exp_name() { echo "${expdir}/asr_$(basename "${1%.*}")_seed${2}"; }
+
+# ------------------------------------------------------------------------------------------------
+if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ]; then
+    stage_start 4 "Training: configs [${asr_configs}] x seeds [${seeds}]"
+    [ -f "${stats_dir}/.done" ] || die "${stats_dir} is incomplete: run stage 3 first"
+    normalize_args=()
+    if [ "${feats_normalize}" = global_mvn ]; then
+        normalize_args=(--normalize global_mvn --normalize_conf
+            "stats_file=$(pwd)/${stats_dir}/train/feats_stats.npz")
+    fi
+    for config in ${asr_configs}; do
+        for seed in ${seeds}; do
+            dir=$(exp_name "${config}" "${seed}")
+            if [ -f "${dir}/.done" ]; then
+                log "Skip: ${dir} is trained"; continue
+            fi
+            [ -f "${dir}/checkpoint.pth" ] && log "Resuming ${dir}"
+            log "Training ${dir} (log: ${dir}/train.log)"
+            train_t0=${SECONDS}
+            # shellcheck disable=SC2046,SC2086
+            progress_pattern="epoch results|initial weights|Traceback|Error:" \
+            run_logged "${dir}/train.log" "${dir}/train.sh" \
+                "${python}" -m espnet_ext.bin.asr_train --config "${config}" --seed "${seed}" \
+                --ngpu "${ngpu}" $(common_train_args) "${normalize_args[@]}" \
+                --train_data_path_and_name_and_type "data/${train_set}/wav.scp,speech,sound" \
+                --train_data_path_and_name_and_type "data/${train_set}/text,text,text" \
+                --valid_data_path_and_name_and_type "data/${valid_set}/wav.scp,speech,sound" \
+                --valid_data_path_and_name_and_type "data/${valid_set}/text,text,text" \
+                --train_shape_file "${stats_dir}/train/speech_shape" \
+                --train_shape_file "${stats_dir}/train/text_shape.${token_type}" \
+                --valid_shape_file "${stats_dir}/valid/speech_shape" \
+                --valid_shape_file "${stats_dir}/valid/text_shape.${token_type}" \
+                --resume true --output_dir "${dir}" ${asr_args}
+            # Wall time summed over interrupted and resumed runs.
+            prev=$(cat "${dir}/train_wall_s.txt" 2>/dev/null || echo 0)
+            echo $((prev + SECONDS - train_t0)) >"${dir}/train_wall_s.txt"
+            touch "${dir}/.done"
+        done
+    done
+    stage_end 4
+fi
+
+# ------------------------------------------------------------------------------------------------
+if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ]; then
+    stage_start 5 "Decoding and scoring: [${valid_set} ${test_sets}]"
+    inference_tag=decode_$(basename "${inference_config:-default}" .yaml)_$(basename "${inference_model}" .pth)
+    for config in ${asr_configs}; do
+        for seed in ${seeds}; do
+            dir=$(exp_name "${config}" "${seed}")
+            [ -f "${dir}/.done" ] || die "${dir} is not trained: run stage 4 first"
+            for dset in ${valid_set} ${test_sets}; do
+                out="${dir}/${inference_tag}/${dset}"
+                if [ -f "${out}/.done" ]; then
+                    log "Skip: ${out} is scored"; continue
+                fi
+                logdir="${out}/logdir"
+                _nj=$(min "${inference_nj}" "$(wc -l <"data/${dset}/wav.scp")")
+                split_keys "data/${dset}/wav.scp" "${_nj}" "${logdir}"
+                log "Decoding ${dset} with ${dir}/${inference_model} in ${_nj} jobs (logs: ${logdir})"
+                pids=()
+                for n in $(seq "${_nj}"); do
+                    # shellcheck disable=SC2046,SC2086
+                    (run_logged "${logdir}/asr_inference.${n}.log" "${logdir}/asr_inference.${n}.sh" \
+                        "${python}" -m espnet_ext.bin.asr_inference --ngpu "${ngpu}" --batch_size 1 \
+                        $([ -n "${inference_config}" ] && echo --config "${inference_config}") \
+                        --data_path_and_name_and_type "data/${dset}/wav.scp,speech,sound" \
+                        --key_file "${logdir}/keys.${n}" \
+                        --asr_train_config "${dir}/config.yaml" \
+                        --asr_model_file "${dir}/${inference_model}" \
+                        --output_dir "${logdir}/output.${n}" ${inference_args}) &
+                    pids+=($!)
+                done
+                for pid in "${pids[@]}"; do wait "${pid}" || die "decoding failed (${logdir})"; done
+                for n in $(seq "${_nj}"); do cat "${logdir}/output.${n}/1best_recog/text"; done \
+                    | LC_ALL=C sort >"${out}/text"
+                "${python}" -m espnet_ext.bin.score --ref "data/${dset}/text" --hyp "${out}/text" \
+                    --out_dir "${out}"
+                touch "${out}/.done"
+            done
+        done
+    done
+    "${python}" -m espnet_ext.bin.make_results --expdir "${expdir}" --out "${expdir}/RESULTS.md"
+    log "Results: ${expdir}/RESULTS.md"
+    stage_end 5
+fi
+
+log "Successfully finished in ${SECONDS} s"

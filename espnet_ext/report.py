@@ -1,0 +1,98 @@
+"""Collect decoding scores of experiment dirs into one RESULTS.md (ESPnet's format).
+
+Layout read: `<expdir>/<exp>/<decode_tag>/<dataset>/scores.json` (written by the scoring stage),
+`<exp>/train_wall_s.txt` (training wall time, written by the recipe driver) and
+`<exp>/checkpoints/0epoch.pth` (for the parameter count).
+"""
+
+from __future__ import annotations
+
+import datetime
+import platform
+import subprocess
+from pathlib import Path
+from typing import List, Optional
+
+from espnet_ext.scoring import load_scores, results_markdown
+
+_BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def count_parameters(checkpoint: Path) -> Optional[int]:
+    """Number of trainable values in a saved state dict (buffers excluded); None if absent."""
+    if not Path(checkpoint).exists():
+        return None
+    import torch
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    return sum(v.numel() for k, v in state.items() if not k.endswith(_BUFFER_SUFFIXES))
+
+
+def _read_float(path: Path) -> Optional[float]:
+    try:
+        return float(Path(path).read_text().split()[0])
+    except (FileNotFoundError, IndexError, ValueError):
+        return None
+
+
+def _environment() -> List[str]:
+    import espnet
+    import torch
+
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return [
+        f"- date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}",
+        f"- espnet_ext commit: {commit}",
+        f"- python {platform.python_version()}, torch {torch.__version__}, espnet {espnet.__version__}",
+        f"- machine: {platform.machine()}, {_cpu_count()} CPU cores",
+    ]
+
+
+def _cpu_count() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))
+
+
+def write_results_md(expdir: Path, out: Path) -> str:
+    """Write RESULTS.md for every scored decoding under `expdir`; returns the markdown.
+
+    Raises:
+        FileNotFoundError: when no `scores.json` exists under `expdir` (nothing decoded yet).
+    """
+    expdir = Path(expdir)
+    score_files = sorted(expdir.glob("*/decode_*/*/scores.json"))
+    if not score_files:
+        raise FileNotFoundError(
+            f"no scores under {expdir}/*/decode_*/*/scores.json: run the decoding stage first"
+        )
+    by_exp = {}
+    for f in score_files:
+        exp_dir = f.parents[2]
+        by_exp.setdefault(exp_dir, []).append((f"{f.parent.parent.name}/{f.parent.name}", f))
+
+    lines = ["# RESULTS", "## Environments"] + _environment() + ["", "## Summary", ""]
+    lines += ["|experiment|dataset|WER (%)|CER (%)|parameters|training wall time (s)|",
+              "|---|---|---|---|---|---|"]
+    sections = []
+    for exp_dir, entries in by_exp.items():
+        params = count_parameters(exp_dir / "checkpoints" / "0epoch.pth")
+        wall = _read_float(exp_dir / "train_wall_s.txt")
+        rows = []
+        for name, f in entries:
+            scores = load_scores(f)
+            rows.append((name, scores))
+            lines.append(
+                f"|{exp_dir.name}|{name}|{scores['WER'].error_rate:.1f}|"
+                f"{scores['CER'].error_rate:.1f}|{params if params is not None else '-'}|"
+                f"{f'{wall:.0f}' if wall is not None else '-'}|"
+            )
+        sections.append(results_markdown(str(exp_dir), rows))
+    text = "\n".join(lines) + "\n\n" + "\n".join(sections)
+    Path(out).write_text(text)
+    return text
