@@ -13,7 +13,7 @@ die() { log "ERROR: $*"; exit 1; }
 min() { local a=$1 b=$2; [ "$a" -lt "$b" ] && echo "$a" || echo "$b"; }
 
 SECONDS=0
-template_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+template_dir=$(cd -P "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo_dir=$(cd "${template_dir}/../../.." && pwd)
 
 # General options

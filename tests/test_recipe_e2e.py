@@ -1,0 +1,82 @@
+"""The synth_en recipe end to end on a tiny corpus: files, numbers and re-run behaviour."""
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import tiny_asr_config
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "egs2" / "synth_en" / "asr1"
+TINY_CORPUS = (
+    "--num_speakers 3 --train_per_speaker 8 --dev_per_speaker 2 --test_per_speaker 2 --nj 2"
+)
+
+
+def _recipe_copy(tmp_path: Path) -> Path:
+    """A copy of the recipe (run.sh, conf) whose driver and local/ point into this repo."""
+    egs = tmp_path / "egs2"
+    (egs / "synth_en" / "asr1").mkdir(parents=True)
+    os.symlink(REPO / "egs2" / "TEMPLATE", egs / "TEMPLATE")
+    work = egs / "synth_en" / "asr1"
+    shutil.copy(RECIPE / "run.sh", work / "run.sh")
+    shutil.copytree(RECIPE / "conf", work / "conf")
+    os.symlink(RECIPE / "local", work / "local")
+    conf = tiny_asr_config()
+    conf.update(max_epoch=2, batch_size=4, best_model_criterion=[["valid", "acc", "max"]])
+    (work / "conf" / "train_asr_conformer.yaml").write_text(yaml.safe_dump(conf))
+    return work
+
+
+def _run(work: Path, *args: str) -> str:
+    env = dict(os.environ, PYTHON=str(REPO / "tools" / "venv" / "bin" / "python"))
+    proc = subprocess.run(
+        ["./run.sh", "--local_data_opts", TINY_CORPUS, "--nbpe", "30", *args],
+        cwd=work, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+def test_tiny_recipe_end_to_end_and_rerun_is_noop(tmp_path):
+    work = _recipe_copy(tmp_path)
+    _run(work)
+
+    # Stage 1: validated Kaldi dirs.
+    for dset, n in (("train", 24), ("dev", 6), ("test", 6)):
+        text = (work / "data" / dset / "text").read_text().splitlines()
+        assert len(text) == n
+    # Stage 2: sentencepiece tokens.
+    tokens = (work / "dump/token_list/bpe_unigram30/tokens.txt").read_text().split()
+    assert tokens[0] == "<blank>" and tokens[-1] == "<sos/eos>" and len(tokens) == 30
+    # Stage 4: checkpoint 0 and both epochs kept, and the exact command recorded.
+    exp = work / "exp" / "asr_train_asr_conformer_seed1"
+    assert sorted(p.name for p in (exp / "checkpoints").iterdir()) == [
+        "0epoch.pth", "1epoch.pth", "2epoch.pth"]
+    ck0 = torch.load(exp / "checkpoints/0epoch.pth", weights_only=True)
+    ck2 = torch.load(exp / "checkpoints/2epoch.pth", weights_only=True)
+    assert any(not torch.equal(ck0[k], ck2[k]) for k in ck0 if ck0[k].is_floating_point())
+    assert "espnet_ext.bin.asr_train" in (exp / "train.sh").read_text()
+    # Stage 5: hypotheses for every utterance, scores and RESULTS.md.
+    for dset in ("dev", "test"):
+        out = next(exp.glob(f"decode_*/{dset}"))
+        hyp_keys = [line.split()[0] for line in (out / "text").read_text().splitlines()]
+        assert len(hyp_keys) == 6
+        scores = json.loads((out / "scores.json").read_text())
+        assert scores["WER"]["sentences"] == 6
+        assert scores["CER"]["ref_tokens"] > 0 and scores["CER"]["error_rate"] >= 0
+    results = (work / "exp" / "RESULTS.md").read_text()
+    assert "|dataset|Snt|Wrd|Corr|Sub|Del|Ins|Err|S.Err|" in results
+    assert "asr_train_asr_conformer_seed1" in results
+
+    # A second run finds every stage done and changes nothing.
+    mtimes = {p: p.stat().st_mtime_ns for p in (exp / "checkpoints").iterdir()}
+    log = _run(work)
+    assert "Skip: " in log and "Training exp/" not in log
+    assert {p: p.stat().st_mtime_ns for p in (exp / "checkpoints").iterdir()} == mtimes
