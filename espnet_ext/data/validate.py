@@ -1,0 +1,382 @@
+"""Check a Kaldi data dir before anything trains on it, with one clear error per problem.
+
+`validate_data_dir` reads only; it never writes, sorts or repairs. The first problem found is
+raised as `DataDirError` naming the file, the line or key, and the fix. Checks, in order:
+
+1. the folder and the required files (wav.scp, text, utt2spk, spk2utt) exist;
+2. every file is well-formed UTF-8 `<key> <value>` lines, keys unique and sorted (C byte order);
+3. the utterance keys of wav.scp (or segments), text and utt2spk agree; segments name known
+   recordings; spk2utt is the inverse of utt2spk; speaker ids sort like utterance ids (Kaldi's
+   "speaker id is a prefix of the utterance id" rule); `utt2*`/`spk2*` metadata cover the same keys;
+4. no transcript is empty;
+5. wav.scp values are well-formed (a path, a command ending in '|', or a Kaldi ark reference);
+6. optionally the audio: files exist and are readable, have the expected sample rate and one
+   channel (header reads only, no decoding; ark references are loaded with kaldiio; piped
+   commands run only when asked).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Set, Tuple
+
+import soundfile
+
+from espnet_ext.data.kaldi import (
+    CORE_UTT_FILES,
+    DataDirError,
+    PathLike,
+    iter_kaldi_lines,
+    kaldi_sort_key,
+    parse_segment,
+    spk2utt_from_utt2spk,
+)
+
+__all__ = ["DataDirError", "DataDirSummary", "validate_data_dir"]
+
+_ARK_REF = re.compile(r"^(ark:)?\S+\.ark:\d+$")
+
+
+def _spk2utt_command(path: Path) -> str:
+    return (
+        f"awk '{{a[$2]=a[$2]\" \"$1}} END{{for(s in a) print s a[s]}}' {path}/utt2spk "
+        f"| LC_ALL=C sort > {path}/spk2utt"
+    )
+
+
+@dataclasses.dataclass
+class DataDirSummary:
+    """What a valid data dir holds.
+
+    Attributes:
+        path: The data dir.
+        num_utterances: Number of utterances.
+        num_speakers: Number of speakers.
+        num_recordings: Number of wav.scp entries.
+        total_seconds: Speech duration in seconds: from the audio headers when audio was checked,
+            else from segments or utt2dur; None when none of these is available.
+    """
+
+    path: str
+    num_utterances: int
+    num_speakers: int
+    num_recordings: int
+    total_seconds: Optional[float]
+
+    @property
+    def hours(self) -> Optional[float]:
+        """Total duration in hours, or None if unknown."""
+        return None if self.total_seconds is None else self.total_seconds / 3600.0
+
+    def line(self) -> str:
+        """One-line summary, e.g. `data/train: 1200 utts, 12 speakers, 0.83 h`."""
+        hours = "? h" if self.hours is None else f"{self.hours:.2f} h"
+        return f"{self.path}: {self.num_utterances} utts, {self.num_speakers} speakers, {hours}"
+
+
+def _read_sorted_map(path: Path, allow_empty_value: bool = False) -> Dict[str, Tuple[int, str]]:
+    """Read a map file checking unique, C-sorted keys: `{key: (line_number, value)}`."""
+    entries: Dict[str, Tuple[int, str]] = {}
+    prev_key, prev_line = None, 0
+    for lineno, key, value in iter_kaldi_lines(path, allow_empty_value=allow_empty_value):
+        if key in entries:
+            raise DataDirError(
+                f"{path} line {lineno}: duplicate key '{key}' (also on line {entries[key][0]}); "
+                f"keep one line per key (remove or rename the other)"
+            )
+        if prev_key is not None and kaldi_sort_key(key) < kaldi_sort_key(prev_key):
+            raise DataDirError(
+                f"{path} line {lineno}: not sorted: key '{key}' comes after '{prev_key}' "
+                f"(line {prev_line}); Kaldi files must be sorted in C byte order: "
+                f"run `LC_ALL=C sort -o {path} {path}`"
+            )
+        entries[key] = (lineno, value)
+        prev_key, prev_line = key, lineno
+    return entries
+
+
+def _compare_keys(
+    path: Path, name_a: str, keys_a: Set[str], name_b: str, keys_b: Set[str], what: str
+) -> None:
+    """Raise naming an example key present in one file and missing from the other."""
+    if keys_a == keys_b:
+        return
+    only_a = sorted(keys_a - keys_b, key=kaldi_sort_key)
+    only_b = sorted(keys_b - keys_a, key=kaldi_sort_key)
+    if only_a:
+        example, has, lacks, n = only_a[0], name_a, name_b, len(only_a)
+    else:
+        example, has, lacks, n = only_b[0], name_b, name_a, len(only_b)
+    raise DataDirError(
+        f"{path}/{lacks}: {what} '{example}' is in {has} but missing from {lacks} "
+        f"({n} {what}(s) in {has} lack a line in {lacks}); every {what} needs a line in both: "
+        f"add the missing lines or remove the {what} from {has}"
+    )
+
+
+def _audio_kind(value: str) -> str:
+    if value.endswith("|"):
+        return "pipe"
+    if _ARK_REF.match(value):
+        return "ark"
+    return "path"
+
+
+def _check_wav_scp_value(path: Path, lineno: int, key: str, value: str) -> str:
+    kind = _audio_kind(value)
+    if kind == "pipe":
+        if not value[:-1].strip():
+            raise DataDirError(
+                f"{path} line {lineno}: recording '{key}' has an empty command before '|'; "
+                f"write '<key> <command that prints audio> |'"
+            )
+    elif kind == "path" and any(c.isspace() for c in value):
+        raise DataDirError(
+            f"{path} line {lineno}: recording '{key}': value '{value}' has spaces but does not end "
+            f"in '|'; write a path without spaces, or a command that prints audio followed by ' |'"
+        )
+    return kind
+
+
+def _read_pipe(command: str) -> soundfile.SoundFile:
+    proc = subprocess.run(command[:-1], shell=True, capture_output=True, timeout=60)
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"command exited with status {proc.returncode}: "
+            f"{proc.stderr.decode(errors='replace').strip()[-300:]}"
+        )
+    return soundfile.SoundFile(io.BytesIO(proc.stdout))
+
+
+def _audio_header(value: str, kind: str, base: Path) -> Tuple[int, int, float]:
+    """(sample_rate_hz, channels, duration_s) of one wav.scp value; raises on failure."""
+    if kind == "ark":
+        import kaldiio  # Only needed for ark references; keeps plain validation light.
+
+        loaded = kaldiio.load_mat(value[4:] if value.startswith("ark:") else value)
+        if not (isinstance(loaded, tuple) and len(loaded) == 2):
+            raise RuntimeError("the ark entry holds a matrix (features), not audio")
+        rate, samples = loaded
+        channels = 1 if samples.ndim == 1 else samples.shape[1]
+        return int(rate), int(channels), samples.shape[0] / float(rate)
+    if kind == "pipe":
+        with _read_pipe(value) as f:
+            frames = f.frames
+            if frames <= 0:  # Piped WAV headers often carry no length; count what arrives.
+                frames = sum(len(b) for b in f.blocks(blocksize=65536))
+            return f.samplerate, f.channels, frames / float(f.samplerate)
+    file = Path(value)
+    if not file.is_absolute():
+        file = base / file
+    info = soundfile.info(str(file))
+    return info.samplerate, info.channels, info.frames / float(info.samplerate)
+
+
+def validate_data_dir(
+    path: PathLike,
+    check_audio: bool = True,
+    expected_rate: Optional[int] = 16000,
+    run_pipes: bool = False,
+) -> DataDirSummary:
+    """Check a Kaldi data dir and summarize it; never modifies anything.
+
+    Args:
+        path: The data dir.
+        check_audio: Read the header of every audio file (existence, sample rate, channels).
+        expected_rate: Required sample rate in Hz; None accepts any rate.
+        run_pipes: Also run piped wav.scp commands ("... |") and check the audio they print;
+            otherwise piped entries are only checked to be well-formed.
+
+    Returns:
+        A `DataDirSummary`.
+
+    Raises:
+        DataDirError: The first problem found, naming the file, the line or key, and the fix.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise DataDirError(
+            f"{path}: data dir does not exist (or is not a folder); run the data preparation "
+            f"stage (local/data.sh) first"
+        )
+    for name in ("wav.scp", "text", "utt2spk"):
+        if not (path / name).is_file():
+            raise DataDirError(
+                f"{path}/{name}: required file is missing; a Kaldi data dir needs wav.scp, text, "
+                f"utt2spk and spk2utt"
+            )
+    if not (path / "spk2utt").is_file():
+        raise DataDirError(
+            f"{path}/spk2utt: required file is missing; create it from utt2spk with: "
+            f"{_spk2utt_command(path)}"
+        )
+
+    wav_scp = _read_sorted_map(path / "wav.scp")
+    text = _read_sorted_map(path / "text", allow_empty_value=True)
+    utt2spk = _read_sorted_map(path / "utt2spk")
+    spk2utt = _read_sorted_map(path / "spk2utt")
+    segments = None
+    if (path / "segments").is_file():
+        segments = {
+            utt: (lineno, parse_segment(path / "segments", utt, value))
+            for utt, (lineno, value) in _read_sorted_map(path / "segments").items()
+        }
+
+    # Key agreement across the per-utterance files.
+    utt_file = "segments" if segments is not None else "wav.scp"
+    utts = set(segments if segments is not None else wav_scp)
+    _compare_keys(path, utt_file, utts, "text", set(text), "utterance")
+    _compare_keys(path, utt_file, utts, "utt2spk", set(utt2spk), "utterance")
+    if segments is not None:
+        for utt, (lineno, seg) in segments.items():
+            if seg.recording not in wav_scp:
+                raise DataDirError(
+                    f"{path}/segments line {lineno}: utterance '{utt}' refers to recording "
+                    f"'{seg.recording}', which is not in wav.scp; add the recording to wav.scp or "
+                    f"remove the segment"
+                )
+
+    # spk2utt must be exactly the inverse of utt2spk.
+    expected = spk2utt_from_utt2spk({u: s for u, (_, s) in utt2spk.items()})
+    for spk, (lineno, value) in spk2utt.items():
+        listed = value.split()
+        if spk not in expected or sorted(listed) != sorted(expected[spk]) or len(set(listed)) != len(listed):
+            extra = sorted(set(listed) - set(expected.get(spk, [])))
+            missing = sorted(set(expected.get(spk, [])) - set(listed))
+            detail = (
+                f"lists '{extra[0]}', which utt2spk does not give to '{spk}'"
+                if extra
+                else f"lacks '{missing[0]}'"
+                if missing
+                else "lists an utterance twice"
+            )
+            raise DataDirError(
+                f"{path}/spk2utt line {lineno}: speaker '{spk}' disagrees with utt2spk ({detail}); "
+                f"regenerate spk2utt from utt2spk: {_spk2utt_command(path)}"
+            )
+    missing_spk = sorted(set(expected) - set(spk2utt), key=kaldi_sort_key)
+    if missing_spk:
+        raise DataDirError(
+            f"{path}/spk2utt: speaker '{missing_spk[0]}' of utt2spk has no line in spk2utt; "
+            f"regenerate spk2utt from utt2spk: {_spk2utt_command(path)}"
+        )
+    # Sorting by (speaker, utterance) must give the utterance order, else Kaldi/ESPnet tools that
+    # walk utt2spk and spk2utt in step go wrong.
+    by_speaker = sorted(utt2spk, key=lambda u: (kaldi_sort_key(utt2spk[u][1]), kaldi_sort_key(u)))
+    for (u_file, u_spk) in zip(utt2spk, by_speaker):
+        if u_file != u_spk:
+            raise DataDirError(
+                f"{path}/utt2spk line {utt2spk[u_file][0]}: utterance '{u_file}' (speaker "
+                f"'{utt2spk[u_file][1]}') breaks speaker order: sorted by speaker, '{u_spk}' "
+                f"(speaker '{utt2spk[u_spk][1]}') would come here; make each speaker id a prefix "
+                f"of its utterance ids (e.g. '<spk>-<utt>')"
+            )
+
+    for utt, (lineno, transcript) in text.items():
+        if not transcript.strip():
+            raise DataDirError(
+                f"{path}/text line {lineno}: utterance '{utt}' has an empty transcript; give it "
+                f"its words, or remove the utterance from every file of the data dir"
+            )
+
+    # Metadata files must cover the same keys as the files they annotate.
+    speakers = set(expected)
+    utt2dur = None
+    for meta in sorted(p for p in path.iterdir() if p.is_file()):
+        name = meta.name
+        if name.startswith("utt2") and name not in CORE_UTT_FILES and name != "utt2spk":
+            entries = _read_sorted_map(meta)
+            _compare_keys(path, utt_file, utts, name, set(entries), "utterance")
+            if name == "utt2dur":
+                utt2dur = entries
+                for utt, (lineno, value) in entries.items():
+                    try:
+                        ok = float(value) >= 0
+                    except ValueError:
+                        ok = False
+                    if not ok:
+                        raise DataDirError(
+                            f"{meta} line {lineno}: utterance '{utt}': duration '{value}' is not a "
+                            f"non-negative number of seconds"
+                        )
+        elif name.startswith("spk2") and name != "spk2utt":
+            entries = _read_sorted_map(meta)
+            _compare_keys(path, "utt2spk", speakers, name, set(entries), "speaker")
+
+    kinds = {
+        rec: _check_wav_scp_value(path / "wav.scp", lineno, rec, value)
+        for rec, (lineno, value) in wav_scp.items()
+    }
+
+    durations: Dict[str, float] = {}
+    if check_audio:
+        base = Path.cwd()
+        for rec, (lineno, value) in wav_scp.items():
+            kind = kinds[rec]
+            if kind == "pipe" and not run_pipes:
+                continue
+            if kind == "path":
+                file = Path(value) if os.path.isabs(value) else base / value
+                if not file.is_file():
+                    raise DataDirError(
+                        f"{path}/wav.scp line {lineno}: recording '{rec}': audio file {value} does "
+                        f"not exist (relative paths are taken from {base}); fix the path or "
+                        f"re-run the data preparation"
+                    )
+            try:
+                rate, channels, seconds = _audio_header(value, kind, base)
+            except Exception as e:  # noqa: BLE001 - any reader failure is reported the same way
+                raise DataDirError(
+                    f"{path}/wav.scp line {lineno}: recording '{rec}': cannot read audio "
+                    f"'{value}': {e}; replace the file or fix the entry"
+                ) from None
+            if expected_rate is not None and rate != expected_rate:
+                raise DataDirError(
+                    f"{path}/wav.scp line {lineno}: recording '{rec}': sample rate {rate} Hz, "
+                    f"expected {expected_rate} Hz ({value}); resample, e.g. `sox in.wav -r "
+                    f"{expected_rate} out.flac`"
+                )
+            if channels != 1:
+                raise DataDirError(
+                    f"{path}/wav.scp line {lineno}: recording '{rec}': {channels} channels, "
+                    f"expected mono ({value}); downmix, e.g. `sox in.wav -c 1 out.flac` (or pick a channel "
+                    f"with `remix 1`)"
+                )
+            durations[rec] = seconds
+
+    total: Optional[float] = None
+    if segments is not None:
+        total = 0.0
+        for utt, (lineno, seg) in segments.items():
+            rec_seconds = durations.get(seg.recording)
+            if rec_seconds is not None and seg.end > rec_seconds + 0.01:
+                raise DataDirError(
+                    f"{path}/segments line {lineno}: utterance '{utt}' ends at {seg.end} s, after "
+                    f"the end of recording '{seg.recording}' ({rec_seconds:.3f} s); fix the times"
+                )
+            if seg.end == -1:
+                total = None if rec_seconds is None or total is None else total + rec_seconds - seg.start
+            elif total is not None:
+                total += seg.end - seg.start
+    elif durations and len(durations) == len(wav_scp):
+        total = sum(durations.values())
+    elif utt2dur is not None:
+        total = sum(float(v) for _, v in utt2dur.values())
+
+    return DataDirSummary(
+        path=str(path),
+        num_utterances=len(utts),
+        num_speakers=len(speakers),
+        num_recordings=len(wav_scp),
+        total_seconds=total,
+    )
+
+
+def validate_data_dirs(paths: Sequence[PathLike], **kwargs) -> List[DataDirSummary]:
+    """Validate several data dirs; stops at the first invalid one (see `validate_data_dir`)."""
+    return [validate_data_dir(p, **kwargs) for p in paths]
