@@ -1,0 +1,1 @@
+"""ASR model components that extend ESPnet's (encoders)."""
