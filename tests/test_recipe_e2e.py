@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -12,6 +11,8 @@ import yaml
 
 from conftest import tiny_asr_config
 
+from espnet_ext.recipe_workdir import make_recipe_workdir
+
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "egs2" / "synth_en" / "asr1"
 TINY_CORPUS = (
@@ -20,14 +21,8 @@ TINY_CORPUS = (
 
 
 def _recipe_copy(tmp_path: Path) -> Path:
-    """A copy of the recipe (run.sh, conf) whose driver and local/ point into this repo."""
-    egs = tmp_path / "egs2"
-    (egs / "synth_en" / "asr1").mkdir(parents=True)
-    os.symlink(REPO / "egs2" / "TEMPLATE", egs / "TEMPLATE")
-    work = egs / "synth_en" / "asr1"
-    shutil.copy(RECIPE / "run.sh", work / "run.sh")
-    shutil.copytree(RECIPE / "conf", work / "conf")
-    os.symlink(RECIPE / "local", work / "local")
+    """A scratch copy of the recipe with a tiny model config."""
+    work = make_recipe_workdir(RECIPE, tmp_path)
     conf = tiny_asr_config()
     conf.update(max_epoch=2, batch_size=4, best_model_criterion=[["valid", "acc", "max"]])
     (work / "conf" / "train_asr_conformer.yaml").write_text(yaml.safe_dump(conf))
