@@ -8,7 +8,7 @@ cd "$(dirname "$0")"
 train_set=train
 valid_set=dev
 test_sets="test"
-asr_configs="conf/train_asr_conformer.yaml"
+asr_configs="conf/train_asr_conformer.yaml conf/train_asr_conformer_gn.yaml"
 inference_config=conf/decode_asr.yaml
 
 ../../TEMPLATE/asr1/asr.sh \
