@@ -1,0 +1,1 @@
+"""Federated learning with structured federated dropout (sub-models per client) on Flower."""

@@ -1,0 +1,384 @@
+"""Structured federated dropout: choose a client's sub-model, cut it out, merge updates back.
+
+A client's sub-model keeps a random subset of the units (feed-forward hidden units, attention
+heads, convolution channels; see :mod:`espnet_ext.federated.units`) of every module with a
+positive dropout rate, chosen afresh per client and round with a seeded generator (Caldas et
+al. 2018; one rate per layer group as in Guliani et al. 2022). Rates are per module here; the
+plan (:mod:`espnet_ext.federated.plan`) turns per-group rates into per-module rates.
+
+* :func:`choose_submodel` draws the kept units -> :class:`SubmodelPlan`.
+* :func:`extract_submodel` slices a state dict into the genuinely smaller tensors the client
+  receives, plus the index map that says where each slice came from.
+* :func:`shrink_model_` resizes a model's modules in place (``nn.Linear``/``nn.Conv1d``/norm
+  parameters sliced, sizes and the attention head count updated), so the client trains the
+  sub-model with ESPnet's own ``forward`` and loss: ESPnet builds every block from one config,
+  so blocks of different widths cannot be built from a config, but its forward code only reads
+  sizes from the tensors and from ``MultiHeadedAttention.h``.
+* :func:`merge_update` scatters the clients' trained values back and averages each element
+  over the clients that trained it (weighted by examples); elements no client trained keep
+  their value.
+
+No rescaling: as in Caldas et al., kept units are not scaled by 1/(1-rate), neither during
+client training nor at evaluation. Dropping whole units (not random activations) changes a
+module's width, not the expected magnitude of each kept unit's contribution, and the global
+model is always evaluated at full width.
+
+Rounding: a module with n droppable blocks of units (units, or whole norm groups) keeps
+``max(1, floor(n * (1 - rate) + 0.5))`` blocks, so small modules may drop less or more than the
+nominal rate; :func:`kept_units` gives the exact count and the cost accounting uses it.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from espnet_ext.federated.units import (
+    CONV,
+    FF,
+    HEADS,
+    GROUP_NORM_POLICIES,
+    DroppableModule,
+    resolve_policy,
+)
+
+IndexMap = Dict[str, Tuple[int, torch.Tensor]]
+
+
+def kept_blocks(num_blocks: int, rate: float) -> int:
+    """Blocks kept out of `num_blocks` at dropout `rate` (at least one)."""
+    return max(1, int(math.floor(num_blocks * (1.0 - rate) + 0.5)))
+
+
+def kept_units(module: DroppableModule, rate: float, policy: str = "auto") -> int:
+    """Number of units a module keeps at dropout `rate` under a group-norm policy."""
+    if rate <= 0:
+        return module.num_units
+    if module.kind == CONV and module.norm == "group_norm" and resolve_policy(module, policy) == "per_group":
+        return module.norm_groups * kept_blocks(module.group_size, rate)
+    step = module.unit_step(policy)
+    return kept_blocks(module.num_units // step, rate) * step
+
+
+@dataclasses.dataclass
+class SubmodelPlan:
+    """The units one client keeps.
+
+    Attributes:
+        kept: Module name -> sorted kept unit indices (int64). Modules not listed are whole.
+        modules: Module name -> its description (for every module in `kept`).
+        group_norm_policy: Policy used for conv modules with group norm.
+    """
+
+    kept: Dict[str, torch.Tensor]
+    modules: Dict[str, DroppableModule]
+    group_norm_policy: str = "auto"
+
+    def index_map(self) -> IndexMap:
+        """{state-dict key: (dim, indices into the full tensor)} of every sliced entry."""
+        out: IndexMap = {}
+        for name, kept in self.kept.items():
+            out.update(self.modules[name].index_map(kept))
+        return out
+
+    def structure(self) -> Dict[str, Dict[str, int]]:
+        """What a client needs to build the sub-model: {module: {"kept": n, "norm_groups": g}}.
+
+        JSON-serializable; unit *indices* stay on the server.
+        """
+        return {
+            name: {
+                "kept": int(len(kept)),
+                "norm_groups": self.modules[name].kept_norm_groups(len(kept), self.group_norm_policy),
+            }
+            for name, kept in self.kept.items()
+        }
+
+    @property
+    def is_full(self) -> bool:
+        """True when nothing is dropped."""
+        return all(len(k) == self.modules[n].num_units for n, k in self.kept.items())
+
+
+def _choose(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
+    return np.sort(rng.choice(n, size=k, replace=False))
+
+
+def choose_submodel(
+    modules: Sequence[DroppableModule],
+    rates: Mapping[str, float],
+    rng: np.random.Generator,
+    group_norm_policy: str = "auto",
+) -> SubmodelPlan:
+    """Draw the kept units of every module with a positive rate.
+
+    Args:
+        modules: Droppable modules of the model (:func:`find_droppable_modules`).
+        rates: Module name -> dropout rate in [0, 1); missing or 0 = keep whole.
+        rng: Random generator; seed it per (run seed, round, client) for reproducible runs.
+        group_norm_policy: ``auto``, ``whole_groups`` or ``per_group`` (see units module).
+
+    Returns:
+        The plan.
+
+    Raises:
+        ValueError: A rate outside [0, 1), or a rate for a module not in `modules`.
+    """
+    if group_norm_policy not in GROUP_NORM_POLICIES:
+        raise ValueError(
+            f"group_norm_policy must be one of {', '.join(GROUP_NORM_POLICIES)}, "
+            f"got {group_norm_policy!r}"
+        )
+    by_name = {m.name: m for m in modules}
+    for name, r in rates.items():
+        if name not in by_name:
+            raise ValueError(f"dropout rate given for {name!r}, which is not a droppable module")
+        if not 0.0 <= r < 1.0:
+            raise ValueError(f"dropout rate of {name} must be in [0, 1), got {r}")
+    kept: Dict[str, torch.Tensor] = {}
+    used: Dict[str, DroppableModule] = {}
+    for m in modules:  # model order, so the draws do not depend on the dict's order
+        r = float(rates.get(m.name, 0.0))
+        if r <= 0:
+            continue
+        policy = resolve_policy(m, group_norm_policy) if m.kind == CONV else group_norm_policy
+        if m.kind == CONV and m.norm == "group_norm" and policy == "per_group":
+            size = m.group_size
+            per = kept_blocks(size, r)
+            idx = np.concatenate([g * size + _choose(rng, size, per) for g in range(m.norm_groups)])
+        else:
+            step = m.unit_step(group_norm_policy)
+            blocks = _choose(rng, m.num_units // step, kept_blocks(m.num_units // step, r))
+            idx = (blocks[:, None] * step + np.arange(step)).reshape(-1)
+        kept[m.name] = torch.as_tensor(idx, dtype=torch.long)
+        used[m.name] = m
+    return SubmodelPlan(kept=kept, modules=used, group_norm_policy=group_norm_policy)
+
+
+def extract_submodel(
+    state: Mapping[str, torch.Tensor], plan: SubmodelPlan
+) -> Tuple[Dict[str, torch.Tensor], IndexMap]:
+    """The client's (smaller) state dict and where each sliced entry came from.
+
+    Args:
+        state: Full state dict (or the subset of it that is sent).
+        plan: The client's kept units.
+
+    Returns:
+        (small_state, index_map): entries in the index map are sliced copies; the others are
+        the full tensors (not copied).
+
+    Raises:
+        KeyError: The plan slices an entry the state does not have.
+    """
+    imap = plan.index_map()
+    small = {}
+    for key, value in state.items():
+        if key in imap:
+            dim, idx = imap[key]
+            small[key] = value.index_select(dim, idx.to(value.device))
+        else:
+            small[key] = value
+    missing = [k for k in imap if k not in state]
+    if missing:
+        raise KeyError(f"the sub-model plan slices {missing[0]!r}, which the state dict lacks")
+    return small, imap
+
+
+def _slice_entry(module: torch.nn.Module, attr: str, dim: int, idx: torch.Tensor) -> None:
+    """Replace parameter or buffer `attr` of `module` by its slice along `dim`."""
+    if attr in module._parameters and module._parameters[attr] is not None:
+        old = module._parameters[attr]
+        new = old.detach().index_select(dim, idx.to(old.device)).clone()
+        module._parameters[attr] = torch.nn.Parameter(new, requires_grad=old.requires_grad)
+    elif attr in module._buffers and module._buffers[attr] is not None:
+        old = module._buffers[attr]
+        module._buffers[attr] = old.index_select(dim, idx.to(old.device)).clone()
+    else:
+        raise KeyError(f"{type(module).__name__} has no parameter or buffer {attr!r}")
+
+
+def _update_sizes(m: torch.nn.Module, d: DroppableModule, k: int, norm_groups: int) -> None:
+    """Set the size attributes of module `m` after slicing it to `k` units."""
+    if d.kind == FF:
+        m.w_1.out_features = k
+        m.w_2.in_features = k
+    elif d.kind == HEADS:
+        width = k * d.head_dim
+        for n in ("linear_q", "linear_k", "linear_v"):
+            getattr(m, n).out_features = width
+        m.linear_out.in_features = width
+        if d.has_pos:
+            m.linear_pos.out_features = width
+        m.h = k
+    elif d.kind == CONV:
+        m.pointwise_conv1.out_channels = 2 * k
+        m.depthwise_conv.in_channels = m.depthwise_conv.out_channels = m.depthwise_conv.groups = k
+        m.pointwise_conv2.in_channels = k
+        norm = getattr(m, "norm", None)
+        if isinstance(norm, torch.nn.GroupNorm):
+            if k % norm_groups:
+                raise ValueError(f"{d.name}: {k} channels cannot form {norm_groups} equal groups")
+            norm.num_groups, norm.num_channels = norm_groups, k
+        elif isinstance(norm, torch.nn.modules.batchnorm._BatchNorm):
+            norm.num_features = k
+        elif isinstance(norm, torch.nn.LayerNorm):
+            norm.normalized_shape = (k,)
+
+
+def _resize(model: torch.nn.Module, modules: Mapping[str, DroppableModule],
+            kept: Mapping[str, torch.Tensor], norm_groups: Mapping[str, int]) -> None:
+    for name, idx in kept.items():
+        d = modules[name]
+        m = model.get_submodule(name)
+        for key, (dim, index) in d.index_map(idx).items():
+            owner, _, attr = key.rpartition(".")
+            _slice_entry(model.get_submodule(owner), attr, dim, index)
+        _update_sizes(m, d, len(idx), norm_groups[name])
+
+
+def shrink_model_(model: torch.nn.Module, plan: SubmodelPlan) -> torch.nn.Module:
+    """Resize `model`'s droppable modules in place to the plan's kept units (values sliced).
+
+    The result holds exactly :func:`extract_submodel`'s tensors for the sliced entries.
+
+    Args:
+        model: The full model (modified in place).
+        plan: Kept units.
+
+    Returns:
+        `model`, now the sub-model.
+    """
+    groups = {n: s["norm_groups"] for n, s in plan.structure().items()}
+    _resize(model, plan.modules, plan.kept, groups)
+    return model
+
+
+def build_submodel(model: torch.nn.Module, plan: SubmodelPlan) -> torch.nn.Module:
+    """A resized deep copy of `model` (the original is untouched)."""
+    return shrink_model_(copy.deepcopy(model), plan)
+
+
+def shrink_model_to_structure_(model: torch.nn.Module, modules: Sequence[DroppableModule],
+                               structure: Mapping[str, Mapping[str, int]]) -> torch.nn.Module:
+    """Resize a model in place to a sub-model structure received from the server.
+
+    The client knows only how many units each module keeps (:meth:`SubmodelPlan.structure`),
+    not which; it resizes its own model to those sizes (the values are placeholders) and then
+    loads the received state dict with ``strict=True``.
+
+    Args:
+        model: A full model of the same architecture (built from the same config).
+        modules: Its droppable modules.
+        structure: {module: {"kept": n, "norm_groups": g}}.
+
+    Raises:
+        ValueError: A module the model does not have, or a size it cannot take.
+    """
+    by_name = {m.name: m for m in modules}
+    kept, groups = {}, {}
+    for name, s in structure.items():
+        if name not in by_name:
+            raise ValueError(f"sub-model structure names {name!r}, not a droppable module of this model")
+        n = int(s["kept"])
+        if not 1 <= n <= by_name[name].num_units:
+            raise ValueError(f"{name}: cannot keep {n} of {by_name[name].num_units} units")
+        kept[name] = torch.arange(n)
+        groups[name] = int(s.get("norm_groups", 1))
+    _resize(model, by_name, kept, groups)
+    return model
+
+
+def merge_update(
+    global_state: Mapping[str, torch.Tensor],
+    small_states: Sequence[Mapping[str, torch.Tensor]],
+    index_maps: Sequence[Mapping[str, Tuple[int, torch.Tensor]]],
+    weights: Sequence[float],
+    server_lr: float = 1.0,
+) -> Dict[str, torch.Tensor]:
+    """Merge clients' trained sub-models into the global state (FedAvg over sub-models).
+
+    Each floating-point element becomes ``g + server_lr * (avg - g)``, where ``avg`` is the
+    weighted average of the element over the clients whose sub-model contains it (weights:
+    usually their numbers of examples) and ``g`` its global value; elements no client trained
+    keep ``g``. With ``server_lr = 1`` this is FedAvg restricted to the clients that trained the
+    element. Integer entries (batch-norm ``num_batches_tracked``) take the largest client value.
+    Accumulation is in float64, in the order of `small_states`.
+
+    Args:
+        global_state: The global model's entries (those sent to clients).
+        small_states: One state dict per client (entries sliced as in its index map; entries
+            a client did not return are treated as not trained by it).
+        index_maps: One index map per client (:func:`extract_submodel`).
+        weights: One positive weight per client.
+        server_lr: Server learning rate (step size on the averaged update).
+
+    Returns:
+        The new global state (new tensors; inputs untouched).
+
+    Raises:
+        ValueError: Lists of different lengths, or a non-positive weight.
+    """
+    if not len(small_states) == len(index_maps) == len(weights):
+        raise ValueError(
+            f"merge_update: {len(small_states)} states, {len(index_maps)} index maps, "
+            f"{len(weights)} weights; give one of each per client"
+        )
+    if any(w <= 0 for w in weights):
+        raise ValueError(f"merge_update: client weights must be positive, got {list(weights)}")
+    new: Dict[str, torch.Tensor] = {}
+    for key, g in global_state.items():
+        holders = [(s[key], m.get(key), float(w))
+                   for s, m, w in zip(small_states, index_maps, weights) if key in s]
+        if not holders:
+            new[key] = g.clone()
+            continue
+        if not g.is_floating_point():  # a counter (never sliced): the most advanced one
+            new[key] = torch.stack([v.to(g.device, g.dtype).reshape(g.shape)
+                                    for v, _, _ in holders]).amax(dim=0)
+            continue
+        num = torch.zeros(g.shape, dtype=torch.float64, device=g.device)
+        den = torch.zeros(g.shape, dtype=torch.float64, device=g.device)
+        for value, sliced, w in holders:
+            v = value.to(device=g.device, dtype=torch.float64)
+            if sliced is None:
+                num.add_(v, alpha=w)
+                den.add_(w)
+            else:
+                dim, idx = sliced
+                idx = idx.to(g.device)
+                num.index_add_(dim, idx, v, alpha=w)
+                den.index_add_(dim, idx, torch.ones_like(v), alpha=w)
+        trained = den > 0
+        g64 = g.to(torch.float64)
+        avg = torch.where(trained, num / den.clamp(min=1e-300), g64)
+        new[key] = torch.where(trained, g64 + server_lr * (avg - g64), g64).to(g.dtype)
+    return new
+
+
+def trained_fraction(global_state: Mapping[str, torch.Tensor], index_maps: Iterable[IndexMap],
+                     keys: Optional[Iterable[str]] = None) -> float:
+    """Fraction of the elements of `keys` (default: all) that at least one client trained."""
+    keys = list(global_state) if keys is None else list(keys)
+    maps = list(index_maps)
+    if not maps:
+        return 0.0
+    covered = total = 0
+    for key in keys:
+        g = global_state[key]
+        total += g.numel()
+        mask = torch.zeros(g.shape, dtype=torch.bool)
+        for imap in maps:
+            if key not in imap:
+                mask[...] = True
+                break
+            dim, idx = imap[key]
+            view = mask.movedim(dim, 0)
+            view[idx] = True
+        covered += int(mask.sum())
+    return covered / max(total, 1)
