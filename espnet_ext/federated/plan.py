@@ -1,0 +1,351 @@
+"""Dropout plans: a federated-dropout rate per layer group, and plans compared at equal cost.
+
+A plan gives a dropout rate to layer groups named as in the layer map
+(:mod:`espnet_ext.layers.layer_map`): a block (``encoder.encoders.3``) or a sub-module
+(``encoder.encoders.3.self_attn``). A block's rate applies to every droppable module in it
+(feed-forward units, heads, conv channels); a sub-module's rate overrides its block's. Groups
+without droppable units (embeddings, norms, CTC, output layer) are always sent whole.
+
+Plans:
+
+* ``none``: no dropout (plain FedAvg), the reference.
+* ``uniform``: the same rate for every droppable module of the encoder and decoder blocks
+  (Caldas et al.).
+* ``targeted``: from a layer-reset scan (``scan.tsv``): groups labelled **ambient** get rate r,
+  **critical** ones are kept whole (``label`` mode); or every droppable group gets
+  ``r x (1 - d / d_max)`` with ``d`` its CER increase after reset (``scaled`` mode: the least
+  important groups get r, the most important none).
+* :func:`matched_uniform_plan`: the uniform plan whose client cost (trained parameters or bytes
+  moved) is closest to a given plan's, so that targeted and uniform dropout are compared at
+  equal client cost (Cheng et al. 2022).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from espnet_ext.federated.cost import submodel_numels
+from espnet_ext.federated.units import (
+    GROUP_NORM_POLICIES,
+    UNIT_KINDS,
+    DroppableModule,
+    find_droppable_modules,
+)
+
+PLAN_KINDS = ("none", "uniform", "targeted")
+TARGET_MODES = ("label", "scaled")
+COST_METRICS = ("params", "bytes")
+_BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+class PlanError(ValueError):
+    """A dropout plan is invalid for the model (bad rate, unknown group, nothing to drop...)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """What plans and costs need to know about a model, computed once from it.
+
+    Attributes:
+        shapes: Shape of every state-dict entry.
+        element_sizes: Bytes per element of every entry.
+        param_keys: Entries that are parameters (trained).
+        sent_keys: Entries exchanged with clients: parameters and batch-norm statistics.
+            Fixed buffers (mel filterbank, global-MVN statistics) are rebuilt by the client from
+            the same config and never sent.
+        modules: Droppable modules.
+        group_names: Layer-group names at block and sub-module granularity.
+    """
+
+    shapes: Mapping[str, Tuple[int, ...]]
+    element_sizes: Mapping[str, int]
+    param_keys: Tuple[str, ...]
+    sent_keys: Tuple[str, ...]
+    modules: Tuple[DroppableModule, ...]
+    group_names: Tuple[str, ...]
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module) -> "ModelInfo":
+        from espnet_ext.layers.layer_map import build_layer_map
+
+        state = model.state_dict()
+        params = {n for n, _ in model.named_parameters()}
+        sent = tuple(k for k in state if k in params or k.rsplit(".", 1)[-1] in _BN_BUFFERS)
+        names: List[str] = []
+        for granularity in ("block", "submodule"):
+            names += [n for n in build_layer_map(model, granularity).names() if n not in names]
+        return cls(
+            shapes={k: tuple(v.shape) for k, v in state.items()},
+            element_sizes={k: v.element_size() for k, v in state.items()},
+            param_keys=tuple(k for k in state if k in params),
+            sent_keys=sent,
+            modules=tuple(find_droppable_modules(model)),
+            group_names=tuple(names),
+        )
+
+    @property
+    def num_params(self) -> int:
+        return sum(int(np.prod(self.shapes[k])) for k in self.param_keys)
+
+    def droppable_groups(self, unit_kinds: Sequence[str] = UNIT_KINDS) -> List[str]:
+        """Group names that contain at least one droppable module of the given kinds."""
+        return [g for g in self.group_names
+                if any(_in_group(m.name, g) for m in self.modules if m.kind in unit_kinds)]
+
+
+def _in_group(module_name: str, group: str) -> bool:
+    return module_name == group or module_name.startswith(group + ".")
+
+
+@dataclasses.dataclass(frozen=True)
+class DropoutPlan:
+    """Per-group federated-dropout rates.
+
+    Attributes:
+        name: ``none``, ``uniform``, ``targeted`` or a user name.
+        group_rates: Layer group name -> dropout rate in [0, 1).
+        unit_kinds: Which units may be dropped (``ff``, ``heads``, ``conv``).
+        group_norm_policy: ``auto``, ``whole_groups`` or ``per_group``.
+        note: How the plan was made (for the results table).
+    """
+
+    name: str
+    group_rates: Mapping[str, float]
+    unit_kinds: Tuple[str, ...] = UNIT_KINDS
+    group_norm_policy: str = "auto"
+    note: str = ""
+
+    def module_rates(self, modules: Sequence[DroppableModule]) -> Dict[str, float]:
+        """Rate of every droppable module: the rate of the most specific group holding it."""
+        out = {}
+        for m in modules:
+            if m.kind not in self.unit_kinds:
+                continue
+            best = None
+            for g in self.group_rates:
+                if _in_group(m.name, g) and (best is None or len(g) > len(best)):
+                    best = g
+            if best is not None and self.group_rates[best] > 0:
+                out[m.name] = float(self.group_rates[best])
+        return out
+
+    def validate(self, info: ModelInfo) -> None:
+        """Check the plan against a model, raising one clear error.
+
+        Raises:
+            PlanError: A rate outside [0, 1), an unknown group name, a group with a positive
+                rate but no droppable units, an unknown unit kind or group-norm policy.
+        """
+        bad_kinds = [k for k in self.unit_kinds if k not in UNIT_KINDS]
+        if bad_kinds:
+            raise PlanError(f"plan {self.name!r}: unknown unit kind {bad_kinds[0]!r}; "
+                            f"choose from {', '.join(UNIT_KINDS)}")
+        if self.group_norm_policy not in GROUP_NORM_POLICIES:
+            raise PlanError(f"plan {self.name!r}: group_norm_policy must be one of "
+                            f"{', '.join(GROUP_NORM_POLICIES)}, got {self.group_norm_policy!r}")
+        known = set(info.group_names)
+        droppable = set(info.droppable_groups(self.unit_kinds))
+        for g, r in self.group_rates.items():
+            if not isinstance(r, (int, float)) or not 0.0 <= float(r) < 1.0:
+                raise PlanError(f"plan {self.name!r}: dropout rate of group {g!r} is {r}; "
+                                "rates must be in [0, 1)")
+            if g not in known:
+                examples = ", ".join(list(info.droppable_groups())[:4])
+                raise PlanError(f"plan {self.name!r}: unknown layer group {g!r}; groups are "
+                                f"blocks or sub-modules such as {examples}")
+            if r > 0 and g not in droppable:
+                raise PlanError(
+                    f"plan {self.name!r}: group {g!r} has no droppable units of kinds "
+                    f"{', '.join(self.unit_kinds)} (feed-forward units, attention heads, conv "
+                    "channels); give it rate 0 or leave it out")
+
+    def cost(self, info: ModelInfo) -> Dict[str, float]:
+        """Per-client cost of this plan: trained parameters and bytes each way.
+
+        Returns:
+            ``params_trained``, ``params_fraction`` (of the full model), ``bytes_down`` (=
+            ``bytes_up``: the client returns what it received, trained).
+        """
+        numels = submodel_numels(info.shapes, info.modules, self.module_rates(info.modules),
+                                 self.group_norm_policy)
+        params = sum(numels[k] for k in info.param_keys)
+        sent_bytes = sum(numels[k] * info.element_sizes[k] for k in info.sent_keys)
+        return {"params_trained": params, "params_fraction": params / info.num_params,
+                "bytes_down": sent_bytes, "bytes_up": sent_bytes}
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "group_rates": dict(self.group_rates),
+                "unit_kinds": list(self.unit_kinds), "group_norm_policy": self.group_norm_policy,
+                "note": self.note}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "DropoutPlan":
+        return cls(name=d["name"], group_rates=dict(d.get("group_rates", {})),
+                   unit_kinds=tuple(d.get("unit_kinds", UNIT_KINDS)),
+                   group_norm_policy=d.get("group_norm_policy", "auto"), note=d.get("note", ""))
+
+    def write(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def read(cls, path: Path) -> "DropoutPlan":
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise PlanError(f"{path}: not a dropout plan JSON ({e})") from None
+
+
+def no_dropout_plan() -> DropoutPlan:
+    return DropoutPlan(name="none", group_rates={}, note="no dropout (FedAvg)")
+
+
+def _check_rate(rate: float, what: str) -> None:
+    if not 0.0 <= rate < 1.0:
+        raise PlanError(f"{what}: dropout rate must be in [0, 1), got {rate}")
+
+
+def uniform_plan(info: ModelInfo, rate: float, unit_kinds: Sequence[str] = UNIT_KINDS,
+                 group_norm_policy: str = "auto", stacks: Sequence[str] = ("encoder", "decoder")) -> DropoutPlan:
+    """The same rate for every droppable module in the blocks of the given stacks.
+
+    Raises:
+        PlanError: A rate outside [0, 1).
+    """
+    _check_rate(rate, "uniform plan")
+    blocks = [g for g in info.droppable_groups(unit_kinds)
+              if g.split(".")[0] in stacks and g.count(".") == 2]
+    return DropoutPlan(name="uniform", group_rates={g: float(rate) for g in blocks},
+                       unit_kinds=tuple(unit_kinds), group_norm_policy=group_norm_policy,
+                       note=f"rate {rate:g} on every block")
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupImportance:
+    """One group's reset result from a scan: its label and CER increase (points)."""
+
+    group: str
+    label: str
+    delta_cer: float
+
+
+def read_scan_importance(scan_tsv: Path, dataset: Optional[str] = None) -> Tuple[List[GroupImportance], str]:
+    """Importance of each scanned group from a layer-reset scan's ``scan.tsv``.
+
+    Uses the scan's reference reset (re-initialization to the smallest scanned tau, else the
+    first re-randomization seed) on one dataset.
+
+    Args:
+        scan_tsv: The scan's ``scan.tsv``.
+        dataset: Dataset whose rows to use (default: the first in the file).
+
+    Returns:
+        (importances in file order, description of the rows used).
+
+    Raises:
+        PlanError: Missing/empty file or unknown dataset.
+    """
+    from espnet_ext.analysis.scan_report import REINIT, read_tsv, reference_variant
+
+    scan_tsv = Path(scan_tsv)
+    if not scan_tsv.is_file():
+        raise PlanError(f"scan result {scan_tsv} not found; run the layer-reset scan (stage 6) first")
+    try:
+        rows = read_tsv(scan_tsv)
+    except ValueError as e:
+        raise PlanError(str(e)) from None
+    if not rows:
+        raise PlanError(f"{scan_tsv} has no rows")
+    datasets = list(dict.fromkeys(r.dataset for r in rows))
+    dataset = dataset or datasets[0]
+    if dataset not in datasets:
+        raise PlanError(f"{scan_tsv}: no rows for dataset {dataset!r}; datasets: {', '.join(datasets)}")
+    mode, value = reference_variant([r for r in rows if r.dataset == dataset])
+    chosen = [r for r in rows if r.dataset == dataset and r.mode == mode
+              and (r.tau if mode == REINIT else r.seed) == value]
+    desc = f"{scan_tsv} ({dataset}, {mode} {'tau' if mode == REINIT else 'seed'}={value})"
+    return [GroupImportance(r.group, r.label, r.delta_cer) for r in chosen], desc
+
+
+def targeted_plan(info: ModelInfo, importance: Sequence[GroupImportance], rate: float,
+                  mode: str = "label", unit_kinds: Sequence[str] = UNIT_KINDS,
+                  group_norm_policy: str = "auto", source: str = "") -> DropoutPlan:
+    """Dropout targeted by layer importance (see module doc).
+
+    Args:
+        info: The model.
+        importance: Scan results per group (:func:`read_scan_importance`).
+        rate: Rate for ambient groups (``label``) or the largest rate (``scaled``).
+        mode: ``label`` or ``scaled``.
+        unit_kinds: Unit kinds that may be dropped.
+        group_norm_policy: As in the units module.
+        source: Where the importance came from (kept in the plan's note).
+
+    Raises:
+        PlanError: Bad rate or mode, scan groups unknown to the model (a scan of another
+            architecture), or no droppable group to drop.
+    """
+    _check_rate(rate, "targeted plan")
+    if mode not in TARGET_MODES:
+        raise PlanError(f"targeted plan mode must be one of {', '.join(TARGET_MODES)}, got {mode!r}")
+    known = set(info.group_names)
+    unknown = [i.group for i in importance if i.group not in known]
+    if unknown:
+        raise PlanError(f"scan group {unknown[0]!r} is not a layer group of this model; was the "
+                        "scan made on the same architecture?")
+    droppable = set(info.droppable_groups(unit_kinds))
+    usable = [i for i in importance if i.group in droppable]
+    if not usable:
+        raise PlanError("the scan has no group with droppable units (scan blocks or sub-modules)")
+    if mode == "label":
+        rates = {i.group: float(rate) for i in usable if i.label == "ambient"}
+        if not rates:
+            raise PlanError(f"the scan labels no droppable group ambient ({source}); nothing to drop "
+                            "in a targeted plan: relax the ambient threshold or use the scaled mode")
+        note = f"rate {rate:g} on {len(rates)} ambient groups, critical whole; {source}"
+    else:
+        d = {i.group: max(float(i.delta_cer), 0.0) for i in usable}
+        d_max = max(d.values())
+        rates = {g: float(rate) * (1.0 - (v / d_max if d_max > 0 else 0.0)) for g, v in d.items()}
+        rates = {g: r for g, r in rates.items() if r > 0}
+        note = f"rate {rate:g} x (1 - dCER/max dCER); {source}"
+    return DropoutPlan(name="targeted", group_rates=rates, unit_kinds=tuple(unit_kinds),
+                       group_norm_policy=group_norm_policy, note=note)
+
+
+def matched_uniform_plan(info: ModelInfo, reference: DropoutPlan, metric: str = "params",
+                         step: float = 0.0025) -> DropoutPlan:
+    """The uniform plan whose per-client cost is closest to `reference`'s.
+
+    Kept-unit counts are rounded, so cost is a step function of the rate: the rate grid
+    0, step, 2 step, ... < 1 is searched and the closest cost wins (ties: the smaller rate).
+
+    Args:
+        info: The model.
+        reference: The plan to match (usually the targeted one).
+        metric: ``params`` (trained parameters) or ``bytes`` (bytes sent per client).
+        step: Rate grid resolution.
+
+    Raises:
+        PlanError: Unknown metric.
+    """
+    if metric not in COST_METRICS:
+        raise PlanError(f"cost metric must be one of {', '.join(COST_METRICS)}, got {metric!r}")
+    field = "params_trained" if metric == "params" else "bytes_down"
+    target = reference.cost(info)[field]
+    best = None
+    for r in np.arange(0.0, 1.0, step):
+        plan = uniform_plan(info, float(r), reference.unit_kinds, reference.group_norm_policy)
+        c = plan.cost(info)[field]
+        if best is None or abs(c - target) < abs(best[1] - target):
+            best = (plan, c, float(r))
+    plan, c, r = best
+    gap = 100.0 * (c - target) / target if target else 0.0
+    return dataclasses.replace(
+        plan, note=f"rate {r:.4g} on every block, matched to {reference.name} on {metric} "
+                   f"({int(c)} vs {int(target)}, {gap:+.2f}%)")
