@@ -25,6 +25,7 @@ inference_nj=2        # Parallel jobs for decoding.
 python=               # Python interpreter (default: tools/venv/bin/python, else python3).
 dumpdir=dump          # Directory for tokens and other derived data.
 expdir=exp            # Directory for experiments.
+num_threads=1         # CPU threads per process (OMP_NUM_THREADS), as ESPnet's path.sh sets.
 
 # Data options
 local_data_opts=""    # Options passed to local/data.sh.
@@ -49,6 +50,15 @@ inference_config=     # Decoding config.
 inference_args=       # Extra arguments for espnet_ext.bin.asr_inference.
 inference_model=valid.acc.ave.pth  # Which weights to decode.
 
+# Layer-reset scan options (stage 6)
+scan_sets=            # Data dirs to score variants on (default: the valid set).
+scan_granularities="block submodule"  # Layer granularities (block, submodule, frontend).
+scan_modes=reinit,rerandomize  # Reset modes.
+scan_taus=all         # Checkpoints for re-initialization: comma-separated epochs, last, all.
+scan_scoring=ctc_greedy  # ctc_greedy (fast) or beam (joint CTC/attention).
+scan_model=valid.acc.ave.pth  # Weights to scan.
+scan_args=            # Extra arguments for espnet_ext.bin.layer_scan.
+
 help_message=$(cat <<EOF
 Usage: $0 --train_set <name> --valid_set <name> --test_sets "<names>" --asr_configs "<yamls>" [options]
 
@@ -58,12 +68,14 @@ Stages:
   3: feature statistics and shape files (ESPnet --collect_stats)
   4: training: every config x seed; keeps checkpoints/0epoch.pth (initial weights) and every epoch
   5: decoding and scoring (WER/CER) -> RESULTS.md
+  6: layer-reset scan: every model x granularity; ambient/critical labels, tables, heatmaps
 
 Options (defaults in brackets):
   --stage / --stop_stage   stages to run [${stage} / ${stop_stage}]
   --ngpu                   number of GPUs, 0 for CPU [${ngpu}]
   --nj / --inference_nj    parallel jobs for stats / decoding [${nj} / ${inference_nj}]
   --python                 interpreter [tools/venv/bin/python]
+  --num_threads            CPU threads per process [${num_threads}]
   --local_data_opts        options for local/data.sh [${local_data_opts}]
   --train_set / --valid_set / --test_sets   data dir names under data/
   --token_type / --nbpe / --bpemode         tokens [${token_type} / ${nbpe} / ${bpemode}]
@@ -73,6 +85,11 @@ Options (defaults in brackets):
   --inference_config       decoding config
   --inference_args         extra arguments for decoding
   --inference_model        weights to decode [${inference_model}]
+  --scan_sets              data dirs for the layer-reset scan [valid set]
+  --scan_granularities     layer granularities [${scan_granularities}]
+  --scan_modes / --scan_taus / --scan_scoring   [${scan_modes} / ${scan_taus} / ${scan_scoring}]
+  --scan_model             weights to scan [${scan_model}]
+  --scan_args              extra arguments for espnet_ext.bin.layer_scan
 EOF
 )
 
@@ -109,6 +126,10 @@ for c in ${asr_configs}; do [ -f "${c}" ] || die "training config not found: ${c
 case "${token_type}" in bpe|char) ;; *) die "--token_type must be bpe or char, got ${token_type}" ;; esac
 
 export PYTHONUNBUFFERED=1
+# One thread per process by default: on small CPUs, torch's threads spin against the other jobs
+# (parallel stats/decoding jobs, or anything else running) and a 2-thread training can be several
+# times slower than a 1-thread one.
+export OMP_NUM_THREADS=${num_threads} MKL_NUM_THREADS=${num_threads}
 if [ "${token_type}" = bpe ]; then
     token_dir="${dumpdir}/token_list/bpe_${bpemode}${nbpe}"
     bpemodel="${token_dir}/bpe.model"
@@ -326,6 +347,36 @@ if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ]; then
     "${python}" -m espnet_ext.bin.make_results --expdir "${expdir}" --out "${expdir}/RESULTS.md"
     log "Results: ${expdir}/RESULTS.md"
     stage_end 5
+fi
+
+# ------------------------------------------------------------------------------------------------
+if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ]; then
+    stage_start 6 "Layer-reset scan: granularities [${scan_granularities}] on [${scan_sets:-${valid_set}}]"
+    for config in ${asr_configs}; do
+        for seed in ${seeds}; do
+            dir=$(exp_name "${config}" "${seed}")
+            [ -f "${dir}/.done" ] || die "${dir} is not trained: run stage 4 first"
+            for granularity in ${scan_granularities}; do
+                for dset in ${scan_sets:-${valid_set}}; do
+                    out="${dir}/scan_${granularity}_${dset}"
+                    if [ -f "${out}/.done" ]; then
+                        log "Skip: ${out} is complete"; continue
+                    fi
+                    log "Scanning ${dir} (${granularity}) on ${dset} (log: ${out}/scan.log)"
+                    # shellcheck disable=SC2086
+                    run_logged "${out}/scan.log" "${out}/scan.sh" \
+                        "${python}" -m espnet_ext.bin.layer_scan --exp_dir "${dir}" \
+                        --data_dir "data/${dset}" --out_dir "${out}" \
+                        --granularity "${granularity}" --modes "${scan_modes}" --taus "${scan_taus}" \
+                        --scoring "${scan_scoring}" --model_file "${scan_model}" \
+                        --ngpu "${ngpu}" --no_progress ${scan_args}
+                    tail -n 1 "${out}/scan.log"
+                    touch "${out}/.done"
+                done
+            done
+        done
+    done
+    stage_end 6
 fi
 
 log "Successfully finished in ${SECONDS} s"
