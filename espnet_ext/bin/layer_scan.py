@@ -1,0 +1,127 @@
+"""Layer-reset scan of a trained model: which layers are ambient, which critical.
+
+Resets every layer group of the model (re-initialization to checkpoint tau, re-randomization),
+scores each variant on the data dirs in one process, and writes scan.tsv, scan.json, scan.md
+and heatmaps into --out_dir. Resumable; a finished scan re-run computes nothing. Run from the
+recipe directory (config.yaml paths are relative to it). Prints one summary line per data dir.
+
+Example:
+    python -m espnet_ext.bin.layer_scan --exp_dir exp/asr_conformer_seed1 \\
+        --data_dir data/dev --out_dir exp/asr_conformer_seed1/scan_block_dev \\
+        --granularity block --modes reinit,rerandomize --taus 0,1,last
+"""
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import espnet_ext  # noqa: F401  (registers espnet_ext's encoders into ESPnet)
+
+
+def _floats_or_none(value: str):
+    return None if value.lower() in ("none", "off", "") else float(value)
+
+
+def _csv(value: str):
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def get_parser() -> argparse.ArgumentParser:
+    from espnet_ext.layers.layer_map import GRANULARITIES
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--exp_dir", type=Path, required=True, help="trained experiment dir")
+    p.add_argument("--data_dir", type=Path, action="append", required=True,
+                   help="Kaldi data dir to score on; repeat for several (scored separately)")
+    p.add_argument("--out_dir", type=Path, default=None,
+                   help="output dir (default: <exp_dir>/scan_<granularity>_<first data dir name>)")
+    p.add_argument("--granularity", default="block", choices=GRANULARITIES,
+                   help="what a layer is (default: %(default)s)")
+    p.add_argument("--pattern", action="append", default=[],
+                   help="regular expression for --granularity pattern (repeatable); capturing "
+                        "parentheses split groups, e.g. 'encoder\\.encoders\\.(\\d+)\\.conv_module'")
+    p.add_argument("--groups", type=_csv, default=None,
+                   help="comma-separated group names to scan (default: all)")
+    p.add_argument("--modes", type=_csv, default=["reinit", "rerandomize"],
+                   help="comma-separated: reinit, rerandomize (default: both)")
+    p.add_argument("--taus", type=_csv, default=["0"],
+                   help="checkpoints for reinit: comma-separated epochs, 'last', 'all' (default: 0)")
+    p.add_argument("--seeds", type=lambda v: [int(x) for x in _csv(v)], default=None,
+                   help="comma-separated re-randomization seeds (default: training seed + 1)")
+    p.add_argument("--scoring", default="ctc_greedy", choices=["ctc_greedy", "beam"],
+                   help="ctc_greedy: fast, decoder not scanned; beam: ESPnet's joint CTC/attention "
+                        "beam search (default: %(default)s)")
+    p.add_argument("--decode_config", type=Path, default=None,
+                   help="YAML decoding options for --scoring beam (e.g. conf/decode_asr.yaml)")
+    p.add_argument("--model_file", default="valid.acc.ave.pth",
+                   help="weights to scan, relative to --exp_dir or a path (default: %(default)s)")
+    p.add_argument("--batch_size", type=int, default=16, help="utterances per batch (default: %(default)s)")
+    p.add_argument("--metric", default="cer", choices=["cer", "wer"],
+                   help="error rate that labels layers (default: %(default)s)")
+    p.add_argument("--threshold_abs", type=_floats_or_none, default=2.0,
+                   help="ambient if the error rises by at most this many points ('none' to disable; "
+                        "default: %(default)s)")
+    p.add_argument("--threshold_rel", type=_floats_or_none, default=0.10,
+                   help="... or by at most this fraction of the baseline error ('none' to disable; "
+                        "default: %(default)s)")
+    p.add_argument("--threshold_combine", default="any", choices=["any", "all"],
+                   help="any: within either threshold; all: within both (default: %(default)s)")
+    p.add_argument("--ngpu", type=int, default=0, choices=[0, 1], help="0: CPU, 1: one GPU")
+    p.add_argument("--num_threads", type=int, default=0,
+                   help="CPU threads for torch (0: torch's default); 1 avoids contention on busy "
+                        "machines")
+    p.add_argument("--max_cached_checkpoints", type=int, default=4,
+                   help="checkpoints held in memory at once (default: %(default)s)")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    p.add_argument("--log_level", default="WARNING", help="logging level (default: %(default)s)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = get_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+    from espnet_ext.analysis.labels import AmbientCriterion
+    from espnet_ext.analysis.scan import ScanOptions, run_scan
+
+    try:
+        criterion = AmbientCriterion(args.metric, args.threshold_abs, args.threshold_rel,
+                                     args.threshold_combine)
+    except ValueError as e:
+        get_parser().error(str(e))
+    if args.granularity == "pattern" and not args.pattern:
+        get_parser().error("--granularity pattern needs at least one --pattern")
+    if args.pattern and args.granularity != "pattern":
+        get_parser().error("--pattern needs --granularity pattern")
+    out_dir = args.out_dir or args.exp_dir / f"scan_{args.granularity}_{args.data_dir[0].name}"
+    import torch
+
+    if args.num_threads > 0:
+        torch.set_num_threads(args.num_threads)
+    if args.ngpu > 0:
+        if not torch.cuda.is_available():
+            get_parser().error("--ngpu 1 but no CUDA device is available")
+    opts = ScanOptions(
+        exp_dir=args.exp_dir, data_dirs=args.data_dir, out_dir=out_dir,
+        granularity=args.granularity, patterns=args.pattern, groups=args.groups,
+        modes=args.modes, taus=args.taus, seeds=args.seeds, scoring=args.scoring,
+        decode_config=args.decode_config, model_file=args.model_file,
+        batch_size=args.batch_size, device="cuda" if args.ngpu > 0 else "cpu",
+        criterion=criterion, max_cached_checkpoints=args.max_cached_checkpoints,
+        progress=not args.no_progress,
+    )
+    try:
+        result = run_scan(opts)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        # Bad input: one clear line, no traceback.
+        print(f"layer_scan: error: {e}", file=sys.stderr)
+        return 1
+    for line in result.summary:
+        print(line)
+    print(f"{result.out_dir}/scan.md ({result.computed} variants computed in {result.seconds:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
