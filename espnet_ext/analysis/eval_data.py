@@ -45,7 +45,12 @@ class EvalSet:
         return sum(self.num_samples) / self.sample_rate / 3600.0
 
 
-def _read_recording(data_dir: Path, rec: str, path: str) -> tuple:
+def read_recording(data_dir: Path, rec: str, path: str) -> tuple:
+    """(float32 mono samples, sampling rate) of one wav.scp entry, as ESPnet's `sound` type reads it.
+
+    Raises:
+        DataDirError: A piped command, an unreadable file, or multi-channel audio.
+    """
     if path.rstrip().endswith("|"):
         raise DataDirError(
             f"{data_dir}/wav.scp: recording '{rec}' is a piped command; ESPnet's 'sound' reader "
@@ -61,6 +66,9 @@ def _read_recording(data_dir: Path, rec: str, path: str) -> tuple:
             "the scan needs mono audio"
         )
     return audio, rate
+
+
+_read_recording = read_recording  # earlier name, still imported elsewhere
 
 
 def load_eval_set(data_dir: Path, name: Optional[str] = None) -> EvalSet:
@@ -87,7 +95,7 @@ def load_eval_set(data_dir: Path, name: Optional[str] = None) -> EvalSet:
         if rec not in d.wav_scp:
             raise DataDirError(f"{data_dir}/wav.scp: recording '{rec}' of utterance '{utt}' is missing")
         if rec not in recordings:
-            recordings[rec] = _read_recording(data_dir, rec, d.wav_scp[rec])
+            recordings[rec] = read_recording(data_dir, rec, d.wav_scp[rec])
         samples, rate = recordings[rec]
         if d.segments is not None:
             seg = d.segments[utt]
