@@ -1,0 +1,166 @@
+"""Federated adaptation with (targeted) federated dropout, simulated with Flower.
+
+Subcommands:
+  split    split a data dir into a central domain and a withheld (adaptation) domain
+  run      federated simulations from a centrally trained model, one per plan, side by side
+  compare  one table from finished runs
+
+Run from the recipe directory (config.yaml paths are relative to it).
+
+Examples:
+    python -m espnet_ext.bin.fl_simulate split --data_dir data/train --out_dir data/fl \\
+        --method duration --max_duration 2.0
+    python -m espnet_ext.bin.fl_simulate run --exp_dir exp/asr_gn_seed1 \\
+        --model_file valid.acc.best.pth --adapt_data data/fl/withheld \\
+        --eval_data adapt=data/fl_test/withheld --eval_data orig=data/fl_test/central \\
+        --plans none,uniform,targeted --rate 0.5 --match_cost params \\
+        --scan_tsv exp/asr_gn_seed1/scan_block_dev/scan.tsv \\
+        --rounds 20 --clients_per_round 4 --out_dir exp/fl_gn_seed1
+"""
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import espnet_ext  # noqa: F401  (registers espnet_ext's encoders into ESPnet)
+
+
+def _csv(value: str):
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _none_or(value: str):
+    return None if value.lower() in ("none", "off", "") else value
+
+
+def get_parser() -> argparse.ArgumentParser:
+    from espnet_ext.federated.partition import SPLIT_METHODS
+    from espnet_ext.federated.plan import COST_METRICS, TARGET_MODES
+    from espnet_ext.federated.units import GROUP_NORM_POLICIES
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("split", help="withhold a domain for federated adaptation")
+    s.add_argument("--data_dir", type=Path, required=True, help="Kaldi data dir to split")
+    s.add_argument("--out_dir", type=Path, required=True,
+                   help="writes <out_dir>/central and <out_dir>/withheld")
+    s.add_argument("--method", required=True, choices=SPLIT_METHODS,
+                   help="field: by utt2<field> value; duration: by utt2dur; speakers: by speaker")
+    s.add_argument("--field", default="condition", help="metadata field (default: %(default)s)")
+    s.add_argument("--values", type=_csv, default=[], help="withheld field values, comma-separated")
+    s.add_argument("--max_duration", type=float, default=None, help="withhold utterances shorter than this (s)")
+    s.add_argument("--min_duration", type=float, default=None, help="withhold utterances at least this long (s)")
+    s.add_argument("--speakers", type=_csv, default=[], help="withheld speaker ids, comma-separated")
+
+    r = sub.add_parser("run", help="federated simulations, one per plan")
+    r.add_argument("--exp_dir", type=Path, required=True, help="centrally trained experiment dir")
+    r.add_argument("--model_file", default="valid.acc.best.pth",
+                   help="its weights, relative to --exp_dir or a path (default: %(default)s)")
+    r.add_argument("--adapt_data", type=Path, required=True,
+                   help="adaptation-domain Kaldi data dir; each speaker is a client")
+    r.add_argument("--eval_data", action="append", default=[],
+                   help="NAME=DIR (or DIR) to score the global model on; repeatable")
+    r.add_argument("--out_dir", type=Path, required=True, help="runs go to <out_dir>/<plan>")
+    r.add_argument("--plans", type=_csv, default=["none", "uniform", "targeted"],
+                   help="comma-separated: none, uniform, targeted, file (default: all three)")
+    r.add_argument("--rate", type=float, default=0.5,
+                   help="dropout rate: ambient groups (targeted), every block (uniform unmatched)")
+    r.add_argument("--scan_tsv", type=Path, default=None, help="layer-reset scan result (targeted)")
+    r.add_argument("--scan_dataset", default=None, help="which dataset's scan rows (default: first)")
+    r.add_argument("--target_mode", default="label", choices=TARGET_MODES,
+                   help="label: ambient at --rate, critical whole; scaled: by CER increase")
+    r.add_argument("--match_cost", type=_none_or, default="params",
+                   help=f"match uniform to targeted on {' or '.join(COST_METRICS)}, or none (default: %(default)s)")
+    r.add_argument("--unit_kinds", type=_csv, default=["ff", "heads", "conv"],
+                   help="units that may be dropped (default: ff,heads,conv)")
+    r.add_argument("--group_norm_policy", default="auto", choices=GROUP_NORM_POLICIES,
+                   help="how conv channels under group norm are dropped (default: %(default)s)")
+    r.add_argument("--plan_file", type=Path, default=None, help="plan JSON for plan 'file'")
+    r.add_argument("--rounds", type=int, default=10)
+    r.add_argument("--clients_per_round", type=int, default=4)
+    r.add_argument("--min_utts", type=int, default=1, help="speakers with fewer utterances are no clients")
+    r.add_argument("--local_epochs", type=int, default=1)
+    r.add_argument("--local_steps", type=int, default=0, help="> 0: this many local steps instead of epochs")
+    r.add_argument("--batch_size", type=int, default=4, help="client batch size (utterances)")
+    r.add_argument("--client_optim", default="sgd", choices=["sgd", "adam"])
+    r.add_argument("--client_lr", type=float, default=0.01)
+    r.add_argument("--client_momentum", type=float, default=0.0)
+    r.add_argument("--grad_clip", type=float, default=5.0)
+    r.add_argument("--server_lr", type=float, default=1.0)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--failure_prob", type=float, default=0.0, help="injected client failure probability")
+    r.add_argument("--backend", default="ray", choices=["ray", "local"],
+                   help="ray: Flower simulation runtime; local: in this process (default: %(default)s)")
+    r.add_argument("--num_workers", type=int, default=2, help="Ray worker processes (default: %(default)s)")
+    r.add_argument("--client_threads", type=int, default=1, help="torch threads per client")
+    r.add_argument("--client_gpus", type=float, default=0.0, help="GPU fraction per Ray worker")
+    r.add_argument("--ray_address", default=None, help="address of a running Ray cluster (scale-out)")
+    r.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    r.add_argument("--eval_every", type=int, default=0, help="score every N rounds (the last always)")
+    r.add_argument("--eval_batch_size", type=int, default=16)
+    r.add_argument("--round_timeout", type=float, default=3600.0, help="seconds to wait for a round")
+    r.add_argument("--keep_checkpoints", type=int, default=2)
+    r.add_argument("--no_progress", action="store_true", help="no progress bar")
+
+    c = sub.add_parser("compare", help="one table from finished runs")
+    c.add_argument("run_dirs", type=Path, nargs="+", help="run directories (with results.json)")
+    c.add_argument("--out", type=Path, required=True, help="markdown file to write")
+    return p
+
+
+def main(argv=None) -> int:
+    args = get_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+    from espnet_ext.data.kaldi import DataDirError
+    from espnet_ext.federated.modelio import ModelSetupError
+    from espnet_ext.federated.options import OptionsError, parse_eval_data
+    from espnet_ext.federated.partition import PartitionError
+    from espnet_ext.federated.plan import PlanError
+
+    try:
+        if args.command == "split":
+            from espnet_ext.federated.partition import split_withheld_domain
+
+            split = split_withheld_domain(args.data_dir, args.method, field=args.field, values=args.values,
+                                          max_duration=args.max_duration, min_duration=args.min_duration,
+                                          speakers=args.speakers)
+            central, withheld = split.write(args.out_dir)
+            print(f"{split.rule}: {len(split.withheld.utt2spk)} utterances withheld -> {withheld}, "
+                  f"{len(split.central.utt2spk)} central -> {central}")
+        elif args.command == "run":
+            from espnet_ext.federated.client import LocalTraining
+            from espnet_ext.federated.simulation import run_plans
+
+            local = LocalTraining(epochs=args.local_epochs, steps=args.local_steps,
+                                  batch_size=args.batch_size, optim=args.client_optim,
+                                  lr=args.client_lr, momentum=args.client_momentum,
+                                  grad_clip=args.grad_clip)
+            table = run_plans(
+                args.exp_dir, args.model_file, args.adapt_data, parse_eval_data(args.eval_data),
+                args.out_dir, args.plans, rate=args.rate, scan_tsv=args.scan_tsv,
+                scan_dataset=args.scan_dataset, target_mode=args.target_mode,
+                match_cost=args.match_cost, unit_kinds=tuple(args.unit_kinds),
+                group_norm_policy=args.group_norm_policy, plan_file=args.plan_file,
+                ray_address=args.ray_address, rounds=args.rounds,
+                clients_per_round=args.clients_per_round, min_utts=args.min_utts, local=local,
+                server_lr=args.server_lr, seed=args.seed, failure_prob=args.failure_prob,
+                backend=args.backend, num_workers=args.num_workers,
+                client_threads=args.client_threads, client_gpus=args.client_gpus,
+                device=args.device, eval_every=args.eval_every,
+                eval_batch_size=args.eval_batch_size, round_timeout=args.round_timeout,
+                keep_checkpoints=args.keep_checkpoints, progress=not args.no_progress)
+            print(table)
+        else:
+            from espnet_ext.federated.results import write_comparison
+
+            print(write_comparison(args.run_dirs, args.out))
+    except (OptionsError, PlanError, PartitionError, ModelSetupError, DataDirError, FileNotFoundError) as e:
+        print(f"fl_simulate: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

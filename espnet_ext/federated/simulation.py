@@ -1,0 +1,326 @@
+"""Run a federated simulation: prepare the run directory, choose the plan, launch a backend.
+
+Backends run the same Flower apps (the ``ServerApp`` body :func:`espnet_ext.federated.server.run_server`
+and the ``ClientApp`` of :func:`espnet_ext.federated.client.make_client_app`):
+
+* ``ray``: Flower's simulation runtime (``flwr.simulation.run_simulation``): one virtual node
+  per client (speaker), client updates in a pool of Ray worker processes
+  (``num_workers`` x ``client_threads`` CPUs, ``client_gpus`` of a GPU each). Ray's temporary
+  files go to ``<out_dir>/ray`` (or a short path, see :func:`ray_temp_dir`). For more than one
+  machine, start a Ray cluster (``ray start --head`` / ``ray start --address=...``) and pass
+  ``ray_address``: the same apps then run on the cluster.
+* ``local``: the same apps in this process, clients one after another (no Ray); for tests,
+  debugging and single-GPU runs.
+
+Typical use (what ``python -m espnet_ext.bin.fl_simulate run`` does)::
+
+    setup = prepare_run(exp_dir, "valid.acc.best.pth", adapt_data, eval_data, out_dir,
+                        plan_kind="targeted", rate=0.5, scan_tsv=scan_dir / "scan.tsv", ...)
+    results = run_federated(setup)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+from espnet_ext.federated.client import LocalTraining
+from espnet_ext.federated.options import FederatedSetup, OptionsError, check_same_run
+from espnet_ext.federated.plan import (
+    PLAN_KINDS,
+    DropoutPlan,
+    ModelInfo,
+    matched_uniform_plan,
+    no_dropout_plan,
+    read_scan_importance,
+    targeted_plan,
+    uniform_plan,
+)
+from espnet_ext.federated.units import UNIT_KINDS
+
+logger = logging.getLogger(__name__)
+RUN_FILE = "run.json"
+# Ray puts unix sockets under its temp dir; their paths must stay under the 107-byte limit.
+_MAX_RAY_TEMP_LEN = 48
+
+
+def make_plan(kind: str, info: ModelInfo, rate: float = 0.0, scan_tsv: Optional[Path] = None,
+              scan_dataset: Optional[str] = None, target_mode: str = "label",
+              match_plan: Optional[DropoutPlan] = None, match_metric: str = "params",
+              unit_kinds: Sequence[str] = UNIT_KINDS, group_norm_policy: str = "auto",
+              plan_file: Optional[Path] = None) -> DropoutPlan:
+    """Build and validate a dropout plan.
+
+    Args:
+        kind: ``none``, ``uniform``, ``targeted`` or ``file``.
+        info: The model.
+        rate: Dropout rate (uniform: every block; targeted: ambient groups / the largest).
+        scan_tsv: ``targeted``: the layer-reset scan's scan.tsv.
+        scan_dataset: ``targeted``: which dataset's scan rows (default: the first).
+        target_mode: ``label`` or ``scaled``.
+        match_plan: ``uniform``: match this plan's client cost instead of using `rate`.
+        match_metric: ``params`` or ``bytes`` for matching.
+        unit_kinds: Unit kinds that may be dropped.
+        group_norm_policy: ``auto``, ``whole_groups`` or ``per_group``.
+        plan_file: ``file``: a plan JSON (:meth:`DropoutPlan.write`).
+
+    Raises:
+        PlanError / OptionsError: Invalid plan or options.
+    """
+    if kind == "none":
+        plan = no_dropout_plan()
+    elif kind == "uniform":
+        plan = (matched_uniform_plan(info, match_plan, match_metric) if match_plan is not None
+                else uniform_plan(info, rate, unit_kinds, group_norm_policy))
+    elif kind == "targeted":
+        if scan_tsv is None:
+            raise OptionsError("a targeted plan needs the layer-reset scan result (--scan_tsv)")
+        importance, source = read_scan_importance(scan_tsv, scan_dataset)
+        plan = targeted_plan(info, importance, rate, target_mode, unit_kinds, group_norm_policy, source)
+    elif kind == "file":
+        if plan_file is None:
+            raise OptionsError("plan kind 'file' needs --plan_file")
+        plan = DropoutPlan.read(plan_file)
+    else:
+        raise OptionsError(f"unknown plan {kind!r}; choose one of {', '.join(PLAN_KINDS + ('file',))}")
+    plan.validate(info)
+    return plan
+
+
+def prepare_run(exp_dir: Path, model_file: str, adapt_data: Path,
+                eval_data: Sequence[Tuple[str, Path]], out_dir: Path, plan: DropoutPlan,
+                **options) -> FederatedSetup:
+    """Create the run directory (config copy with absolute paths, plan) and the setup.
+
+    Args:
+        exp_dir: Centrally trained experiment dir.
+        model_file: Its model file (relative to exp_dir or a path).
+        adapt_data: Adaptation-domain Kaldi data dir (clients = its speakers).
+        eval_data: (name, data dir) pairs to score.
+        out_dir: Run directory.
+        plan: The dropout plan (:func:`make_plan`).
+        **options: Further :class:`FederatedSetup` fields (rounds, clients_per_round, local, ...).
+
+    Raises:
+        OptionsError / ModelSetupError / DataDirError: Bad options, model or data.
+    """
+    from espnet_ext.data.validate import validate_data_dir
+    from espnet_ext.federated.modelio import resolve_model_file, resolve_train_config
+
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for _, d in [("adapt", adapt_data)] + list(eval_data):
+        validate_data_dir(Path(d), expected_rate=None)
+    config_path = resolve_train_config(Path(exp_dir), out_dir / "config.yaml")
+    setup = FederatedSetup(
+        out_dir=out_dir, config_path=config_path,
+        model_file=resolve_model_file(Path(exp_dir), model_file),
+        adapt_data=Path(adapt_data).resolve(),
+        eval_data=tuple((n, Path(p).resolve()) for n, p in eval_data),
+        plan=plan, **options)
+    setup.validate()
+    _check_clients(setup)
+    plan.write(out_dir / "plan.json")
+    return setup
+
+
+def model_info(config_path: Path) -> ModelInfo:
+    """ModelInfo of the model a config builds (for plans before a run starts)."""
+    from espnet_ext.federated.modelio import build_asr_model
+
+    return ModelInfo.from_model(build_asr_model(config_path))
+
+
+def _check_clients(setup: FederatedSetup) -> int:
+    from espnet_ext.federated.partition import ClientSampler, speaker_clients
+
+    clients = speaker_clients(setup.adapt_data, setup.min_utts)
+    ClientSampler(len(clients), setup.clients_per_round, setup.seed)  # validates the count
+    return len(clients)
+
+
+def _record_run(setup: FederatedSetup) -> None:
+    path = setup.out_dir / RUN_FILE
+    stored = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    check_same_run(stored, setup, path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(setup.to_json(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def run_federated(setup: FederatedSetup, ray_address: Optional[str] = None) -> dict:
+    """Run (or resume, or extend) a federated simulation; returns its results dict.
+
+    Raises:
+        OptionsError: Invalid options, or `out_dir` holds a run with other options.
+        PartitionError: More clients per round than clients.
+    """
+    setup.validate()
+    num_clients = _check_clients(setup)
+    _record_run(setup)
+    if setup.backend == "local":
+        from espnet_ext.federated.client import make_client_app
+        from espnet_ext.federated.server import run_server
+
+        return run_server(LocalGrid(make_client_app(setup), num_clients), setup)
+    return _run_ray(setup, num_clients, ray_address)
+
+
+def ray_temp_dir(out_dir: Path) -> Path:
+    """Ray's temp dir for a run: ``<out_dir>/ray``, or for a long `out_dir` a short folder
+    under the system temp dir linked from ``<out_dir>/ray`` (Ray's socket paths are limited)."""
+    wanted = Path(out_dir) / "ray"
+    if len(str(wanted)) <= _MAX_RAY_TEMP_LEN:
+        wanted.mkdir(parents=True, exist_ok=True)
+        return wanted
+    tag = hashlib.sha1(str(wanted).encode()).hexdigest()[:10]
+    short = Path(tempfile.gettempdir()) / f"ray_fl_{tag}"
+    short.mkdir(parents=True, exist_ok=True)
+    if not wanted.exists() and not wanted.is_symlink():
+        wanted.symlink_to(short, target_is_directory=True)
+    return short
+
+
+def _run_ray(setup: FederatedSetup, num_clients: int, ray_address: Optional[str]) -> dict:
+    import ray
+    from flwr.serverapp import ServerApp
+    from flwr.simulation import run_simulation
+
+    from espnet_ext.federated.client import make_client_app
+    from espnet_ext.federated.results import load_results
+    from espnet_ext.federated.server import run_server
+
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid, context) -> None:
+        run_server(grid, setup)
+
+    init_args: Dict[str, object] = {"logging_level": "warning", "log_to_driver": True}
+    if ray_address:
+        init_args["address"] = ray_address
+    else:
+        init_args["num_cpus"] = setup.num_workers * setup.client_threads
+        init_args["num_gpus"] = 1 if setup.client_gpus > 0 else 0
+        init_args["_temp_dir"] = str(ray_temp_dir(setup.out_dir))
+    backend_config = {
+        "client_resources": {"num_cpus": setup.client_threads, "num_gpus": setup.client_gpus},
+        "init_args": init_args,
+    }
+    if ray.is_initialized():
+        ray.shutdown()  # a previous run's Ray instance has other resources and temp dir
+    try:
+        run_simulation(server_app=server_app, client_app=make_client_app(setup),
+                       num_supernodes=num_clients, backend_config=backend_config)
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+    return load_results(setup.out_dir)
+
+
+class LocalGrid:
+    """A Flower ``Grid`` that runs a ClientApp in this process, one message at a time.
+
+    It implements the two calls the server uses (``get_node_ids``, ``send_and_receive``). Node
+    ids are 101..100+n (1 is the server's id in Flower); the i-th node's context has
+    ``partition-id`` i. A client's exception becomes an error reply, as in Flower's simulation
+    runtime.
+
+    Args:
+        client_app: The ClientApp.
+        num_nodes: Number of nodes (clients).
+    """
+
+    def __init__(self, client_app, num_nodes: int):
+        from flwr.app import Context, RecordDict
+        from flwr.common.constant import SUPERLINK_NODE_ID
+        from flwr.supercore.task_identity import TaskIdentity
+
+        # Messages take their run and sender from the process's task identity, which Flower's
+        # runtime sets; here this process is the server.
+        if TaskIdentity._run_id is None:
+            TaskIdentity.run_id = 1
+            TaskIdentity.task_id = 1
+            TaskIdentity.node_id = SUPERLINK_NODE_ID
+        self.client_app = client_app
+        self.contexts = {
+            101 + i: Context(run_id=TaskIdentity.run_id, node_id=101 + i,
+                           node_config={"partition-id": i, "num-partitions": num_nodes},
+                           state=RecordDict(), run_config={})
+            for i in range(num_nodes)
+        }
+
+    def get_node_ids(self) -> List[int]:
+        return list(self.contexts)
+
+    def send_and_receive(self, messages: Iterable, *, timeout: Optional[float] = None) -> List:
+        from flwr.app import Error, Message
+
+        replies = []
+        for msg in messages:
+            context = self.contexts[msg.metadata.dst_node_id]
+            try:
+                replies.append(self.client_app(msg, context))
+            except Exception as e:  # a crashing client is a failed client, as in the runtime
+                logger.exception(f"client on node {msg.metadata.dst_node_id} raised")
+                replies.append(Message(Error(code=2, reason=f"{type(e).__name__}: {e}"), reply_to=msg))
+        return replies
+
+
+def run_plans(exp_dir: Path, model_file: str, adapt_data: Path,
+              eval_data: Sequence[Tuple[str, Path]], out_dir: Path, plans: Sequence[str],
+              rate: float = 0.0, scan_tsv: Optional[Path] = None, scan_dataset: Optional[str] = None,
+              target_mode: str = "label", match_cost: Optional[str] = "params",
+              unit_kinds: Sequence[str] = UNIT_KINDS, group_norm_policy: str = "auto",
+              plan_file: Optional[Path] = None, ray_address: Optional[str] = None,
+              **options) -> str:
+    """Run one simulation per plan into ``<out_dir>/<plan>`` and compare them.
+
+    With `match_cost` (``params`` or ``bytes``) and a scan, the ``uniform`` plan is the uniform
+    rate whose client cost matches the ``targeted`` plan's (Cheng et al.: compare at equal
+    cost); without it, ``uniform`` uses `rate` on every block.
+
+    Args:
+        plans: Plan kinds in run order, e.g. ``["none", "uniform", "targeted"]``.
+        Others: As :func:`make_plan` and :func:`prepare_run`.
+
+    Returns:
+        The comparison table (also written to ``<out_dir>/results.md``).
+
+    Raises:
+        OptionsError / PlanError: Bad plans or options (checked for every plan before the first
+            simulation starts).
+    """
+    from espnet_ext.federated.modelio import resolve_train_config
+    from espnet_ext.federated.results import write_comparison
+
+    if not plans:
+        raise OptionsError("no plan to run: give at least one of none, uniform, targeted, file")
+    if len(set(plans)) != len(plans):
+        raise OptionsError(f"each plan once, got {list(plans)}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    info = model_info(resolve_train_config(Path(exp_dir), out_dir / "config.yaml"))
+    common = dict(rate=rate, scan_tsv=scan_tsv, scan_dataset=scan_dataset, target_mode=target_mode,
+                  unit_kinds=unit_kinds, group_norm_policy=group_norm_policy, plan_file=plan_file)
+    built: Dict[str, DropoutPlan] = {}
+    if "uniform" in plans and match_cost and scan_tsv is not None:
+        built["targeted"] = make_plan("targeted", info, **common)
+        built["uniform"] = make_plan("uniform", info, match_plan=built["targeted"],
+                                     match_metric=match_cost, **common)
+    for kind in plans:
+        if kind not in built:
+            built[kind] = make_plan(kind, info, **common)
+    setups = [prepare_run(exp_dir, model_file, adapt_data, eval_data, out_dir / kind, built[kind],
+                          **options) for kind in plans]
+    for setup in setups:
+        logger.info(f"plan {setup.plan.name}: {setup.plan.note}; per client "
+                    f"{setup.plan.cost(info)['params_fraction']:.3f} of the parameters")
+        run_federated(setup, ray_address=ray_address)
+    return write_comparison([s.out_dir for s in setups], out_dir / "results.md")

@@ -1,0 +1,193 @@
+"""Flower strategy: FedAvg where every client trains its own federated-dropout sub-model.
+
+:class:`FederatedDropoutFedAvg` subclasses Flower's message-API ``FedAvg`` and overrides the two
+hooks that differ:
+
+* ``configure_train``: samples the round's clients (seeded, :class:`ClientSampler`), draws each
+  one's sub-model (seeded by run seed, round and client), and sends each client its own message
+  with the sub-model's tensors and structure. The unit indices stay on the server.
+* ``aggregate_train``: merges the returned sub-models into the global model, averaging every
+  element over the clients that trained it, weighted by their numbers of examples, with a
+  server learning rate (:func:`espnet_ext.federated.submodel.merge_update`). Clients are merged
+  in client order, so the result does not depend on the order replies arrive in.
+
+Failed clients (an error reply, a reply that does not fit what was sent, or no reply before the
+timeout) are logged, recorded in the cost ledger and left out of the average. A round in which
+every client fails keeps the global model, unless every failure is a real error (not an
+injected one): then the run stops, since a systematic error would otherwise only repeat.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg
+
+from espnet_ext.federated.client import INJECTED_FAILURE
+from espnet_ext.federated.cost import ClientCost, tensor_bytes
+from espnet_ext.federated.partition import Client, ClientSampler
+from espnet_ext.federated.plan import DropoutPlan, ModelInfo
+from espnet_ext.federated.submodel import IndexMap, choose_submodel, extract_submodel, merge_update
+
+logger = logging.getLogger(__name__)
+
+
+class ClientFailureError(RuntimeError):
+    """Every client of a round failed with a real (not injected) error."""
+
+
+@dataclasses.dataclass
+class _Sent:
+    client: int
+    index_map: IndexMap
+    shapes: Dict[str, Tuple[int, ...]]
+    bytes_down: int
+    params: int
+
+
+def submodel_rng(seed: int, server_round: int, client: int) -> np.random.Generator:
+    """The generator that draws client `client`'s sub-model in round `server_round`."""
+    return np.random.default_rng([seed, server_round, client, 1])
+
+
+class FederatedDropoutFedAvg(FedAvg):
+    """FedAvg with per-client sub-models (federated dropout) and seeded client sampling.
+
+    Args:
+        info: The model (droppable modules, sent entries, parameter keys).
+        plan: The dropout plan (``none`` = plain FedAvg).
+        clients: The client population.
+        sampler: Per-round client sampler over `clients`.
+        node_of_client: Client index -> Flower node id.
+        seed: Run seed (sub-model draws).
+        server_lr: Server learning rate on the averaged update (1 = FedAvg).
+    """
+
+    def __init__(self, info: ModelInfo, plan: DropoutPlan, clients: Sequence[Client],
+                 sampler: ClientSampler, node_of_client: Dict[int, int], seed: int = 0,
+                 server_lr: float = 1.0):
+        # Evaluation is server-side (configure_evaluate sends nothing).
+        super().__init__(fraction_train=1.0, min_train_nodes=1, min_available_nodes=1,
+                         weighted_by_key="num-examples")
+        if server_lr <= 0:
+            raise ValueError(f"server learning rate must be > 0, got {server_lr}")
+        self.info = info
+        self.plan = plan
+        self.module_rates = plan.module_rates(info.modules)
+        self.clients = list(clients)
+        self.sampler = sampler
+        self.node_of_client = dict(node_of_client)
+        self.seed = seed
+        self.server_lr = server_lr
+        self.num_params = info.num_params
+        self._global: Dict[str, torch.Tensor] = {}
+        self._pending: Dict[int, _Sent] = {}
+        self.last_costs: List[ClientCost] = []
+        self.last_round = 0
+
+    def summary(self) -> None:
+        logger.info(f"FederatedDropoutFedAvg: plan {self.plan.name} ({self.plan.note}); "
+                    f"{self.sampler.clients_per_round} of {len(self.clients)} clients per round; "
+                    f"server lr {self.server_lr}")
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid) -> Iterable[Message]:
+        """One message per sampled client, each with that client's own sub-model."""
+        self._global = arrays.to_torch_state_dict()
+        self._pending = {}
+        self.last_round = server_round
+        messages = []
+        for c in self.sampler.sample(server_round):
+            sub = choose_submodel(self.info.modules, self.module_rates,
+                                  submodel_rng(self.seed, server_round, c), self.plan.group_norm_policy)
+            small, imap = extract_submodel(self._global, sub)
+            params = sum(small[k].numel() for k in self.info.param_keys if k in small)
+            cfg = ConfigRecord(dict(config))
+            cfg["server-round"] = server_round
+            cfg["client-index"] = c
+            cfg["structure"] = json.dumps(sub.structure(), sort_keys=True)
+            node = self.node_of_client[c]
+            messages.append(Message(
+                RecordDict({self.arrayrecord_key: ArrayRecord(torch_state_dict=small),
+                            self.configrecord_key: cfg}),
+                dst_node_id=node, message_type=MessageType.TRAIN))
+            self._pending[node] = _Sent(c, imap, {k: tuple(v.shape) for k, v in small.items()},
+                                        tensor_bytes(small), params)
+        return messages
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid) -> Iterable[Message]:
+        """No federated evaluation: the server scores the global model on held-out sets."""
+        return []
+
+    def _failed(self, sent: _Sent, server_round: int, reason: str) -> ClientCost:
+        logger.warning(f"round {server_round}: client {sent.client} "
+                       f"({self.clients[sent.client].speaker}) failed: {reason}")
+        return ClientCost(server_round, sent.client, self.clients[sent.client].speaker,
+                          num_examples=self.clients[sent.client].num_examples,
+                          params_trained=sent.params, params_full=self.num_params,
+                          bytes_down=sent.bytes_down, failed=True, reason=reason[:500])
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> Tuple[Optional[ArrayRecord], Optional[MetricRecord]]:
+        """Merge the sub-models of the clients that replied; record every client's cost."""
+        costs: List[ClientCost] = []
+        done: List[Tuple[int, Dict[str, torch.Tensor], IndexMap, float, float]] = []
+        for msg in replies:
+            sent = self._pending.pop(msg.metadata.src_node_id, None)
+            if sent is None:
+                logger.warning(f"round {server_round}: ignoring a reply from unknown node "
+                               f"{msg.metadata.src_node_id}")
+                continue
+            if msg.has_error():
+                costs.append(self._failed(sent, server_round, str(msg.error.reason)))
+                continue
+            state = msg.content[self.arrayrecord_key].to_torch_state_dict()
+            metrics = msg.content["metrics"]
+            shapes = {k: tuple(v.shape) for k, v in state.items()}
+            if shapes != sent.shapes:
+                wrong = next((k for k in sent.shapes if shapes.get(k) != sent.shapes[k]),
+                             next(iter(set(shapes) - set(sent.shapes)), "?"))
+                costs.append(self._failed(sent, server_round,
+                                          f"returned tensors do not match what was sent (at {wrong})"))
+                continue
+            examples = int(metrics["num-examples"])
+            if examples <= 0:
+                costs.append(self._failed(sent, server_round, "reported no training examples"))
+                continue
+            done.append((sent.client, state, sent.index_map, float(examples), float(metrics["loss"])))
+            costs.append(ClientCost(
+                server_round, sent.client, self.clients[sent.client].speaker, num_examples=examples,
+                params_trained=int(metrics["params-trained"]), params_full=self.num_params,
+                bytes_down=sent.bytes_down, bytes_up=tensor_bytes(state), steps=int(metrics["steps"]),
+                train_seconds=float(metrics["train-seconds"]),
+                step_seconds=float(metrics["step-seconds"]),
+                peak_rss_bytes=int(metrics["peak-rss-bytes"]),
+                peak_device_bytes=int(metrics["peak-device-bytes"]),
+                model_state_bytes=int(metrics["model-state-bytes"]), loss=float(metrics["loss"])))
+        for sent in self._pending.values():
+            costs.append(self._failed(sent, server_round, "no reply before the round's timeout"))
+        self._pending = {}
+        self.last_costs = sorted(costs, key=lambda c: c.client)
+        if not done:
+            failures = [c.reason for c in costs]
+            if failures and not any(r.startswith(INJECTED_FAILURE) for r in failures):
+                raise ClientFailureError(
+                    f"round {server_round}: all {len(failures)} clients failed; first error: {failures[0]}")
+            logger.warning(f"round {server_round}: no client update; the global model is unchanged")
+            return None, None
+        done.sort(key=lambda d: d[0])  # merge in client order: independent of reply order
+        new = merge_update(self._global, [d[1] for d in done], [d[2] for d in done],
+                           [d[3] for d in done], server_lr=self.server_lr)
+        weights = np.array([d[3] for d in done])
+        losses = np.array([d[4] for d in done])
+        finite = np.isfinite(losses)
+        loss = float((weights[finite] * losses[finite]).sum() / weights[finite].sum()) if finite.any() else float("nan")
+        metrics = MetricRecord({"loss": loss, "clients": len(done), "failures": len(costs) - len(done)})
+        return ArrayRecord(torch_state_dict=new), metrics
