@@ -23,9 +23,14 @@ TINY_CORPUS = (
 def _recipe_copy(tmp_path: Path) -> Path:
     """A scratch copy of the recipe with a tiny model config."""
     work = make_recipe_workdir(RECIPE, tmp_path)
-    conf = tiny_asr_config()
-    conf.update(max_epoch=2, batch_size=4, best_model_criterion=[["valid", "acc", "max"]])
-    (work / "conf" / "train_asr_conformer.yaml").write_text(yaml.safe_dump(conf))
+    tiny = {
+        "train_asr_conformer.yaml": tiny_asr_config(),
+        "train_asr_conformer_gn.yaml": tiny_asr_config(
+            "norm_conformer", conv_norm_type="group_norm", conv_norm_groups=2),
+    }
+    for name, conf in tiny.items():
+        conf.update(max_epoch=2, batch_size=4, best_model_criterion=[["valid", "acc", "max"]])
+        (work / "conf" / name).write_text(yaml.safe_dump(conf))
     return work
 
 
@@ -50,7 +55,8 @@ def test_tiny_recipe_end_to_end_and_rerun_is_noop(tmp_path):
     # Stage 2: sentencepiece tokens.
     tokens = (work / "dump/token_list/bpe_unigram30/tokens.txt").read_text().split()
     assert tokens[0] == "<blank>" and tokens[-1] == "<sos/eos>" and len(tokens) == 30
-    # Stage 4: checkpoint 0 and both epochs kept, and the exact command recorded.
+    # Stage 4: both models (batch norm, group norm) trained; checkpoint 0 and both epochs kept.
+    assert (work / "exp" / "asr_train_asr_conformer_gn_seed1" / "checkpoints" / "2epoch.pth").exists()
     exp = work / "exp" / "asr_train_asr_conformer_seed1"
     assert sorted(p.name for p in (exp / "checkpoints").iterdir()) == [
         "0epoch.pth", "1epoch.pth", "2epoch.pth"]
@@ -69,6 +75,7 @@ def test_tiny_recipe_end_to_end_and_rerun_is_noop(tmp_path):
     results = (work / "exp" / "RESULTS.md").read_text()
     assert "|dataset|Snt|Wrd|Corr|Sub|Del|Ins|Err|S.Err|" in results
     assert "asr_train_asr_conformer_seed1" in results
+    assert "asr_train_asr_conformer_gn_seed1" in results
 
     # A second run finds every stage done and changes nothing.
     mtimes = {p: p.stat().st_mtime_ns for p in (exp / "checkpoints").iterdir()}

@@ -43,6 +43,7 @@ asr_configs=          # Training configs (space separated); each is trained with
 asr_config=           # Alias of asr_configs for a single config.
 seeds=1               # Training seeds (space separated).
 asr_args=             # Extra arguments for espnet_ext.bin.asr_train.
+train_nj=2            # Trainings run at once (config x seed pairs); 1 with --ngpu 1.
 feats_normalize=global_mvn  # Feature normalization at training time (global_mvn or none).
 
 # Decoding options
@@ -81,6 +82,7 @@ Options (defaults in brackets):
   --token_type / --nbpe / --bpemode         tokens [${token_type} / ${nbpe} / ${bpemode}]
   --asr_configs            training configs (space separated)
   --seeds                  training seeds (space separated) [${seeds}]
+  --train_nj               trainings run at once [${train_nj}]
   --asr_args               extra arguments for training
   --inference_config       decoding config
   --inference_args         extra arguments for decoding
@@ -144,6 +146,7 @@ stats_dir="${expdir}/asr_stats_${token_type}${nbpe}"
 # On failure, prints the end of the log and the paths to look at.
 # With progress_pattern set, log lines matching it are also shown (e.g. one line per epoch).
 progress_pattern=
+progress_prefix=
 run_logged() {
     local logfile=$1 cmdfile=$2; shift 2
     mkdir -p "$(dirname "${logfile}")" "$(dirname "${cmdfile}")"
@@ -152,7 +155,8 @@ run_logged() {
     chmod +x "${cmdfile}"
     local rc=0
     if [ -n "${progress_pattern}" ]; then
-        "$@" 2>&1 | tee "${logfile}" | { grep --line-buffered -E "${progress_pattern}" || true; }
+        "$@" 2>&1 | tee "${logfile}" \
+            | { grep --line-buffered -E "${progress_pattern}" | sed -u "s|^|${progress_prefix}|" || true; }
         rc=${PIPESTATUS[0]}
     else
         "$@" >"${logfile}" 2>&1 || rc=$?
@@ -265,43 +269,58 @@ fi
 exp_name() { echo "${expdir}/asr_$(basename "${1%.*}")_seed${2}"; }
 
 # ------------------------------------------------------------------------------------------------
+# Trains one config with one seed into its experiment dir (resumes an interrupted run).
+train_one() {
+    local config=$1 seed=$2 dir
+    dir=$(exp_name "${config}" "${seed}")
+    [ -f "${dir}/checkpoint.pth" ] && log "Resuming ${dir}"
+    log "Training ${dir} (log: ${dir}/train.log)"
+    local t0=${SECONDS}
+    # shellcheck disable=SC2046,SC2086
+    progress_pattern="epoch results|initial weights|Traceback|Error:" progress_prefix="[${dir##*/}] " \
+    run_logged "${dir}/train.log" "${dir}/train.sh" \
+        "${python}" -m espnet_ext.bin.asr_train --config "${config}" --seed "${seed}" \
+        --ngpu "${ngpu}" $(common_train_args) "${normalize_args[@]}" \
+        --train_data_path_and_name_and_type "data/${train_set}/wav.scp,speech,sound" \
+        --train_data_path_and_name_and_type "data/${train_set}/text,text,text" \
+        --valid_data_path_and_name_and_type "data/${valid_set}/wav.scp,speech,sound" \
+        --valid_data_path_and_name_and_type "data/${valid_set}/text,text,text" \
+        --train_shape_file "${stats_dir}/train/speech_shape" \
+        --train_shape_file "${stats_dir}/train/text_shape.${token_type}" \
+        --valid_shape_file "${stats_dir}/valid/speech_shape" \
+        --valid_shape_file "${stats_dir}/valid/text_shape.${token_type}" \
+        --resume true --output_dir "${dir}" ${asr_args}
+    # Wall time summed over interrupted and resumed runs.
+    local prev
+    prev=$(cat "${dir}/train_wall_s.txt" 2>/dev/null || echo 0)
+    echo $((prev + SECONDS - t0)) >"${dir}/train_wall_s.txt"
+    touch "${dir}/.done"
+}
+
 if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ]; then
-    stage_start 4 "Training: configs [${asr_configs}] x seeds [${seeds}]"
+    stage_start 4 "Training: configs [${asr_configs}] x seeds [${seeds}], ${train_nj} at a time"
     [ -f "${stats_dir}/.done" ] || die "${stats_dir} is incomplete: run stage 3 first"
     normalize_args=()
     if [ "${feats_normalize}" = global_mvn ]; then
         normalize_args=(--normalize global_mvn --normalize_conf
             "stats_file=$(pwd)/${stats_dir}/train/feats_stats.npz")
     fi
+    pids=()
     for config in ${asr_configs}; do
         for seed in ${seeds}; do
             dir=$(exp_name "${config}" "${seed}")
             if [ -f "${dir}/.done" ]; then
                 log "Skip: ${dir} is trained"; continue
             fi
-            [ -f "${dir}/checkpoint.pth" ] && log "Resuming ${dir}"
-            log "Training ${dir} (log: ${dir}/train.log)"
-            train_t0=${SECONDS}
-            # shellcheck disable=SC2046,SC2086
-            progress_pattern="epoch results|initial weights|Traceback|Error:" \
-            run_logged "${dir}/train.log" "${dir}/train.sh" \
-                "${python}" -m espnet_ext.bin.asr_train --config "${config}" --seed "${seed}" \
-                --ngpu "${ngpu}" $(common_train_args) "${normalize_args[@]}" \
-                --train_data_path_and_name_and_type "data/${train_set}/wav.scp,speech,sound" \
-                --train_data_path_and_name_and_type "data/${train_set}/text,text,text" \
-                --valid_data_path_and_name_and_type "data/${valid_set}/wav.scp,speech,sound" \
-                --valid_data_path_and_name_and_type "data/${valid_set}/text,text,text" \
-                --train_shape_file "${stats_dir}/train/speech_shape" \
-                --train_shape_file "${stats_dir}/train/text_shape.${token_type}" \
-                --valid_shape_file "${stats_dir}/valid/speech_shape" \
-                --valid_shape_file "${stats_dir}/valid/text_shape.${token_type}" \
-                --resume true --output_dir "${dir}" ${asr_args}
-            # Wall time summed over interrupted and resumed runs.
-            prev=$(cat "${dir}/train_wall_s.txt" 2>/dev/null || echo 0)
-            echo $((prev + SECONDS - train_t0)) >"${dir}/train_wall_s.txt"
-            touch "${dir}/.done"
+            # At most train_nj trainings at once (one CPU thread or one GPU share each).
+            while [ "$(jobs -rp | wc -l)" -ge "${train_nj}" ]; do wait -n || true; done
+            train_one "${config}" "${seed}" &
+            pids+=($!)
         done
     done
+    failed=0
+    for pid in "${pids[@]}"; do wait "${pid}" || failed=$((failed + 1)); done
+    [ "${failed}" -eq 0 ] || die "${failed} training run(s) failed (see the messages above)"
     stage_end 4
 fi
 

@@ -13,11 +13,11 @@ die() { log "ERROR: $*"; exit 1; }
 recipe_dir=$(pwd)
 repo_dir=$(cd -P "$(dirname "${BASH_SOURCE[0]}")" && cd ../../../.. && pwd)
 
-# Options (defaults give 12 speakers x 100 train / 10 dev / 10 test utterances, ~0.8 h)
+# Options (defaults give 12 speakers x 250 train / 10 dev / 10 test utterances, ~2 h)
 corpus_dir=downloads/synth_en  # LibriSpeech-like audio tree and corpus metadata.
 data_dir=data                  # Kaldi dirs are written to ${data_dir}/{train,dev,test}.
 num_speakers=12                # Synthetic speakers.
-train_per_speaker=100          # Training utterances per speaker.
+train_per_speaker=250          # Training utterances per speaker.
 dev_per_speaker=10             # Development utterances per speaker.
 test_per_speaker=10            # Test utterances per speaker.
 seed=1                         # Seed of speakers, sentences and conditions.
