@@ -179,10 +179,12 @@ def test_killed_run_resumes_to_the_same_final_model_and_failures_are_tolerated(w
     # A resumed run must have the same options.
     from espnet_ext.federated.options import OptionsError
 
-    other = prepare_run(world["exp"], "latest.pth", world["adapt"], world["eval"][:1],
-                        tmp_path / "killed", plan, **_options(**dict(common, seed=6)))
+    plan_file = (resumed.out_dir / "plan.json").read_text()
     with pytest.raises(OptionsError, match=r"has seed = 5, this call 6"):
-        run_federated(other)
+        prepare_run(world["exp"], "latest.pth", world["adapt"], world["eval"][:1],
+                    tmp_path / "killed", plan, **_options(**dict(common, seed=6)))
+    assert (resumed.out_dir / "plan.json").read_text() == plan_file
+    assert not (resumed.out_dir / ".config.yaml.new").exists()
 
 
 def test_clients_failing_for_real_stop_the_run(world, tmp_path, monkeypatch):
@@ -215,6 +217,22 @@ def test_bad_options_fail_before_any_round(world, tmp_path, capsys):
     assert main(base + ["--plans", "none", "--model_file", "missing.pth"]) == 2
     assert "model file 'missing.pth' not found" in capsys.readouterr().err
     assert not (tmp_path / "bad" / "none" / "checkpoints").exists()
+
+
+def test_ray_temp_dir_stays_with_the_run(tmp_path):
+    from espnet_ext.federated.simulation import ray_temp_dir
+
+    import shutil
+    import tempfile
+
+    short_run = Path(tempfile.mkdtemp(prefix="fl", dir="/tmp"))
+    assert ray_temp_dir(short_run) == short_run / "ray" and (short_run / "ray").is_dir()
+    shutil.rmtree(short_run)
+    deep = tmp_path / ("x" * 60) / "run"
+    short = ray_temp_dir(deep)
+    # Ray's socket paths must stay short: a long run dir links to a short folder.
+    assert len(str(short)) < 48 and (deep / "ray").resolve() == short.resolve()
+    shutil.rmtree(short)
 
 
 def test_split_command_writes_both_domains(world, tmp_path):

@@ -102,14 +102,14 @@ def load_utterances(data, utterances: Sequence[str],
     Raises:
         DataDirError: A piped or unreadable recording, or multi-channel audio.
     """
-    from espnet_ext.analysis.eval_data import _read_recording
+    from espnet_ext.analysis.eval_data import read_recording
 
     cache: Dict[str, Tuple[np.ndarray, int]] = {}
     out = []
     for utt in utterances:
         rec = data.recording_of(utt)
         if rec not in cache:
-            cache[rec] = _read_recording(Path(data_dir), rec, data.wav_scp[rec])
+            cache[rec] = read_recording(Path(data_dir), rec, data.wav_scp[rec])
         audio, rate = cache[rec]
         if data.segments is not None:
             seg = data.segments[utt]

@@ -117,15 +117,22 @@ def prepare_run(exp_dir: Path, model_file: str, adapt_data: Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     for _, d in [("adapt", adapt_data)] + list(eval_data):
         validate_data_dir(Path(d), expected_rate=None)
-    config_path = resolve_train_config(Path(exp_dir), out_dir / "config.yaml")
+    # Nothing in out_dir is replaced before the options are known to fit the run stored there.
+    staged = resolve_train_config(Path(exp_dir), out_dir / ".config.yaml.new")
     setup = FederatedSetup(
-        out_dir=out_dir, config_path=config_path,
+        out_dir=out_dir, config_path=out_dir / "config.yaml",
         model_file=resolve_model_file(Path(exp_dir), model_file),
         adapt_data=Path(adapt_data).resolve(),
         eval_data=tuple((n, Path(p).resolve()) for n, p in eval_data),
         plan=plan, **options)
-    setup.validate()
-    _check_clients(setup)
+    try:
+        setup.validate()
+        _check_clients(setup)
+        _check_stored_run(setup)
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
+    os.replace(staged, setup.config_path)
     plan.write(out_dir / "plan.json")
     return setup
 
@@ -145,10 +152,15 @@ def _check_clients(setup: FederatedSetup) -> int:
     return len(clients)
 
 
-def _record_run(setup: FederatedSetup) -> None:
+def _check_stored_run(setup: FederatedSetup) -> None:
     path = setup.out_dir / RUN_FILE
     stored = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
     check_same_run(stored, setup, path)
+
+
+def _record_run(setup: FederatedSetup) -> None:
+    _check_stored_run(setup)
+    path = setup.out_dir / RUN_FILE
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(setup.to_json(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, path)
@@ -179,6 +191,7 @@ def ray_temp_dir(out_dir: Path) -> Path:
     if len(str(wanted)) <= _MAX_RAY_TEMP_LEN:
         wanted.mkdir(parents=True, exist_ok=True)
         return wanted
+    wanted.parent.mkdir(parents=True, exist_ok=True)
     tag = hashlib.sha1(str(wanted).encode()).hexdigest()[:10]
     short = Path(tempfile.gettempdir()) / f"ray_fl_{tag}"
     short.mkdir(parents=True, exist_ok=True)

@@ -259,9 +259,22 @@ def shrink_model_(model: torch.nn.Module, plan: SubmodelPlan) -> torch.nn.Module
     return model
 
 
+def detach_cached_tensors_(model: torch.nn.Module) -> torch.nn.Module:
+    """Detach tensors that modules cache from their last forward (e.g. attention weights).
+
+    ESPnet's attention keeps its last attention matrix (``self.attn``); after a training step it
+    is part of the autograd graph, and ``copy.deepcopy`` refuses such tensors.
+    """
+    for m in model.modules():
+        for name, value in list(vars(m).items()):
+            if isinstance(value, torch.Tensor) and value.grad_fn is not None:
+                setattr(m, name, value.detach())
+    return model
+
+
 def build_submodel(model: torch.nn.Module, plan: SubmodelPlan) -> torch.nn.Module:
-    """A resized deep copy of `model` (the original is untouched)."""
-    return shrink_model_(copy.deepcopy(model), plan)
+    """A resized deep copy of `model` (the original is untouched but for detached caches)."""
+    return shrink_model_(copy.deepcopy(detach_cached_tensors_(model)), plan)
 
 
 def shrink_model_to_structure_(model: torch.nn.Module, modules: Sequence[DroppableModule],
