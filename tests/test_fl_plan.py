@@ -116,6 +116,11 @@ def test_uniform_plan_matched_to_the_targeted_cost(tmp_path, model, info, metric
             c = uniform_plan(info, other).cost(info)[field]
             assert abs(c - t) >= abs(u - t)
     assert f"{100 * (u - t) / t:+.2f}%" in uniform.note
+    # Matching within the encoder only (where a CTC-scored scan can target).
+    enc = matched_uniform_plan(info, targeted_plan(info, importance, 0.5, unit_kinds=("ff",)),
+                               metric=metric, stacks=("encoder",))
+    assert set(enc.group_rates) == {"encoder.encoders.0", "encoder.encoders.1", "encoder.encoders.2"}
+    assert "every encoder block" in enc.note
 
 
 def test_plan_validation_errors(tmp_path, info):
@@ -131,6 +136,8 @@ def test_plan_validation_errors(tmp_path, info):
         DropoutPlan("p", {}, unit_kinds=("neurons",)).validate(info)
     with pytest.raises(PlanError, match=r"uniform plan: dropout rate must be in \[0, 1\)"):
         uniform_plan(info, 1.5)
+    with pytest.raises(PlanError, match="stacks must be encoder and/or decoder"):
+        uniform_plan(info, 0.5, stacks=("ctc",))
     none_ambient = {g: ("critical", 5.0) for g in LABELS}
     importance, _ = read_scan_importance(_scan(tmp_path, none_ambient))
     with pytest.raises(PlanError, match="labels no droppable group ambient"):

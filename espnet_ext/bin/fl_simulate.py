@@ -73,6 +73,9 @@ def get_parser() -> argparse.ArgumentParser:
                    help="label: ambient at --rate, critical whole; scaled: by CER increase")
     r.add_argument("--match_cost", type=_none_or, default="params",
                    help=f"match uniform to targeted on {' or '.join(COST_METRICS)}, or none (default: %(default)s)")
+    r.add_argument("--uniform_stacks", type=_csv, default=["encoder", "decoder"],
+                   help="blocks the uniform plan drops from (default: encoder,decoder; a CTC-scored "
+                        "scan targets the encoder only)")
     r.add_argument("--unit_kinds", type=_csv, default=["ff", "heads", "conv"],
                    help="units that may be dropped (default: ff,heads,conv)")
     r.add_argument("--group_norm_policy", default="auto", choices=GROUP_NORM_POLICIES,
@@ -143,6 +146,7 @@ def main(argv=None) -> int:
                 scan_dataset=args.scan_dataset, target_mode=args.target_mode,
                 match_cost=args.match_cost, unit_kinds=tuple(args.unit_kinds),
                 group_norm_policy=args.group_norm_policy, plan_file=args.plan_file,
+                uniform_stacks=tuple(args.uniform_stacks),
                 ray_address=args.ray_address, rounds=args.rounds,
                 clients_per_round=args.clients_per_round, min_utts=args.min_utts, local=local,
                 server_lr=args.server_lr, seed=args.seed, failure_prob=args.failure_prob,

@@ -215,14 +215,17 @@ def uniform_plan(info: ModelInfo, rate: float, unit_kinds: Sequence[str] = UNIT_
     """The same rate for every droppable module in the blocks of the given stacks.
 
     Raises:
-        PlanError: A rate outside [0, 1).
+        PlanError: A rate outside [0, 1), or an unknown stack.
     """
     _check_rate(rate, "uniform plan")
+    bad = [s for s in stacks if s not in ("encoder", "decoder")]
+    if bad or not stacks:
+        raise PlanError(f"uniform plan stacks must be encoder and/or decoder, got {list(stacks)}")
     blocks = [g for g in info.droppable_groups(unit_kinds)
               if g.split(".")[0] in stacks and g.count(".") == 2]
     return DropoutPlan(name="uniform", group_rates={g: float(rate) for g in blocks},
                        unit_kinds=tuple(unit_kinds), group_norm_policy=group_norm_policy,
-                       note=f"rate {rate:g} on every block")
+                       note=f"rate {rate:g} on every {' and '.join(stacks)} block")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -319,7 +322,8 @@ def targeted_plan(info: ModelInfo, importance: Sequence[GroupImportance], rate: 
 
 
 def matched_uniform_plan(info: ModelInfo, reference: DropoutPlan, metric: str = "params",
-                         step: float = 0.0025) -> DropoutPlan:
+                         step: float = 0.0025,
+                         stacks: Sequence[str] = ("encoder", "decoder")) -> DropoutPlan:
     """The uniform plan whose per-client cost is closest to `reference`'s.
 
     Kept-unit counts are rounded, so cost is a step function of the rate: the rate grid
@@ -330,6 +334,7 @@ def matched_uniform_plan(info: ModelInfo, reference: DropoutPlan, metric: str = 
         reference: The plan to match (usually the targeted one).
         metric: ``params`` (trained parameters) or ``bytes`` (bytes sent per client).
         step: Rate grid resolution.
+        stacks: Stacks whose blocks the uniform plan drops from (``encoder``, ``decoder``).
 
     Raises:
         PlanError: Unknown metric.
@@ -340,12 +345,12 @@ def matched_uniform_plan(info: ModelInfo, reference: DropoutPlan, metric: str = 
     target = reference.cost(info)[field]
     best = None
     for r in np.arange(0.0, 1.0, step):
-        plan = uniform_plan(info, float(r), reference.unit_kinds, reference.group_norm_policy)
+        plan = uniform_plan(info, float(r), reference.unit_kinds, reference.group_norm_policy, stacks)
         c = plan.cost(info)[field]
         if best is None or abs(c - target) < abs(best[1] - target):
             best = (plan, c, float(r))
     plan, c, r = best
     gap = 100.0 * (c - target) / target if target else 0.0
     return dataclasses.replace(
-        plan, note=f"rate {r:.4g} on every block, matched to {reference.name} on {metric} "
+        plan, note=f"rate {r:.4g} on every {' and '.join(stacks)} block, matched to {reference.name} on {metric} "
                    f"({int(c)} vs {int(target)}, {gap:+.2f}%)")

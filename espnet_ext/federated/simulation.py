@@ -54,7 +54,8 @@ def make_plan(kind: str, info: ModelInfo, rate: float = 0.0, scan_tsv: Optional[
               scan_dataset: Optional[str] = None, target_mode: str = "label",
               match_plan: Optional[DropoutPlan] = None, match_metric: str = "params",
               unit_kinds: Sequence[str] = UNIT_KINDS, group_norm_policy: str = "auto",
-              plan_file: Optional[Path] = None) -> DropoutPlan:
+              plan_file: Optional[Path] = None,
+              uniform_stacks: Sequence[str] = ("encoder", "decoder")) -> DropoutPlan:
     """Build and validate a dropout plan.
 
     Args:
@@ -69,6 +70,7 @@ def make_plan(kind: str, info: ModelInfo, rate: float = 0.0, scan_tsv: Optional[
         unit_kinds: Unit kinds that may be dropped.
         group_norm_policy: ``auto``, ``whole_groups`` or ``per_group``.
         plan_file: ``file``: a plan JSON (:meth:`DropoutPlan.write`).
+        uniform_stacks: ``uniform``: drop from the blocks of these stacks.
 
     Raises:
         PlanError / OptionsError: Invalid plan or options.
@@ -76,8 +78,9 @@ def make_plan(kind: str, info: ModelInfo, rate: float = 0.0, scan_tsv: Optional[
     if kind == "none":
         plan = no_dropout_plan()
     elif kind == "uniform":
-        plan = (matched_uniform_plan(info, match_plan, match_metric) if match_plan is not None
-                else uniform_plan(info, rate, unit_kinds, group_norm_policy))
+        plan = (matched_uniform_plan(info, match_plan, match_metric, stacks=uniform_stacks)
+                if match_plan is not None
+                else uniform_plan(info, rate, unit_kinds, group_norm_policy, uniform_stacks))
     elif kind == "targeted":
         if scan_tsv is None:
             raise OptionsError("a targeted plan needs the layer-reset scan result (--scan_tsv)")
@@ -291,8 +294,8 @@ def run_plans(exp_dir: Path, model_file: str, adapt_data: Path,
               rate: float = 0.0, scan_tsv: Optional[Path] = None, scan_dataset: Optional[str] = None,
               target_mode: str = "label", match_cost: Optional[str] = "params",
               unit_kinds: Sequence[str] = UNIT_KINDS, group_norm_policy: str = "auto",
-              plan_file: Optional[Path] = None, ray_address: Optional[str] = None,
-              **options) -> str:
+              plan_file: Optional[Path] = None, uniform_stacks: Sequence[str] = ("encoder", "decoder"),
+              ray_address: Optional[str] = None, **options) -> str:
     """Run one simulation per plan into ``<out_dir>/<plan>`` and compare them.
 
     With `match_cost` (``params`` or ``bytes``) and a scan, the ``uniform`` plan is the uniform
@@ -321,7 +324,8 @@ def run_plans(exp_dir: Path, model_file: str, adapt_data: Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     info = model_info(resolve_train_config(Path(exp_dir), out_dir / "config.yaml"))
     common = dict(rate=rate, scan_tsv=scan_tsv, scan_dataset=scan_dataset, target_mode=target_mode,
-                  unit_kinds=unit_kinds, group_norm_policy=group_norm_policy, plan_file=plan_file)
+                  unit_kinds=unit_kinds, group_norm_policy=group_norm_policy, plan_file=plan_file,
+                  uniform_stacks=uniform_stacks)
     built: Dict[str, DropoutPlan] = {}
     if "uniform" in plans and match_cost and scan_tsv is not None:
         built["targeted"] = make_plan("targeted", info, **common)
