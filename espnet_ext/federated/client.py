@@ -194,7 +194,8 @@ class ClientRuntime:
         from espnet_ext.federated.partition import speaker_clients
         from espnet_ext.federated.units import find_droppable_modules
 
-        torch.set_num_threads(max(1, setup.client_threads))
+        if setup.backend == "ray":  # a worker process of its own; in-process runs keep the caller's
+            torch.set_num_threads(max(1, setup.client_threads))
         self.setup = setup
         self.device = setup.device
         self.template = build_asr_model(setup.config_path, device="cpu")
