@@ -21,10 +21,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import logging
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch

@@ -24,7 +24,6 @@ import dataclasses
 import math
 import os
 import threading
-import time
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
@@ -254,15 +253,3 @@ class CostLedger:
             "peak_device_bytes": max((r.peak_device_bytes for r in ok), default=0),
             "model_state_bytes": max((r.model_state_bytes for r in ok), default=0),
         }
-
-
-class Stopwatch:
-    """Wall-clock timer: ``with Stopwatch() as t: ...; t.seconds``."""
-
-    def __enter__(self) -> "Stopwatch":
-        self._t0 = time.perf_counter()
-        self.seconds = 0.0
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.seconds = time.perf_counter() - self._t0

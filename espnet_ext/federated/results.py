@@ -12,7 +12,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import List, Sequence
 
 MB = 1e6
 

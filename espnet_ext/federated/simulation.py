@@ -21,7 +21,6 @@ Typical use (what ``python -m espnet_ext.bin.fl_simulate run`` does)::
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -30,7 +29,6 @@ import tempfile
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from espnet_ext.federated.client import LocalTraining
 from espnet_ext.federated.options import FederatedSetup, OptionsError, check_same_run
 from espnet_ext.federated.plan import (
     PLAN_KINDS,

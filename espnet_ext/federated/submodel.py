@@ -33,7 +33,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Mapping, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -372,26 +372,3 @@ def merge_update(
         avg = torch.where(trained, num / den.clamp(min=1e-300), g64)
         new[key] = torch.where(trained, g64 + server_lr * (avg - g64), g64).to(g.dtype)
     return new
-
-
-def trained_fraction(global_state: Mapping[str, torch.Tensor], index_maps: Iterable[IndexMap],
-                     keys: Optional[Iterable[str]] = None) -> float:
-    """Fraction of the elements of `keys` (default: all) that at least one client trained."""
-    keys = list(global_state) if keys is None else list(keys)
-    maps = list(index_maps)
-    if not maps:
-        return 0.0
-    covered = total = 0
-    for key in keys:
-        g = global_state[key]
-        total += g.numel()
-        mask = torch.zeros(g.shape, dtype=torch.bool)
-        for imap in maps:
-            if key not in imap:
-                mask[...] = True
-                break
-            dim, idx = imap[key]
-            view = mask.movedim(dim, 0)
-            view[idx] = True
-        covered += int(mask.sum())
-    return covered / max(total, 1)
