@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from espnet_ext.recipe_workdir import make_recipe_workdir  # noqa: E402
 
-STAGE_NAMES = {1: "data", 2: "tokens", 3: "stats", 4: "training", 5: "decoding+scoring"}
+STAGE_NAMES = {1: "data", 2: "tokens", 3: "stats", 4: "training", 5: "decoding+scoring",
+               6: "layer-reset scan"}
 # Runs one stage and reports its peak RSS: ru_maxrss of RUSAGE_CHILDREN is the largest
 # resident set among the waited-for descendants, in KiB on Linux.
 _MEASURE = (
@@ -52,7 +53,7 @@ def main(argv=None):
     p.add_argument("--recipe", type=Path, default=REPO / "egs2" / "synth_en" / "asr1")
     p.add_argument("--tiny", action="store_true", help="tiny corpus and model (a quick check)")
     p.add_argument("--keep", type=Path, help="scratch directory to use and keep")
-    p.add_argument("--stages", default="1 2 3 4 5")
+    p.add_argument("--stages", default="1 2 3 4 5 6")
     p.add_argument("--json", type=Path, help="also write the measurements here")
     args, extra = p.parse_known_args(argv)
 
