@@ -1,0 +1,492 @@
+"""Several finished runs side by side: which run is which, and what its scan and weights say.
+
+A **run** is a trained experiment dir (``config.yaml``, ``checkpoints/{0..E}epoch.pth``, and
+the layer-reset scan of stage 6 in ``scan_<granularity>_<dataset>/``). Runs are told apart by
+their ``config.yaml``, not by their names: the conv-module norm (ESPnet's ``conformer`` encoder:
+batch norm; ``norm_conformer``: its ``conv_norm_type``), the size (encoder ``num_blocks`` x
+``output_size``) and the training ``seed``. Runs that share norm and size are one **variant**
+and differ by seed.
+
+For every run this module reads the scan rows of one dataset and one reset (``reinit`` to a
+tau, or ``rerandomize`` with a seed; by default the scan's reference reset, i.e.
+re-initialization to the smallest tau scanned) and computes the weight updates of its groups
+(:mod:`espnet_ext.analysis.weight_updates`) from the model the scan reset, giving one
+:class:`~espnet_ext.analysis.stability.RunOutcome` per run.
+
+Directories that are no training run (no ``config.yaml``, or ESPnet's statistics dir
+``asr_stats_*``) are skipped with a note, so ``exp/asr_*`` can be given as is. A run without
+the scan or without kept checkpoints is an error that says which stage makes them (or, with
+``allow_missing``, a skipped run with that reason).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import math
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import yaml
+
+from espnet_ext.analysis.scan_report import MODES, REINIT, ScanRow, read_tsv, reference_variant
+from espnet_ext.analysis.stability import LayerOutcome, RunOutcome
+from espnet_ext.analysis.weight_updates import (
+    TRAIN_HINT,
+    RunUpdates,
+    WeightUpdateError,
+    compute_weight_updates_for_maps,
+    kept_epochs,
+)
+
+SCAN_HINT = ("run stage 6 of the recipe (./run.sh --stage 6 --stop_stage 6) or "
+             "python -m espnet_ext.bin.layer_scan --exp_dir {exp} --data_dir data/{dataset} "
+             "--granularity {granularity}")
+# Config entries that must agree between runs of one variant (besides norm, size and seed).
+_COMPARED_CONFIG = ("frontend_conf", "encoder_conf", "decoder", "decoder_conf", "model_conf",
+                    "optim", "optim_conf", "scheduler", "scheduler_conf", "max_epoch", "init")
+_PER_RUN_ENCODER_CONF = ("conv_norm_type", "conv_norm_groups")
+
+
+class AnalysisInputError(ValueError):
+    """Runs cannot be analysed as asked (a missing scan or checkpoint, mismatching scans...)."""
+
+
+@dataclasses.dataclass
+class RunInfo:
+    """A training run as its config.yaml describes it.
+
+    Attributes:
+        exp_dir: The experiment dir.
+        name: Its directory name (labels in tables and figures).
+        seed: Training seed (``seed`` of config.yaml).
+        encoder: Encoder type (``conformer``, ``norm_conformer``...).
+        norm: Conv-module norm: ``batch_norm``, ``group_norm``, ``layer_norm``, ``no_conv``
+            (a Conformer without convolution module), or the encoder type for other encoders.
+        num_blocks: Encoder blocks (None until known: see :func:`collect_runs`).
+        output_size: Encoder dimension (None until known).
+        config: The whole config.yaml.
+    """
+
+    exp_dir: Path
+    name: str
+    seed: Optional[int]
+    encoder: str
+    norm: str
+    num_blocks: Optional[int]
+    output_size: Optional[int]
+    config: dict
+
+    @property
+    def size(self) -> str:
+        """``<encoder blocks>x<dimension>``, e.g. ``4x96``."""
+        return f"{self.num_blocks if self.num_blocks is not None else '?'}x" \
+               f"{self.output_size if self.output_size is not None else '?'}"
+
+    @property
+    def variant(self) -> str:
+        return f"{self.norm} {self.size}"
+
+
+def conv_norm_of(config: dict) -> str:
+    """The conv-module norm of a training config (see :class:`RunInfo`)."""
+    encoder = str(config.get("encoder", ""))
+    conf = config.get("encoder_conf") or {}
+    if encoder in ("conformer", "norm_conformer"):
+        if conf.get("use_cnn_module", True) is False:
+            return "no_conv"
+        # ESPnet's Conformer convolution module always uses BatchNorm1d.
+        return str(conf.get("conv_norm_type", "batch_norm")) if encoder == "norm_conformer" else "batch_norm"
+    return encoder or "unknown"
+
+
+def describe_run(exp_dir: Path) -> RunInfo:
+    """Read a run's config.yaml.
+
+    Raises:
+        AnalysisInputError: No config.yaml, or not a YAML mapping.
+    """
+    exp_dir = Path(exp_dir)
+    path = exp_dir / "config.yaml"
+    if not path.is_file():
+        raise AnalysisInputError(f"{path} not found: {exp_dir} is not a trained experiment dir "
+                                 "(train it with stage 4 / python -m espnet_ext.bin.asr_train)")
+    with open(path, encoding="utf-8") as f:
+        config = yaml.safe_load(f)
+    if not isinstance(config, dict):
+        raise AnalysisInputError(f"{path} is not a YAML mapping")
+    conf = config.get("encoder_conf") or {}
+    seed = config.get("seed")
+    return RunInfo(
+        exp_dir=exp_dir, name=exp_dir.name, seed=int(seed) if seed is not None else None,
+        encoder=str(config.get("encoder", "")), norm=conv_norm_of(config),
+        num_blocks=int(conf["num_blocks"]) if "num_blocks" in conf else None,
+        output_size=int(conf["output_size"]) if "output_size" in conf else None,
+        config=config,
+    )
+
+
+def _expand(patterns: Sequence[str]) -> List[Path]:
+    """Paths from arguments that may be glob patterns (kept as given when nothing matches)."""
+    out, seen = [], set()
+    for p in patterns:
+        matches = sorted(glob.glob(str(p))) if glob.has_magic(str(p)) else [str(p)]
+        for m in matches or [str(p)]:
+            key = str(Path(m).resolve())
+            if key not in seen:
+                seen.add(key)
+                out.append(Path(m))
+    return out
+
+
+def discover_runs(exp_dirs: Sequence[str]) -> Tuple[List[RunInfo], Dict[str, str]]:
+    """Training runs among directories or glob patterns.
+
+    Returns:
+        (runs in the given order, {path: why it was skipped} for paths that are no training run:
+        not a directory, no config.yaml, or a statistics-collection dir).
+
+    Raises:
+        AnalysisInputError: No training run at all.
+    """
+    runs, skipped = [], {}
+    for path in _expand(exp_dirs):
+        if not path.is_dir():
+            skipped[str(path)] = "not a directory"
+        elif not (path / "config.yaml").is_file():
+            skipped[str(path)] = "no config.yaml (not a training run)"
+        else:
+            info = describe_run(path)
+            if info.config.get("collect_stats"):
+                skipped[str(path)] = "a statistics-collection dir (collect_stats: true)"
+            else:
+                runs.append(info)
+    if not runs:
+        why = "; ".join(f"{p}: {w}" for p, w in skipped.items()) or "nothing given"
+        raise AnalysisInputError(f"no trained experiment dir among the given paths ({why})")
+    return runs, skipped
+
+
+@dataclasses.dataclass
+class ScanData:
+    """The part of a run's scan that the analysis uses.
+
+    Attributes:
+        scan_dir: ``<exp_dir>/scan_<granularity>_<dataset>``.
+        dataset: The data set's name.
+        rows: Every row of that dataset (all resets scanned).
+        reset: (mode, tau or seed) analysed.
+        baseline: {"WER": %, "CER": %} of the trained model on the dataset.
+        criterion: The ambient rule the rows are labelled with (scan.json options).
+        metric: ``wer`` or ``cer``: the rule's metric, whose deltas are analysed.
+        model_file: The weights the scan reset (theta_T).
+        patterns: Layer patterns of a ``pattern`` scan.
+    """
+
+    scan_dir: Path
+    dataset: str
+    rows: List[ScanRow]
+    reset: Tuple[str, Optional[int]]
+    baseline: Dict[str, float]
+    criterion: dict
+    metric: str
+    model_file: Path
+    patterns: List[str]
+
+    def reset_rows(self) -> List[ScanRow]:
+        mode, value = self.reset
+        return [r for r in self.rows if r.mode == mode and (r.tau if mode == REINIT else r.seed) == value]
+
+
+def scan_dir_of(exp_dir: Path, granularity: str, dataset: str) -> Path:
+    """Where stage 6 writes a run's scan: ``<exp_dir>/scan_<granularity>_<dataset>``."""
+    return Path(exp_dir) / f"scan_{granularity}_{dataset}"
+
+
+def _find_scan(exp_dir: Path, granularity: str, dataset: str) -> Path:
+    """The scan dir holding `dataset` rows (also a scan of several data dirs named by the first)."""
+    default = scan_dir_of(exp_dir, granularity, dataset)
+    if (default / "scan.tsv").is_file():
+        return default
+    for d in sorted(Path(exp_dir).glob(f"scan_{granularity}_*")):
+        if (d / "scan.tsv").is_file() and any(r.dataset == dataset for r in read_tsv(d / "scan.tsv")):
+            return d
+    others = sorted(p.name for p in Path(exp_dir).glob("scan_*") if (p / "scan.tsv").is_file())
+    raise AnalysisInputError(
+        f"{exp_dir}: no layer-reset scan at granularity {granularity!r} on {dataset!r} (looked for "
+        f"{default / 'scan.tsv'}"
+        + (f"; scans there: {', '.join(others)}" if others else "")
+        + "): " + SCAN_HINT.format(exp=exp_dir, dataset=dataset, granularity=granularity)
+    )
+
+
+def _variant_value(row: ScanRow) -> Optional[int]:
+    return row.tau if row.mode == REINIT else row.seed
+
+
+def choose_reset(rows: Sequence[ScanRow], mode: Optional[str], value: Optional[int],
+                 where: str) -> Tuple[str, Optional[int]]:
+    """The reset to analyse: (mode, tau or seed).
+
+    Args:
+        rows: One dataset's scan rows.
+        mode: ``reinit``, ``rerandomize`` or None (the scan's reference reset).
+        value: tau (reinit) or seed (rerandomize); None: the smallest tau, or the first seed
+            of the run (each run's re-randomization seed is its own).
+        where: Scan dir, for errors.
+
+    Raises:
+        AnalysisInputError: That reset was not scanned (lists the ones that were).
+    """
+    scanned = sorted({(r.mode, _variant_value(r)) for r in rows}, key=lambda v: (MODES.index(v[0]), v[1]))
+    listing = ", ".join(f"{m} {'tau' if m == REINIT else 'seed'}={v}" for m, v in scanned) or "none"
+    if mode is None:
+        ref = reference_variant(list(rows))
+        if ref is None:
+            raise AnalysisInputError(f"{where}: the scan has no rows")
+        return ref
+    if mode not in MODES:
+        raise AnalysisInputError(f"unknown reset mode {mode!r}; choose from {', '.join(MODES)}")
+    values = sorted(v for m, v in scanned if m == mode)
+    if not values:
+        raise AnalysisInputError(f"{where}: no {mode} reset was scanned (scanned: {listing})")
+    if value is None:
+        return mode, values[0]
+    if value not in values:
+        what = "tau" if mode == REINIT else "seed"
+        raise AnalysisInputError(
+            f"{where}: {mode} with {what}={value} was not scanned (scanned: {listing}); re-run "
+            f"the scan with it (layer_scan --{'taus' if mode == REINIT else 'seeds'} ...) or choose "
+            "one that was"
+        )
+    return mode, value
+
+
+def load_scan(run: RunInfo, granularity: str, dataset: str, mode: Optional[str] = None,
+              value: Optional[int] = None) -> ScanData:
+    """Read a run's finished scan for one dataset and pick the reset to analyse.
+
+    Raises:
+        AnalysisInputError: No scan (says how to run it), an unfinished scan, a reset that was
+            not scanned, or a scanned model file that is gone.
+    """
+    scan_dir = _find_scan(run.exp_dir, granularity, dataset)
+    meta_path = scan_dir / "scan.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    hint = SCAN_HINT.format(exp=run.exp_dir, dataset=dataset, granularity=granularity)
+    if meta.get("status") != "done":
+        raise AnalysisInputError(
+            f"{scan_dir}: the scan is not finished (scan.json status: {meta.get('status', 'missing')}); "
+            f"{hint} to finish it (it resumes)")
+    if dataset not in (meta.get("baseline") or {}):
+        raise AnalysisInputError(f"{meta_path}: no baseline for {dataset!r}; {hint}")
+    rows = [r for r in read_tsv(scan_dir / "scan.tsv") if r.dataset == dataset]
+    reset = choose_reset(rows, mode, value, str(scan_dir))
+    criterion = dict((meta.get("options") or {}).get("criterion") or {})
+    identity = meta.get("identity") or {}
+    model_file = _model_file(run.exp_dir, identity.get("model_file"), meta_path)
+    return ScanData(scan_dir=scan_dir, dataset=dataset, rows=rows, reset=reset,
+                    baseline=meta["baseline"][dataset], criterion=criterion,
+                    metric=str(criterion.get("metric", "cer")), model_file=model_file,
+                    patterns=list(identity.get("patterns") or []))
+
+
+def _model_file(exp_dir: Path, recorded: Optional[str], meta_path: Path) -> Path:
+    """The scanned model file: as recorded, else by its name in exp_dir (a moved exp dir)."""
+    if recorded is None:
+        raise AnalysisInputError(f"{meta_path}: no identity.model_file (not written by layer_scan?)")
+    for candidate in (Path(recorded), Path(exp_dir) / Path(recorded).name):
+        if candidate.is_file():
+            return candidate
+    raise AnalysisInputError(
+        f"{meta_path}: the scanned model file {recorded} is gone (not in {exp_dir} either); the "
+        "weight updates need the very weights that were scanned")
+
+
+@dataclasses.dataclass
+class AnalyzedRun:
+    """One run with its scan, its weight updates and the outcome the statistics use."""
+
+    info: RunInfo
+    scan: ScanData
+    updates: RunUpdates
+    outcome: RunOutcome
+
+
+@dataclasses.dataclass
+class Collection:
+    """Runs ready for analysis.
+
+    Attributes:
+        runs: Analysed runs, by size (encoder blocks, dimension), norm, then seed.
+        skipped: {path: reason} for paths that were left out.
+        notes: Facts worth a line in the report (differing configs within a variant, ...).
+        granularity, dataset: What was analysed.
+        metric: ``wer`` or ``cer`` (of the ambient rule shared by all scans).
+        criterion: That rule (scan.json options).
+    """
+
+    runs: List[AnalyzedRun]
+    skipped: Dict[str, str]
+    notes: List[str]
+    granularity: str
+    dataset: str
+    metric: str
+    criterion: dict
+
+
+def outcome_of(info: RunInfo, scan: ScanData, updates: RunUpdates) -> RunOutcome:
+    """Join a run's scan rows (the analysed reset) with its weight updates, group by group."""
+    measure = updates.for_reset(*scan.reset)
+    layers = []
+    for r in scan.reset_rows():
+        stack = r.group.split(".")[0] if r.block is not None else None
+        delta = r.delta_cer if scan.metric == "cer" else r.delta_wer
+        layers.append(LayerOutcome(
+            group=r.group, kind=r.kind, block=r.block,
+            num_blocks=updates.num_blocks.get(stack) if stack else None,
+            delta=float(delta), ambient=r.label == "ambient",
+            update=measure.get(r.group, math.nan),
+        ))
+    return RunOutcome(name=info.name, norm=info.norm, size=info.size, seed=info.seed,
+                      layers=tuple(layers))
+
+
+def _config_notes(runs: Sequence[RunInfo]) -> List[str]:
+    notes = []
+    variants: Dict[str, List[RunInfo]] = {}
+    for r in runs:
+        variants.setdefault(r.variant, []).append(r)
+    for variant, members in variants.items():
+        seeds = [m.seed for m in members]
+        dup = sorted({s for s in seeds if seeds.count(s) > 1}, key=str)
+        if dup:
+            notes.append(f"{variant}: several runs with seed {dup[0]} "
+                         f"({', '.join(m.name for m in members if m.seed == dup[0])})")
+        first = members[0]
+        for other in members[1:]:
+            differ = []
+            for key in _COMPARED_CONFIG:
+                a, b = first.config.get(key), other.config.get(key)
+                if key == "encoder_conf":
+                    a = {k: v for k, v in (a or {}).items() if k not in _PER_RUN_ENCODER_CONF}
+                    b = {k: v for k, v in (b or {}).items() if k not in _PER_RUN_ENCODER_CONF}
+                if a != b:
+                    differ.append(key)
+            if differ:
+                notes.append(f"{variant}: {other.name} differs from {first.name} in "
+                             f"{', '.join(differ)} (not only in the seed)")
+    return notes
+
+
+def collect_runs(exp_dirs: Sequence[str], granularity: str, dataset: str,
+                 mode: Optional[str] = None, value: Optional[int] = None,
+                 allow_missing: bool = False) -> Collection:
+    """Discover runs, read their scans, compute their weight updates.
+
+    Args:
+        exp_dirs: Experiment dirs or glob patterns (``exp/asr_*``).
+        granularity: Scan granularity (``block``, ``submodule``...).
+        dataset: Data set scanned (the data dir's name, e.g. ``dev``).
+        mode: Reset to analyse (``reinit``/``rerandomize``; None: each scan's reference reset).
+        value: tau (reinit) or seed (rerandomize); None: the smallest scanned.
+        allow_missing: Skip runs without a scan or checkpoints (with the reason) instead of failing.
+
+    Returns:
+        The :class:`Collection`.
+
+    Raises:
+        AnalysisInputError: Runs without the scan/checkpoints (every such run in one message),
+            scans labelled with different ambient rules, or nothing left to analyse.
+        ArchitectureMismatchError: A checkpoint does not match its run's model.
+    """
+    return collect_runs_multi(exp_dirs, [granularity], dataset, mode, value, allow_missing)[granularity]
+
+
+def collect_runs_multi(exp_dirs: Sequence[str], granularities: Sequence[str], dataset: str,
+                       mode: Optional[str] = None, value: Optional[int] = None,
+                       allow_missing: bool = False) -> Dict[str, Collection]:
+    """:func:`collect_runs` for several granularities, reading each run's checkpoints once.
+
+    Returns:
+        {granularity: Collection}, in the order given.
+
+    Raises:
+        As :func:`collect_runs`; with ``allow_missing``, a run lacking one granularity's scan
+        is skipped for that granularity only.
+    """
+    granularities = list(dict.fromkeys(granularities))
+    if not granularities:
+        raise AnalysisInputError("no granularity given")
+    infos, skipped_common = discover_runs(exp_dirs)
+    problems: Dict[str, Dict[str, str]] = {g: {} for g in granularities}
+    scans: Dict[str, Dict[str, ScanData]] = {g: {} for g in granularities}
+    for info in infos:
+        key = str(info.exp_dir)
+        epochs = kept_epochs(info.exp_dir)
+        if not epochs or epochs[0] != 0:
+            for g in granularities:
+                problems[g][key] = (f"{info.exp_dir}: no initial weights (checkpoints/0epoch.pth); "
+                                    f"{TRAIN_HINT}")
+            continue
+        for g in granularities:
+            try:
+                scans[g][key] = load_scan(info, g, dataset, mode, value)
+            except AnalysisInputError as e:
+                problems[g][key] = str(e)
+    messages = list(dict.fromkeys(m for g in granularities for m in problems[g].values()))
+    if messages and not allow_missing:
+        raise AnalysisInputError("\n".join(messages)
+                                 + ("\n(--allow_missing skips such runs)" if len(infos) > 1 else ""))
+
+    for g in granularities:
+        rules = {key: scan.criterion for key, scan in scans[g].items()}
+        if len({json.dumps(c, sort_keys=True) for c in rules.values()}) > 1:
+            listing = "; ".join(f"{Path(p).name}: {c}" for p, c in rules.items())
+            raise AnalysisInputError(
+                f"the {g} scans label ambient layers with different rules ({listing}); re-run "
+                "python -m espnet_ext.bin.layer_scan on them with the same --metric/--threshold_* "
+                "options (a finished scan is only relabelled, nothing is recomputed)")
+
+    analysed: Dict[str, List[AnalyzedRun]] = {g: [] for g in granularities}
+    for info in infos:
+        key = str(info.exp_dir)
+        wanted = [g for g in granularities if key in scans[g]]
+        # One pass over the checkpoints per scanned model file (normally one for all granularities).
+        by_model: Dict[str, List[str]] = {}
+        for g in wanted:
+            by_model.setdefault(str(scans[g][key].model_file), []).append(g)
+        for model_file, grans in by_model.items():
+            specs = [(g, scans[g][key].patterns or None) for g in grans]
+            try:
+                updates = compute_weight_updates_for_maps(info.exp_dir, specs, final_file=model_file)
+            except WeightUpdateError as e:
+                if not allow_missing:
+                    raise AnalysisInputError(str(e)) from None
+                for g in grans:
+                    problems[g][key] = str(e)
+                continue
+            if info.num_blocks is None:
+                info.num_blocks = updates[0].num_blocks.get("encoder")
+            if info.output_size is None:
+                info.output_size = updates[0].encoder_output_size
+            for g, u in zip(grans, updates):
+                analysed[g].append((info, scans[g][key], u))
+
+    out = {}
+    for g in granularities:
+        runs = [AnalyzedRun(i, s, u, outcome_of(i, s, u)) for i, s, u in analysed[g]]
+        skipped = dict(skipped_common)
+        skipped.update(problems[g])
+        if not runs:
+            raise AnalysisInputError(f"no run left to analyse at granularity {g!r}: "
+                                     + "; ".join(skipped.values()))
+        big = float("inf")
+        runs.sort(key=lambda r: (r.info.num_blocks if r.info.num_blocks is not None else big,
+                                 r.info.output_size if r.info.output_size is not None else big,
+                                 r.info.norm, r.info.seed is None, r.info.seed or 0, r.info.name))
+        first = runs[0].scan
+        out[g] = Collection(runs=runs, skipped=skipped, notes=_config_notes([r.info for r in runs]),
+                            granularity=g, dataset=dataset, metric=first.metric, criterion=first.criterion)
+    return out

@@ -1,0 +1,97 @@
+"""Ambient layers across runs and sizes, and weight updates vs reset robustness (stage 7).
+
+Reads finished experiment dirs (config.yaml, checkpoints/, the stage-6 scan
+scan_<granularity>_<dataset>/) and writes analysis.md, analysis.json, weight_updates.tsv,
+trajectories.tsv and PNG figures into --out_dir. Runs are grouped by their config.yaml (conv
+norm, encoder blocks x dimension, seed). Directories that are no training run (e.g.
+exp/asr_stats_*) are skipped. Prints the factual reading.
+
+Examples (from the recipe directory):
+    python -m espnet_ext.bin.layer_analysis --exp_dirs exp/asr_* --granularity block \\
+        --dataset dev --out_dir exp/analysis_block_dev [--mode reinit --tau 0]
+    # several granularities, one pass over the checkpoints:
+    python -m espnet_ext.bin.layer_analysis --exp_dirs exp/asr_* --granularity block submodule \\
+        --dataset dev --out_dir 'exp/analysis_{granularity}_dev'
+"""
+
+import argparse
+import logging
+import sys
+
+import espnet_ext  # noqa: F401  (registers espnet_ext's encoders; imports nothing heavy)
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--exp_dirs", nargs="+", required=True,
+                   help="experiment dirs or glob patterns (quoted globs are expanded too)")
+    p.add_argument("--granularity", nargs="+", default=["block"],
+                   help="granularity of the scans to read; several (e.g. block submodule) share "
+                        "one pass over the checkpoints (default: block)")
+    p.add_argument("--dataset", required=True, help="scanned data set name, e.g. dev")
+    p.add_argument("--out_dir", required=True,
+                   help="output dir; {granularity} in it is replaced by the granularity (needed "
+                        "with several, e.g. exp/analysis_{granularity}_dev)")
+    p.add_argument("--mode", default=None, choices=["reinit", "rerandomize"],
+                   help="reset to analyse (default: each scan's reference reset, i.e. reinit to "
+                        "the smallest tau scanned)")
+    p.add_argument("--tau", type=int, default=None,
+                   help="checkpoint of --mode reinit (default: the smallest scanned)")
+    p.add_argument("--reset_seed", type=int, default=None,
+                   help="seed of --mode rerandomize (default: each run's first)")
+    p.add_argument("--depth_bins", type=int, default=4,
+                   help="normalized-depth bins for comparing model sizes (default: %(default)s)")
+    p.add_argument("--allow_missing", action="store_true",
+                   help="skip runs without a finished scan or checkpoints instead of failing")
+    p.add_argument("--num_threads", type=int, default=1,
+                   help="CPU threads for torch (default: %(default)s; the work is small tensor "
+                        "arithmetic, where more threads only add hand-offs on a busy machine)")
+    p.add_argument("--log_level", default="WARNING", help="logging level (default: %(default)s)")
+    return p
+
+
+def main(argv=None) -> int:
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+    if args.tau is not None and args.mode != "reinit":
+        parser.error("--tau needs --mode reinit")
+    if args.reset_seed is not None and args.mode != "rerandomize":
+        parser.error("--reset_seed needs --mode rerandomize")
+    if args.depth_bins < 1:
+        parser.error("--depth_bins must be >= 1")
+    if args.num_threads < 1:
+        parser.error("--num_threads must be >= 1")
+    import torch
+
+    torch.set_num_threads(args.num_threads)
+    from espnet_ext.analysis.layer_analysis import AnalysisOptions, run_layer_analysis
+
+    if len(set(args.granularity)) > 1 and "{granularity}" not in args.out_dir:
+        parser.error("several --granularity values need {granularity} in --out_dir, e.g. "
+                     "exp/analysis_{granularity}_dev")
+    opts = AnalysisOptions(
+        exp_dirs=args.exp_dirs, granularities=args.granularity, dataset=args.dataset,
+        out_dir=args.out_dir, mode=args.mode,
+        value=args.tau if args.mode == "reinit" else args.reset_seed,
+        depth_bins=args.depth_bins, allow_missing=args.allow_missing,
+    )
+    try:
+        results = run_layer_analysis(opts)
+    except (ValueError, FileNotFoundError) as e:
+        # Bad input: one clear message, no traceback.
+        print(f"layer_analysis: error: {e}", file=sys.stderr)
+        return 1
+    for result in results:
+        print(f"== {result.granularity}")
+        for path, why in result.skipped.items():
+            print(f"skipped {path}: {why}")
+        for line in result.reading:
+            print(line)
+        print(f"{result.out_dir}/analysis.md ({len(result.figures)} figures)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
