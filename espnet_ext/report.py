@@ -1,8 +1,9 @@
 """Collect decoding scores of experiment dirs into one RESULTS.md (ESPnet's format).
 
 Layout read: `<expdir>/<exp>/<decode_tag>/<dataset>/scores.json` (written by the scoring stage),
-`<exp>/train_wall_s.txt` (training wall time, written by the recipe driver) and
-`<exp>/checkpoints/0epoch.pth` (for the parameter count).
+`<exp>/train_wall_s.txt` (training wall time, written by the recipe driver),
+`<exp>/checkpoints/0epoch.pth` (for the parameter count) and `<exp>/scan_*/scan.md` (the layer-reset
+scans, whose summary lines and heatmaps are linked).
 """
 
 from __future__ import annotations
@@ -93,6 +94,24 @@ def write_results_md(expdir: Path, out: Path) -> str:
                 f"{f'{wall:.0f}' if wall is not None else '-'}|"
             )
         sections.append(results_markdown(str(exp_dir), rows))
-    text = "\n".join(lines) + "\n\n" + "\n".join(sections)
+    scans = _scan_summaries(expdir, Path(out).parent)
+    text = "\n".join(lines) + "\n\n" + scans + "\n".join(sections)
     Path(out).write_text(text)
     return text
+
+
+def _scan_summaries(expdir: Path, relative_to: Path) -> str:
+    """Markdown: each scan's summary lines (ambient layers) with links to its table and heatmaps."""
+    import os
+
+    parts = []
+    for scan_md in sorted(Path(expdir).glob("*/scan_*/scan.md")):
+        rel = Path(os.path.relpath(scan_md.parent, relative_to))
+        summary = [ln.strip("* ") for ln in scan_md.read_text().splitlines() if ln.startswith("**")]
+        figures = ", ".join(f"[{p.stem}]({rel / p.name})" for p in sorted(scan_md.parent.glob("*.png")))
+        parts.append(f"- `{scan_md.parent.parent.name}` / `{scan_md.parent.name}` "
+                     f"([table]({rel / 'scan.md'}); {figures}):")
+        parts += [f"  - {line}" for line in summary]
+    if not parts:
+        return ""
+    return "## Layer-reset scans (ambient layers)\n\n" + "\n".join(parts) + "\n\n"

@@ -37,7 +37,8 @@ def _recipe_copy(tmp_path: Path) -> Path:
 def _run(work: Path, *args: str) -> str:
     env = dict(os.environ, PYTHON=str(REPO / "tools" / "venv" / "bin" / "python"))
     proc = subprocess.run(
-        ["./run.sh", "--local_data_opts", TINY_CORPUS, "--nbpe", "30", *args],
+        ["./run.sh", "--local_data_opts", TINY_CORPUS, "--nbpe", "30", "--scan_taus", "0,last",
+         *args],
         cwd=work, env=env, capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -72,7 +73,16 @@ def test_tiny_recipe_end_to_end_and_rerun_is_noop(tmp_path):
         scores = json.loads((out / "scores.json").read_text())
         assert scores["WER"]["sentences"] == 6
         assert scores["CER"]["ref_tokens"] > 0 and scores["CER"]["error_rate"] >= 0
+    # Stage 6: a layer-reset scan per granularity, labelled, with heatmaps, linked from RESULTS.md.
+    for granularity in ("block", "submodule"):
+        scan = exp / f"scan_{granularity}_dev"
+        rows = (scan / "scan.tsv").read_text().splitlines()
+        assert rows[0].split("\t")[:3] == ["dataset", "group", "kind"]
+        labels = {line.split("\t")[-1] for line in rows[1:]}
+        assert labels <= {"ambient", "critical", ""} and len(rows) > 5
+        assert list(scan.glob("heatmap_reinit_*.png"))
     results = (work / "exp" / "RESULTS.md").read_text()
+    assert "## Layer-reset scans (ambient layers)" in results
     assert "|dataset|Snt|Wrd|Corr|Sub|Del|Ins|Err|S.Err|" in results
     assert "asr_train_asr_conformer_seed1" in results
     assert "asr_train_asr_conformer_gn_seed1" in results

@@ -389,12 +389,16 @@ if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ]; then
                         --granularity "${granularity}" --modes "${scan_modes}" --taus "${scan_taus}" \
                         --scoring "${scan_scoring}" --model_file "${scan_model}" \
                         --ngpu "${ngpu}" --no_progress ${scan_args}
-                    tail -n 1 "${out}/scan.log"
+                    tail -n 2 "${out}/scan.log"
                     touch "${out}/.done"
                 done
             done
         done
     done
+    if compgen -G "${expdir}/*/decode_*/*/scores.json" >/dev/null; then
+        "${python}" -m espnet_ext.bin.make_results --expdir "${expdir}" --out "${expdir}/RESULTS.md"
+        log "Results (with the scans' ambient layers): ${expdir}/RESULTS.md"
+    fi
     stage_end 6
 fi
 

@@ -19,4 +19,6 @@ inference_config=conf/decode_asr.yaml
     --inference_config "${inference_config}" \
     --nbpe 50 \
     --seeds 1 \
+    --scan_granularities "block submodule" \
+    --scan_taus 0,1,2,4,8,16,last \
     "$@"
