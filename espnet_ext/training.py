@@ -12,31 +12,20 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 from pathlib import Path
-from typing import List
 
 import torch
 from espnet2.tasks.asr import ASRTask
 from espnet2.train.trainer import Trainer
 
-CHECKPOINT_DIR = "checkpoints"
-_EPOCH_FILE = re.compile(r"^(\d+)epoch\.pth$")
-
-
-def checkpoint_path(exp_dir: Path, epoch: int) -> Path:
-    """Path of the weights after `epoch` epochs (0 = initial weights) of a training run."""
-    return Path(exp_dir) / CHECKPOINT_DIR / f"{epoch}epoch.pth"
-
-
-def saved_epochs(exp_dir: Path) -> List[int]:
-    """Sorted epochs (0 = initial weights) whose weights are kept under `exp_dir/checkpoints`."""
-    d = Path(exp_dir) / CHECKPOINT_DIR
-    if not d.is_dir():
-        return []
-    return sorted(int(m.group(1)) for p in d.iterdir() if (m := _EPOCH_FILE.match(p.name)))
-
+# checkpoint_path and saved_epochs are re-exported for callers of this module.
+from espnet_ext.checkpoints import (  # noqa: F401
+    CHECKPOINT_DIR,
+    EPOCH_FILE,
+    checkpoint_path,
+    saved_epochs,
+)
 
 def _is_writer(distributed_option) -> bool:
     return not distributed_option.distributed or distributed_option.dist_rank == 0
@@ -77,7 +66,7 @@ def keep_epoch_checkpoints(output_dir: Path) -> None:
     keep_dir.mkdir(parents=True, exist_ok=True)
     for src in output_dir.iterdir():
         dst = keep_dir / src.name
-        if not _EPOCH_FILE.match(src.name) or src.is_symlink() or dst.exists():
+        if not EPOCH_FILE.match(src.name) or src.is_symlink() or dst.exists():
             continue
         try:
             os.link(src, dst)

@@ -5,6 +5,8 @@ import math
 import pytest
 import torch
 
+from espnet_ext.checkpoints import checkpoint_path
+
 from espnet_ext.analysis import weight_updates as wu
 from espnet_ext.layers import ArchitectureMismatchError, build_layer_map
 
@@ -60,7 +62,7 @@ def _write_run(tmp_path, scales, name="run"):
     exp = tmp_path / name
     (exp / "checkpoints").mkdir(parents=True)
     for tau, s in enumerate(scales):
-        torch.save(_state(scale_block0=s), wu.epoch_checkpoint(exp, tau))
+        torch.save(_state(scale_block0=s), checkpoint_path(exp, tau))
     return exp
 
 
@@ -102,7 +104,7 @@ def test_a_checkpoint_of_another_model_is_named(tmp_path):
     exp = _write_run(tmp_path, [1.0, 1.1, 1.2])
     other = _state()
     other["encoder.encoders.1.feed_forward.w_1.weight"] = torch.zeros(3, 2)
-    torch.save(other, wu.epoch_checkpoint(exp, 1))
+    torch.save(other, checkpoint_path(exp, 1))
     with pytest.raises(ArchitectureMismatchError,
                        match=r"1epoch.pth.*encoder.encoders.1.feed_forward.w_1.weight"):
         wu.compute_weight_updates(exp)

@@ -37,7 +37,7 @@ from espnet_ext.analysis.weight_updates import (
     RunUpdates,
     WeightUpdateError,
     compute_weight_updates_for_maps,
-    kept_epochs,
+    saved_epochs,
 )
 
 SCAN_HINT = ("run stage 6 of the recipe (./run.sh --stage 6 --stop_stage 6) or "
@@ -424,7 +424,7 @@ def collect_runs_multi(exp_dirs: Sequence[str], granularities: Sequence[str], da
     scans: Dict[str, Dict[str, ScanData]] = {g: {} for g in granularities}
     for info in infos:
         key = str(info.exp_dir)
-        epochs = kept_epochs(info.exp_dir)
+        epochs = saved_epochs(info.exp_dir)
         if not epochs or epochs[0] != 0:
             for g in granularities:
                 problems[g][key] = (f"{info.exp_dir}: no initial weights (checkpoints/0epoch.pth); "

@@ -96,7 +96,7 @@ class CheckpointStore:
 
     def __init__(self, exp_dir: Path, reference: Optional[Dict[str, torch.Tensor]] = None,
                  max_cached: int = 4):
-        from espnet_ext.training import saved_epochs
+        from espnet_ext.checkpoints import saved_epochs
 
         self.exp_dir = Path(exp_dir)
         self.available: List[int] = saved_epochs(self.exp_dir)
@@ -105,7 +105,7 @@ class CheckpointStore:
         self._cache: "collections.OrderedDict[int, Dict[str, torch.Tensor]]" = collections.OrderedDict()
 
     def path(self, tau: int) -> Path:
-        from espnet_ext.training import checkpoint_path
+        from espnet_ext.checkpoints import checkpoint_path
 
         return checkpoint_path(self.exp_dir, tau)
 

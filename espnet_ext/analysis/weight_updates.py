@@ -28,22 +28,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
+from espnet_ext.checkpoints import CHECKPOINT_DIR, checkpoint_path, saved_epochs
 from espnet_ext.layers.layer_map import LayerMap, build_layer_map
 from espnet_ext.layers.reset import check_compatible, load_state_dict_file
 
 #: Relative values with a denominator at or below this norm are undefined (NaN).
 DEFAULT_EPS = 1e-8
 
-# Same layout as espnet_ext.training (checkpoint_path/saved_epochs); that module imports
-# ESPnet's ASR task at import time (~13 s), which this read-only analysis must not pay.
-CHECKPOINT_DIR = "checkpoints"
-_EPOCH_FILE = re.compile(r"^(\d+)epoch\.pth$")
 TRAIN_HINT = ("checkpoints/0epoch.pth (initial weights) and checkpoints/<N>epoch.pth are written "
               "by training stage 4 (python -m espnet_ext.bin.asr_train); ESPnet's own training "
               "keeps neither")
@@ -51,19 +47,6 @@ TRAIN_HINT = ("checkpoints/0epoch.pth (initial weights) and checkpoints/<N>epoch
 
 class WeightUpdateError(ValueError):
     """A run lacks the checkpoints the weight-update analysis needs."""
-
-
-def epoch_checkpoint(exp_dir: Union[str, Path], epoch: int) -> Path:
-    """Path of the kept weights after `epoch` epochs (0 = initial weights)."""
-    return Path(exp_dir) / CHECKPOINT_DIR / f"{epoch}epoch.pth"
-
-
-def kept_epochs(exp_dir: Union[str, Path]) -> List[int]:
-    """Sorted epochs whose weights are kept under ``<exp_dir>/checkpoints`` (0 = initial)."""
-    d = Path(exp_dir) / CHECKPOINT_DIR
-    if not d.is_dir():
-        return []
-    return sorted(int(m.group(1)) for p in d.iterdir() if (m := _EPOCH_FILE.match(p.name)))
 
 
 @dataclasses.dataclass
@@ -273,22 +256,22 @@ def compute_weight_updates_for_maps(
         As :func:`compute_weight_updates`.
     """
     exp_dir = Path(exp_dir)
-    epochs = kept_epochs(exp_dir)
+    epochs = saved_epochs(exp_dir)
     if not epochs or epochs[0] != 0:
         what = "no kept checkpoints" if not epochs else "no initial weights (checkpoint 0)"
         raise WeightUpdateError(f"{exp_dir}: {what} in {exp_dir / CHECKPOINT_DIR}; {TRAIN_HINT}")
-    final_path = Path(final_file) if final_file is not None else epoch_checkpoint(exp_dir, epochs[-1])
+    final_path = Path(final_file) if final_file is not None else checkpoint_path(exp_dir, epochs[-1])
     if not final_path.is_file():
         raise WeightUpdateError(f"{exp_dir}: final weights {final_path} not found")
     final = load_state_dict_file(final_path)
     maps = [build_layer_map(final, g, list(p) if p else None) for g, p in layer_specs]
     keys = _param_keys(maps)
-    init_path = epoch_checkpoint(exp_dir, 0)
+    init_path = checkpoint_path(exp_dir, 0)
     init = load_state_dict_file(init_path)
     check_compatible(final, init, str(init_path), keys=keys)
     trajectory = [_KeyStats(keys, init, init, final)]
     for tau in epochs[1:]:  # one checkpoint in memory at a time, beside theta_0 and theta_T
-        path = epoch_checkpoint(exp_dir, tau)
+        path = checkpoint_path(exp_dir, tau)
         state = load_state_dict_file(path)
         check_compatible(final, state, str(path), keys=keys)
         trajectory.append(_KeyStats(keys, state, init, final))

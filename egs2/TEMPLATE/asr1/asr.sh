@@ -70,6 +70,7 @@ Stages:
   4: training: every config x seed; keeps checkpoints/0epoch.pth (initial weights) and every epoch
   5: decoding and scoring (WER/CER) -> RESULTS.md
   6: layer-reset scan: every model x granularity; ambient/critical labels, tables, heatmaps
+  7: analysis across runs: ambient-set stability across seeds and sizes, weight updates vs resets
 
 Options (defaults in brackets):
   --stage / --stop_stage   stages to run [${stage} / ${stop_stage}]
@@ -400,6 +401,25 @@ if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ]; then
         log "Results (with the scans' ambient layers): ${expdir}/RESULTS.md"
     fi
     stage_end 6
+fi
+
+# ------------------------------------------------------------------------------------------------
+if [ ${stage} -le 7 ] && [ ${stop_stage} -ge 7 ]; then
+    stage_start 7 "Analysis across runs: granularities [${scan_granularities}]"
+    exp_dirs=()
+    for config in ${asr_configs}; do
+        for seed in ${seeds}; do exp_dirs+=("$(exp_name "${config}" "${seed}")"); done
+    done
+    for dset in ${scan_sets:-${valid_set}}; do
+        out="${expdir}/analysis_{granularity}_${dset}"
+        # One call for all granularities: the checkpoints are read once.
+        # shellcheck disable=SC2086
+        run_logged "${expdir}/analysis_${dset}.log" "${expdir}/analysis_${dset}.sh" \
+            "${python}" -m espnet_ext.bin.layer_analysis --exp_dirs "${exp_dirs[@]}" \
+            --granularity ${scan_granularities} --dataset "${dset}" --out_dir "${out}"
+        log "Analysis: ${out} (log: ${expdir}/analysis_${dset}.log)"
+    done
+    stage_end 7
 fi
 
 log "Successfully finished in ${SECONDS} s"
