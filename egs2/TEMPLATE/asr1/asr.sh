@@ -328,7 +328,9 @@ fi
 # ------------------------------------------------------------------------------------------------
 if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ]; then
     stage_start 5 "Decoding and scoring: [${valid_set} ${test_sets}]"
-    inference_tag=decode_$(basename "${inference_config:-default}" .yaml)_$(basename "${inference_model}" .pth)
+    inference_tag=$(basename "${inference_config:-default}" .yaml)
+    [[ ${inference_tag} == decode* ]] || inference_tag=decode_${inference_tag}
+    inference_tag=${inference_tag}_$(basename "${inference_model}" .pth)
     for config in ${asr_configs}; do
         for seed in ${seeds}; do
             dir=$(exp_name "${config}" "${seed}")
