@@ -105,3 +105,28 @@ def train_args(train: Path, valid: Path, tokens: Path, config: Path, out: Path, 
     for k, v in extra.items():
         args += [f"--{k}", str(v)]
     return args
+
+
+def train_tiny_model(root: Path, max_epoch: int, config: dict = None) -> tuple:
+    """Trains a tiny char-level model on tone data in-process (one torch thread).
+
+    Returns:
+        (experiment dir, train data dir).
+    """
+    import torch
+
+    from espnet_ext.training import CheckpointKeepingASRTask
+
+    train = make_tone_data_dir(root / "data", "train", n_utts=6, seed=0)
+    valid = make_tone_data_dir(root / "data", "valid", n_utts=3, seed=1)
+    tokens = write_char_token_list(root / "tokens.txt")
+    config_path = root / "train.yaml"
+    config_path.write_text(yaml.safe_dump(config or tiny_asr_config()))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        CheckpointKeepingASRTask.main(
+            cmd=train_args(train, valid, tokens, config_path, root / "exp", max_epoch=max_epoch))
+    finally:
+        torch.set_num_threads(threads)
+    return root / "exp", train

@@ -4,7 +4,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import make_tone_data_dir, tiny_asr_config, train_args, write_char_token_list
+from conftest import train_tiny_model
 
 asr = pytest.importorskip("espnet2.tasks.asr")
 
@@ -22,22 +22,7 @@ from espnet_ext.layers import (  # noqa: E402
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A tiny model trained for 2 epochs: (exp dir, training config dict)."""
-    from espnet_ext.training import CheckpointKeepingASRTask
-
-    root = tmp_path_factory.mktemp("reset")
-    train = make_tone_data_dir(root / "data", "train", n_utts=6, seed=0)
-    valid = make_tone_data_dir(root / "data", "valid", n_utts=3, seed=1)
-    tokens = write_char_token_list(root / "tokens.txt")
-    config = root / "train.yaml"
-    config.write_text(yaml.safe_dump(tiny_asr_config()))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        CheckpointKeepingASRTask.main(
-            cmd=train_args(train, valid, tokens, config, root / "exp", max_epoch=2))
-    finally:
-        torch.set_num_threads(threads)
-    exp = root / "exp"
+    exp, train = train_tiny_model(tmp_path_factory.mktemp("reset"), max_epoch=2)
     return exp, yaml.safe_load((exp / "config.yaml").read_text())
 
 

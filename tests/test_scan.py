@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import make_tone_data_dir, tiny_asr_config, train_args, write_char_token_list
+from conftest import make_tone_data_dir, tiny_asr_config, train_tiny_model, write_char_token_list
 
 asr = pytest.importorskip("espnet2.tasks.asr")
 
@@ -30,22 +30,8 @@ def one_thread():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny model that has memorized its 6 training utterances (CER well below 100%)."""
-    from espnet_ext.training import CheckpointKeepingASRTask
-
-    root = tmp_path_factory.mktemp("scan")
-    train = make_tone_data_dir(root / "data", "train", n_utts=6, seed=0)
-    valid = make_tone_data_dir(root / "data", "valid", n_utts=3, seed=1)
-    tokens = write_char_token_list(root / "tokens.txt")
-    config = root / "train.yaml"
-    config.write_text(yaml.safe_dump(tiny_asr_config()))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        CheckpointKeepingASRTask.main(
-            cmd=train_args(train, valid, tokens, config, root / "exp", max_epoch=EPOCHS))
-    finally:
-        torch.set_num_threads(threads)
-    return root / "exp", train
+    exp, train = train_tiny_model(tmp_path_factory.mktemp("scan"), max_epoch=EPOCHS)
+    return exp, train
 
 
 def _opts(trained, out, **kw):
