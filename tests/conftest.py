@@ -130,3 +130,20 @@ def train_tiny_model(root: Path, max_epoch: int, config: dict = None) -> tuple:
     finally:
         torch.set_num_threads(threads)
     return root / "exp", train
+
+
+def build_tiny_model(tmp_path: Path, encoder: str = "conformer", **encoder_conf):
+    """An untrained tiny ESPnet ASR model built from `tiny_asr_config` (torch seed 0)."""
+    import torch
+    from espnet2.tasks.asr import ASRTask
+
+    import espnet_ext  # noqa: F401  (registers norm_conformer)
+
+    tokens = write_char_token_list(tmp_path / "tokens.txt")
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump(tiny_asr_config(encoder, **encoder_conf)))
+    args = ASRTask.get_parser().parse_args(
+        ["--config", str(config), "--token_type", "char", "--token_list", str(tokens)]
+    )
+    torch.manual_seed(0)
+    return ASRTask.build_model(args)

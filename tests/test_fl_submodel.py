@@ -5,9 +5,8 @@ import copy
 import numpy as np
 import pytest
 import torch
-import yaml
 
-from conftest import tiny_asr_config, write_char_token_list
+from conftest import build_tiny_model
 
 asr = pytest.importorskip("espnet2.tasks.asr")
 
@@ -23,16 +22,7 @@ from espnet_ext.federated.units import find_droppable_modules  # noqa: E402
 
 
 def _build(tmp_path, encoder, **encoder_conf):
-    import espnet_ext  # noqa: F401  (registers norm_conformer)
-
-    tokens = write_char_token_list(tmp_path / "tokens.txt")
-    config = tmp_path / "train.yaml"
-    config.write_text(yaml.safe_dump(tiny_asr_config(encoder, **encoder_conf)))
-    args = asr.ASRTask.get_parser().parse_args(
-        ["--config", str(config), "--token_type", "char", "--token_list", str(tokens)]
-    )
-    torch.manual_seed(0)
-    model = asr.ASRTask.build_model(args)
+    model = build_tiny_model(tmp_path, encoder, **encoder_conf)
     # Non-trivial norm parameters and statistics, so that zeroing and slicing them matters.
     with torch.no_grad():
         for name, p in model.named_parameters():

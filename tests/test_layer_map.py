@@ -2,9 +2,8 @@
 
 import pytest
 import torch
-import yaml
 
-from conftest import tiny_asr_config, write_char_token_list
+from conftest import build_tiny_model
 
 asr = pytest.importorskip("espnet2.tasks.asr")
 
@@ -12,16 +11,7 @@ from espnet_ext.layers import LayerMapError, build_layer_map  # noqa: E402
 
 
 def _build(tmp_path, encoder="conformer", **encoder_conf):
-    import espnet_ext  # noqa: F401  (registers norm_conformer)
-
-    tokens = write_char_token_list(tmp_path / "tokens.txt")
-    config = tmp_path / "train.yaml"
-    config.write_text(yaml.safe_dump(tiny_asr_config(encoder, **encoder_conf)))
-    args = asr.ASRTask.get_parser().parse_args(
-        ["--config", str(config), "--token_type", "char", "--token_list", str(tokens)]
-    )
-    torch.manual_seed(0)
-    return asr.ASRTask.build_model(args)
+    return build_tiny_model(tmp_path, encoder, **encoder_conf)
 
 
 @pytest.fixture(scope="module")
