@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 from espnet_ext.recipe_workdir import make_recipe_workdir  # noqa: E402
 
 STAGE_NAMES = {1: "data", 2: "tokens", 3: "stats", 4: "training", 5: "decoding+scoring",
-               6: "layer-reset scan"}
+               6: "layer-reset scan", 7: "analysis", 8: "federated adaptation"}
 # Runs one stage and reports its peak RSS: ru_maxrss of RUSAGE_CHILDREN is the largest
 # resident set among the waited-for descendants, in KiB on Linux.
 _MEASURE = (
@@ -45,7 +45,9 @@ def _tiny(work: Path) -> list:
         conf.write_text(yaml.safe_dump(c))
     return ["--local_data_opts",
             "--num_speakers 3 --train_per_speaker 8 --dev_per_speaker 2 --test_per_speaker 2",
-            "--nbpe", "30"]
+            "--nbpe", "30", "--fl_data_opts",
+            "--num_speakers 2 --train_per_speaker 3 --dev_per_speaker 1 --test_per_speaker 1",
+            "--fl_rates", "0.5", "--fl_args", "--rounds 1 --clients_per_round 2"]
 
 
 def main(argv=None):
@@ -53,7 +55,7 @@ def main(argv=None):
     p.add_argument("--recipe", type=Path, default=REPO / "egs2" / "synth_en" / "asr1")
     p.add_argument("--tiny", action="store_true", help="tiny corpus and model (a quick check)")
     p.add_argument("--keep", type=Path, help="scratch directory to use and keep")
-    p.add_argument("--stages", default="1 2 3 4 5 6")
+    p.add_argument("--stages", default="1 2 3 4 5 6 7 8")
     p.add_argument("--json", type=Path, help="also write the measurements here")
     args, extra = p.parse_known_args(argv)
 

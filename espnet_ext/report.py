@@ -52,7 +52,8 @@ def _environment() -> List[str]:
         f"- date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}",
         f"- espnet_ext commit: {commit}",
         f"- python {platform.python_version()}, torch {torch.__version__}, espnet {espnet.__version__}",
-        f"- machine: {platform.machine()}, {_cpu_count()} CPU cores",
+        f"- machine: {platform.machine()}, {_cpu_count()} CPU cores"
+        + (f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"),
     ]
 
 
@@ -97,7 +98,8 @@ def write_results_md(expdir: Path, out: Path) -> str:
             )
         sections.append(results_markdown(str(exp_dir), rows))
     scans = _scan_summaries(expdir, Path(out).parent)
-    text = "\n".join(lines) + "\n\n" + scans + "\n".join(sections)
+    federated = _federated_summaries(expdir, Path(out).parent)
+    text = "\n".join(lines) + "\n\n" + scans + federated + "\n".join(sections)
     Path(out).write_text(text)
     return text
 
@@ -117,3 +119,18 @@ def _scan_summaries(expdir: Path, relative_to: Path) -> str:
     if not parts:
         return ""
     return "## Layer-reset scans (ambient layers)\n\n" + "\n".join(parts) + "\n\n"
+
+
+def _federated_summaries(expdir: Path, relative_to: Path) -> str:
+    """Markdown: each federated comparison (``<expdir>/fl_*/results.md``, stage 8), links rebased."""
+    import os
+    import re
+
+    parts = []
+    for md in sorted(Path(expdir).glob("fl_*/results.md")):
+        rel = Path(os.path.relpath(md.parent, relative_to))
+        body = re.sub(r"\]\((?!http)([^)]+)\)", lambda m: f"]({rel / m.group(1)})", md.read_text())
+        parts.append(f"### `{md.parent.name}`\n\n{body}")
+    if not parts:
+        return ""
+    return "## Federated adaptation (stage 8)\n\n" + "\n".join(parts) + "\n"

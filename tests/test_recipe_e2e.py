@@ -18,6 +18,10 @@ RECIPE = REPO / "egs2" / "synth_en" / "asr1"
 TINY_CORPUS = (
     "--num_speakers 3 --train_per_speaker 8 --dev_per_speaker 2 --test_per_speaker 2 --nj 2"
 )
+TINY_FL = [
+    "--fl_data_opts", "--num_speakers 2 --train_per_speaker 3 --dev_per_speaker 1 --test_per_speaker 1",
+    "--fl_rates", "0.5", "--fl_args", "--rounds 1 --clients_per_round 2 --backend local",
+]
 
 
 def _recipe_copy(tmp_path: Path) -> Path:
@@ -38,7 +42,7 @@ def _run(work: Path, *args: str) -> str:
     env = dict(os.environ, PYTHON=str(REPO / "tools" / "venv" / "bin" / "python"))
     proc = subprocess.run(
         ["./run.sh", "--local_data_opts", TINY_CORPUS, "--nbpe", "30", "--scan_taus", "0,last",
-         *args],
+         *TINY_FL, *args],
         cwd=work, env=env, capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -86,9 +90,19 @@ def test_tiny_recipe_end_to_end_and_rerun_is_noop(tmp_path):
     assert "|dataset|Snt|Wrd|Corr|Sub|Del|Ins|Err|S.Err|" in results
     assert "asr_train_asr_conformer_seed1" in results
     assert "asr_train_asr_conformer_gn_seed1" in results
+    # Stage 8: federated adaptation of the group-norm model, three plans side by side, plotted.
+    fl = work / "exp" / "fl_asr_train_asr_conformer_gn_seed1"
+    for plan in ("none", "uniform", "targeted"):
+        res = json.loads((fl / "r0.5" / plan / "results.json").read_text())
+        assert res["rounds"] == 1 and set(res["scores"]["final"]) == {"fl_adapt_test", "test"}
+        assert res["cost"]["updates"] == 2
+    fl_table = (fl / "results.md").read_text()
+    assert all(f"|{plan}|{plan}|1|" in fl_table for plan in ("none", "uniform", "targeted"))
+    assert (fl / "cer_vs_client_size.png").stat().st_size > 1000
+    assert "## Federated adaptation (stage 8)" in results
 
     # A second run finds every stage done and changes nothing.
     mtimes = {p: p.stat().st_mtime_ns for p in (exp / "checkpoints").iterdir()}
     log = _run(work)
-    assert "Skip: " in log and "Training exp/" not in log
+    assert "Skip: " in log and "Training exp/" not in log and "Federated runs" not in log
     assert {p: p.stat().st_mtime_ns for p in (exp / "checkpoints").iterdir()} == mtimes

@@ -110,6 +110,7 @@ def get_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="one table from finished runs")
     c.add_argument("run_dirs", type=Path, nargs="+", help="run directories (with results.json)")
     c.add_argument("--out", type=Path, required=True, help="markdown file to write")
+    c.add_argument("--plot", type=Path, default=None, help="PNG: error rate vs client model size")
     return p
 
 
@@ -159,7 +160,7 @@ def main(argv=None) -> int:
         else:
             from espnet_ext.federated.results import write_comparison
 
-            print(write_comparison(args.run_dirs, args.out))
+            print(write_comparison(args.run_dirs, args.out, plot=args.plot))
     except (OptionsError, PlanError, PartitionError, ModelSetupError, DataDirError, FileNotFoundError) as e:
         print(f"fl_simulate: error: {e}", file=sys.stderr)
         return 2

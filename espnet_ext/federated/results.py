@@ -12,7 +12,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 MB = 1e6
 
@@ -88,7 +88,7 @@ def comparison_table(runs: Sequence[dict]) -> str:
         c = r["cost"]
         n = max(c["updates"], 1)
         cells = [
-            r["run"], r["plan"], str(r["rounds"]),
+            r.get("label", r["run"]), r["plan"], str(r["rounds"]),
             f"{int(c['params_trained'])} ({_fmt(c['params_fraction'], 3)})",
             _fmt(c["bytes_down"] / (n + c["failures"]) / MB, 3), _fmt(c["bytes_up"] / n / MB, 3),
             _fmt((c["bytes_down"] + c["bytes_up"]) / MB, 2),
@@ -98,12 +98,40 @@ def comparison_table(runs: Sequence[dict]) -> str:
         final = r["scores"]["final"]
         cells += [_fmt(final.get(s, {}).get(m)) for s in sets for m in ("WER", "CER")]
         lines.append("|" + "|".join(cells) + "|")
-    notes = [f"- {r['run']}: {r['plan_note']}" for r in runs if r.get("plan_note")]
+    notes = [f"- {r.get('label', r['run'])}: {r['plan_note']}" for r in runs if r.get("plan_note")]
     return "\n".join(lines) + "\n" + ("\n" + "\n".join(notes) + "\n" if notes else "")
 
 
-def write_comparison(run_dirs: Sequence[Path], out: Path) -> str:
-    """Combine finished runs into one markdown table written to `out`."""
-    table = comparison_table([load_results(d) for d in run_dirs])
+def load_labelled(run_dirs: Sequence[Path]) -> List[dict]:
+    """Results of finished runs, each labelled by its directory name, or ``<parent>/<name>``
+    when two runs share a name (e.g. ``r0.25/uniform`` and ``r0.5/uniform``)."""
+    runs = [load_results(d) for d in run_dirs]
+    names = [Path(d).name for d in run_dirs]
+    for d, r in zip(run_dirs, runs):
+        d = Path(d)
+        r["label"] = f"{d.parent.name}/{d.name}" if names.count(d.name) > 1 else d.name
+    return runs
+
+
+def write_comparison(run_dirs: Sequence[Path], out: Path, plot: Optional[Path] = None) -> str:
+    """Combine finished runs into one markdown table written to `out`.
+
+    Args:
+        run_dirs: Finished run directories (each with ``results.json``).
+        out: Markdown file to write.
+        plot: Optional PNG: error rate vs client model size
+            (:func:`espnet_ext.federated.plots.plot_error_vs_client_size`), linked from `out`.
+
+    Returns:
+        The markdown written.
+    """
+    runs = load_labelled(run_dirs)
+    table = comparison_table(runs)
+    if plot is not None:
+        from espnet_ext.federated.plots import plot_error_vs_client_size
+
+        plot_error_vs_client_size(runs, plot)
+        table += f"\n![CER vs client model size]({os.path.relpath(plot, Path(out).parent)})\n"
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(table, encoding="utf-8")
     return table

@@ -212,9 +212,14 @@ def run_server(grid, setup) -> dict:
             "scores": scores,
         })
         save_checkpoint(out, server_round, state, setup.keep_checkpoints)
-        bar.set_postfix(loss=f"{history.row(server_round)['loss']:.3g}",
-                        failed=history.row(server_round)["failures"])
+        row = history.row(server_round)
+        bar.set_postfix(loss=f"{row['loss']:.3g}", failed=row["failures"])
         bar.update(1)
+        if not setup.progress:
+            # Without a bar (recipe stages, logs), one line per round shows progress instead.
+            done = " ".join(f"{name} CER {s['CER']:.2f}" for name, s in scores.items())
+            logger.info(f"round {server_round}/{setup.rounds} ({setup.plan.name}): loss {row['loss']:.3g}, "
+                        f"{row['failures']} failed, {seconds:.1f} s {done}".rstrip())
     bar.close()
 
     final = {k: v.clone() for k, v in pretrained.items()}

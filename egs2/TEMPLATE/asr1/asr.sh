@@ -60,6 +60,19 @@ scan_scoring=ctc_greedy  # ctc_greedy (fast) or beam (joint CTC/attention).
 scan_model=valid.acc.ave.pth  # Weights to scan.
 scan_args=            # Extra arguments for espnet_ext.bin.layer_scan.
 
+# Federated adaptation options (stage 8)
+fl_adapt_set=         # Withheld-domain data dir under data/; each speaker is a client. Empty: no stage 8.
+fl_test_sets=         # Data dirs scored before and after adaptation (the withheld domain's test set and
+                      # the original test sets, for forgetting; default: the test sets).
+fl_data_opts=         # Options for local/fl_data.sh, which (when the recipe has one) makes the withheld domain.
+fl_config=            # Training config of the pre-trained model (default: the last of asr_configs).
+fl_seed=              # Its seed (default: the first of seeds).
+fl_model=valid.acc.ave.pth  # Its weights.
+fl_scan=submodule     # Granularity of the stage-6 scan that targets the dropout.
+fl_rates="0.25 0.5"   # Ambient-group dropout rates of the targeted plans, one client size each; every
+                      # rate also runs uniform dropout at the same client cost (no dropout runs once).
+fl_args=              # Extra arguments for espnet_ext.bin.fl_simulate run (--rounds, --client_lr, ...).
+
 help_message=$(cat <<EOF
 Usage: $0 --train_set <name> --valid_set <name> --test_sets "<names>" --asr_configs "<yamls>" [options]
 
@@ -71,6 +84,8 @@ Stages:
   5: decoding and scoring (WER/CER) -> RESULTS.md
   6: layer-reset scan: every model x granularity; ambient/critical labels, tables, heatmaps
   7: analysis across runs: ambient-set stability across seeds and sizes, weight updates vs resets
+  8: federated adaptation on a withheld domain (Flower): no dropout, uniform and importance-targeted
+     federated dropout at matched client cost (needs --fl_adapt_set)
 
 Options (defaults in brackets):
   --stage / --stop_stage   stages to run [${stage} / ${stop_stage}]
@@ -93,6 +108,13 @@ Options (defaults in brackets):
   --scan_modes / --scan_taus / --scan_scoring   [${scan_modes} / ${scan_taus} / ${scan_scoring}]
   --scan_model             weights to scan [${scan_model}]
   --scan_args              extra arguments for espnet_ext.bin.layer_scan
+  --fl_adapt_set           withheld-domain data dir (clients = speakers) [${fl_adapt_set:-none}]
+  --fl_test_sets           data dirs scored before/after adaptation [test sets]
+  --fl_data_opts           options for local/fl_data.sh
+  --fl_config / --fl_seed / --fl_model   pre-trained model [last config / first seed / ${fl_model}]
+  --fl_scan                scan granularity that targets the dropout [${fl_scan}]
+  --fl_rates               targeted dropout rates, one client size each [${fl_rates}]
+  --fl_args                extra arguments for espnet_ext.bin.fl_simulate run
 EOF
 )
 
@@ -422,6 +444,64 @@ if [ ${stage} -le 7 ] && [ ${stop_stage} -ge 7 ]; then
         log "Analysis: ${out} (log: ${expdir}/analysis_${dset}.log)"
     done
     stage_end 7
+fi
+
+# ------------------------------------------------------------------------------------------------
+if [ ${stage} -le 8 ] && [ ${stop_stage} -ge 8 ]; then
+    stage_start 8 "Federated adaptation on [${fl_adapt_set:-none}]"
+    if [ -z "${fl_adapt_set}" ]; then
+        log "Skip: no --fl_adapt_set (a withheld-domain data dir) given"
+    else
+        if [ -x local/fl_data.sh ]; then
+            # shellcheck disable=SC2086
+            local/fl_data.sh ${fl_data_opts}
+        fi
+        fl_sets=${fl_test_sets:-${test_sets}}
+        # shellcheck disable=SC2046
+        "${python}" -m espnet_ext.bin.validate_data_dir "data/${fl_adapt_set}" \
+            $(for t in ${fl_sets}; do echo "data/${t}"; done)
+        _fl_config=${fl_config:-$(echo ${asr_configs} | awk '{ print $NF }')}
+        _fl_seed=${fl_seed:-$(echo ${seeds} | awk '{ print $1 }')}
+        dir=$(exp_name "${_fl_config}" "${_fl_seed}")
+        [ -f "${dir}/.done" ] || die "${dir} is not trained: run stage 4 first (or set --fl_config/--fl_seed)"
+        scan_set=${scan_sets:-${valid_set}}
+        scan_tsv="${dir}/scan_${fl_scan}_${scan_set%% *}/scan.tsv"
+        [ -f "${scan_tsv}" ] || die "${scan_tsv} not found: run stage 6 with --scan_granularities ${fl_scan}"
+        eval_args=()
+        for t in ${fl_sets}; do eval_args+=(--eval_data "${t//\//_}=data/${t}"); done
+        # A greedy-CTC scan scores the encoder only, so uniform dropout is drawn from the encoder too:
+        # the comparison is then about which encoder units are dropped, not about the decoder.
+        stacks=encoder
+        [ "${scan_scoring}" = beam ] && stacks=encoder,decoder
+        fl_root="${expdir}/fl_${dir##*/}"
+        run_dirs=()
+        plans=none,uniform,targeted
+        for rate in ${fl_rates}; do
+            out="${fl_root}/r${rate}"
+            for p in ${plans//,/ }; do run_dirs+=("${out}/${p}"); done
+            if [ -f "${out}/.done" ]; then
+                log "Skip: ${out} is complete"; plans=uniform,targeted; continue
+            fi
+            log "Federated runs [${plans}] at rate ${rate} from ${dir}/${fl_model} (log: ${out}/fl.log)"
+            # shellcheck disable=SC2086
+            progress_pattern="plan |round [0-9]+/|Traceback|Error" progress_prefix="[fl r${rate}] " \
+            run_logged "${out}/fl.log" "${out}/fl.sh" \
+                "${python}" -m espnet_ext.bin.fl_simulate run --exp_dir "${dir}" --model_file "${fl_model}" \
+                --adapt_data "data/${fl_adapt_set}" "${eval_args[@]}" --out_dir "${out}" \
+                --plans "${plans}" --rate "${rate}" --scan_tsv "${scan_tsv}" --match_cost params \
+                --uniform_stacks "${stacks}" --device "$([ "${ngpu}" -gt 0 ] && echo cuda || echo cpu)" \
+                --no_progress ${fl_args}
+            touch "${out}/.done"
+            plans=uniform,targeted   # no dropout does not depend on the rate: it runs once
+        done
+        "${python}" -m espnet_ext.bin.fl_simulate compare "${run_dirs[@]}" \
+            --out "${fl_root}/results.md" --plot "${fl_root}/cer_vs_client_size.png" >/dev/null
+        log "Federated results: ${fl_root}/results.md"
+        if compgen -G "${expdir}/*/decode_*/*/scores.json" >/dev/null; then
+            "${python}" -m espnet_ext.bin.make_results --expdir "${expdir}" --out "${expdir}/RESULTS.md"
+        fi
+    fi
+    stage_end 8
 fi
 
 log "Successfully finished in ${SECONDS} s"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Embedded default recipe: a multi-speaker English corpus synthesized from Debian TTS voices,
-# the stock ESPnet Conformer (batch norm) and espnet_ext's group-norm Conformer, CTC/attention.
+# the stock ESPnet Conformer (batch norm) and espnet_ext's group-norm Conformer, CTC/attention;
+# then federated adaptation of the group-norm model to 8 unseen, noisy/reverberant speakers.
 # Usage: ./run.sh [--stage N] [--stop_stage M] [any option of ../../TEMPLATE/asr1/asr.sh]
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -10,6 +11,11 @@ valid_set=dev
 test_sets="test"
 asr_configs="conf/train_asr_conformer.yaml conf/train_asr_conformer_gn.yaml"
 inference_config=conf/decode_asr.yaml
+# Stage 8: the withheld domain made by local/fl_data.sh (clients = its 8 speakers); scored on its
+# test set and on the original test set (forgetting).
+fl_adapt_set=fl_adapt/train
+fl_test_sets="fl_adapt/test test"
+fl_args="--rounds 20 --clients_per_round 4 --local_epochs 1 --batch_size 4 --client_optim sgd --client_lr 0.05"
 
 ../../TEMPLATE/asr1/asr.sh \
     --train_set "${train_set}" \
@@ -21,4 +27,7 @@ inference_config=conf/decode_asr.yaml
     --seeds 1 \
     --scan_granularities "block submodule" \
     --scan_taus 0,1,2,4,8,16,last \
+    --fl_adapt_set "${fl_adapt_set}" \
+    --fl_test_sets "${fl_test_sets}" \
+    --fl_args "${fl_args}" \
     "$@"
