@@ -37,8 +37,8 @@ from espnet_ext.analysis.weight_updates import (
     RunUpdates,
     WeightUpdateError,
     compute_weight_updates_for_maps,
-    saved_epochs,
 )
+from espnet_ext.checkpoints import saved_epochs
 
 SCAN_HINT = ("run stage 6 of the recipe (./run.sh --stage 6 --stop_stage 6) or "
              "python -m espnet_ext.bin.layer_scan --exp_dir {exp} --data_dir data/{dataset} "
