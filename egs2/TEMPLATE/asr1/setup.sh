@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Creates a new recipe for your own corpus: run.sh, conf/, local/data.sh and README.md copied from
+# a template recipe (egs2/own_corpus/asr1 by default), with paths set so that the new recipe finds
+# this repository's stage driver wherever it lives. Given --train_dir/--valid_dir/--test_dirs, the
+# new run.sh imports those existing Kaldi dirs; without them, edit run.sh or write data/ yourself.
+#   egs2/TEMPLATE/asr1/setup.sh --train_dir /corpora/mine/train --valid_dir /corpora/mine/dev \
+#       --test_dirs "/corpora/mine/test" egs2/mine/asr1
+#   egs2/mine/asr1/run.sh
+set -euo pipefail
+
+log() { echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (setup.sh) $*"; }
+die() { log "ERROR: $*" >&2; exit 1; }
+
+template_dir=$(cd -P "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo_dir=$(cd "${template_dir}/../../.." && pwd)
+
+from=${repo_dir}/egs2/own_corpus/asr1
+train_dir=
+valid_dir=
+test_dirs=
+
+help_message=$(cat <<EOH
+Usage: $0 [options] <new_recipe_dir>
+Creates <new_recipe_dir> (e.g. egs2/mycorpus/asr1) from a template recipe.
+
+Options:
+  --from DIR          template recipe [egs2/own_corpus/asr1]
+  --train_dir DIR     existing Kaldi dir for training (imported as data/train)
+  --valid_dir DIR     existing Kaldi dir for validation (imported as data/dev)
+  --test_dirs "D ..." existing Kaldi dirs for evaluation (space-separated; NAME=DIR to name one)
+  --help              this message
+The Kaldi dir contract (files, audio formats): egs2/TEMPLATE/asr1/README.md
+EOH
+)
+
+new_dir=
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --help|-h) echo "${help_message}"; exit 0 ;;
+        --from|--train_dir|--valid_dir|--test_dirs)
+            [ $# -ge 2 ] || die "option $1 needs a value"
+            printf -v "${1#--}" '%s' "$2"
+            shift 2 ;;
+        --*) die "unknown option '$1' (see --help)" ;;
+        *) [ -z "${new_dir}" ] || die "one recipe dir only (got '${new_dir}' and '$1')"
+           new_dir=$1; shift ;;
+    esac
+done
+[ -n "${new_dir}" ] || { echo "${help_message}" >&2; die "give the new recipe dir"; }
+[ -f "${from}/run.sh" ] && [ -d "${from}/conf" ] || die "${from} is not a recipe (no run.sh or conf/)"
+if [ -e "${new_dir}" ] && [ -n "$(ls -A "${new_dir}")" ]; then
+    die "${new_dir} exists and is not empty; choose a new dir (nothing was changed)"
+fi
+# Kaldi dirs must be given as absolute paths: the new recipe runs from its own directory.
+abs() { [ -z "$1" ] || { [[ $1 == /* ]] && echo "$1" || echo "$(pwd)/$1"; }; }
+train_dir=$(abs "${train_dir}")
+valid_dir=$(abs "${valid_dir}")
+tests=
+for entry in ${test_dirs}; do
+    if [[ ${entry} == *=* ]]; then tests+=" ${entry%%=*}=$(abs "${entry#*=}")"; else tests+=" $(abs "${entry}")"; fi
+done
+test_dirs=${tests# }
+
+mkdir -p "${new_dir}/local"
+new_dir=$(cd "${new_dir}" && pwd)
+repo_rel=$(realpath --relative-to="${new_dir}" "${repo_dir}")
+
+# Replaces the line `<name>=...` of a file by `<name>=<value>` (value shell-quoted).
+set_var() {
+    local file=$1 name=$2 value=$3 tmp line
+    tmp=$(mktemp)
+    while IFS= read -r line || [ -n "${line}" ]; do
+        if [[ ${line} == "${name}="* ]]; then printf '%s=%q\n' "${name}" "${value}"; else printf '%s\n' "${line}"; fi
+    done <"${file}" >"${tmp}"
+    chmod --reference="${file}" "${tmp}"
+    mv "${tmp}" "${file}"
+}
+
+cp "${from}/run.sh" "${new_dir}/run.sh"
+cp -r "${from}/conf" "${new_dir}/conf"
+[ ! -f "${from}/README.md" ] || cp "${from}/README.md" "${new_dir}/README.md"
+if [ -f "${from}/local/data.sh" ]; then
+    cp "${from}/local/data.sh" "${new_dir}/local/data.sh"
+    set_var "${new_dir}/local/data.sh" repo_rel "${repo_rel}"
+fi
+set_var "${new_dir}/run.sh" repo_rel "${repo_rel}"
+[ -z "${train_dir}" ] || set_var "${new_dir}/run.sh" train_dir "${train_dir}"
+[ -z "${valid_dir}" ] || set_var "${new_dir}/run.sh" valid_dir "${valid_dir}"
+[ -z "${test_dirs}" ] || set_var "${new_dir}/run.sh" test_dirs "${test_dirs}"
+
+log "Created ${new_dir} from ${from}:"
+log "  run.sh, conf/ ($(ls "${new_dir}/conf" | tr '\n' ' ')), local/data.sh"
+if [ -n "${train_dir}" ]; then
+    log "Next: ${new_dir}/run.sh   (imports ${train_dir} and the other dirs in stage 1)"
+else
+    log "Next: set train_dir/valid_dir/test_dirs in ${new_dir}/run.sh (or write data/train, data/dev yourself), then run it"
+fi
