@@ -17,8 +17,9 @@ train_dir=
 valid_dir=
 # Space-separated test dirs; DIR is imported as data/<basename of DIR>, NAME=DIR as data/NAME.
 test_dirs=
-# Test sets to decode when test_dirs is empty (data/<name> must exist).
-test_sets=test
+# Test sets to decode when test_dirs is empty, space-separated (data/<name> must exist); with
+# neither, only dev is decoded.
+test_sets=
 # More options for local/data.sh, e.g. "--extract_audio true" (segments, piped or ark audio).
 import_opts=
 

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Withheld domain of the librispeech_100 recipe for federated adaptation (stage 8): a set of
+# train-clean-100 readers the central model does not train on. Writes
+#   data/fl/central      train-clean-100 without the withheld readers (train the central model on it)
+#   data/fl_adapt/train  the withheld readers' utterances except one chapter each (clients' data)
+#   data/fl_adapt/test   that last chapter of each withheld reader (readers with one chapter are
+#                        test-only), to score adaptation on speech no client trained on
+# Each withheld reader is one client. Run from egs2/librispeech_100/asr1 after stage 1; a re-run
+# with the same options is a no-op.
+set -euo pipefail
+
+log() {
+    local fname=${BASH_SOURCE[1]##*/}
+    echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (${fname}:${BASH_LINENO[0]}:${FUNCNAME[1]}) $*"
+}
+die() { log "ERROR: $*" >&2; exit 1; }
+
+repo_dir=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/../../../.." && pwd)
+
+# Options
+source_set=train_clean_100  # Data dir (under data/) the readers are taken from.
+every=5                     # Withhold every N-th reader (in spk2utt order): 50 of 251 with 5.
+python=                     # Python interpreter (default: tools/venv/bin/python, else python3).
+
+help_message="Usage: $0 [--source_set NAME] [--every N] [--python PATH]
+Splits data/<source_set> into data/fl/central (central training) and data/fl_adapt/{train,test}
+(withheld readers: federated clients' data and their held-out chapters)."
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --help|-h) echo "${help_message}"; exit 0 ;;
+        --source_set|--every|--python)
+            [ $# -ge 2 ] || die "option $1 needs a value (see --help)"
+            printf -v "${1#--}" '%s' "$2"
+            shift 2 ;;
+        *) echo "${help_message}" >&2; die "unknown option '$1'" ;;
+    esac
+done
+if [ -z "${python}" ]; then
+    if [ -x "${repo_dir}/tools/venv/bin/python" ]; then python=${repo_dir}/tools/venv/bin/python; else python=python3; fi
+fi
+[[ ${every} =~ ^[0-9]+$ ]] && [ "${every}" -ge 2 ] || die "--every must be an integer >= 2, got '${every}'"
+src=data/${source_set}
+[ -f "${src}/utt2chapter" ] || die "${src}/utt2chapter not found: run stage 1 (local/data.sh) first"
+
+marker=data/fl_adapt/.fl_data_options
+options="source_set=${source_set} every=${every}"
+if [ -f "${marker}" ] && [ "$(cat "${marker}")" = "${options}" ]; then
+    log "data/fl and data/fl_adapt exist (${options}): kept"
+    exit 0
+fi
+fl() { PYTHONPATH="${repo_dir}${PYTHONPATH:+:${PYTHONPATH}}" "${python}" -m espnet_ext.bin.fl_simulate "$@"; }
+
+readers=$(cut -d' ' -f1 "${src}/spk2utt" | awk -v n="${every}" 'NR % n == 0' | paste -sd,)
+[ -n "${readers}" ] || die "${src} has fewer than ${every} speakers: lower --every"
+rm -rf data/fl data/fl_adapt data/.fl_split
+fl split --data_dir "${src}" --out_dir data/fl --method speakers --speakers "${readers}"
+# The last chapter of each withheld reader (utterance ids are <reader>-<chapter>-<n>, sorted).
+chapters=$(awk '{ split($1, id, "-"); last[id[1]] = $2 } END { for (r in last) print last[r] }' \
+    data/fl/withheld/utt2chapter | sort -u | paste -sd,)
+fl split --data_dir data/fl/withheld --out_dir data/.fl_split --method field --field chapter \
+    --values "${chapters}"
+mkdir -p data/fl_adapt
+mv data/.fl_split/central data/fl_adapt/train
+mv data/.fl_split/withheld data/fl_adapt/test
+mv data/.fl_split/split_rule data/fl_adapt/test_split_rule
+rm -rf data/.fl_split
+echo "${options}" >"${marker}"
+log "Withheld readers: $(echo "${readers}" | tr ',' ' ' | wc -w); clients' data data/fl_adapt/train, held-out chapters data/fl_adapt/test"
