@@ -135,8 +135,9 @@ def import_data_dir(
         raise DataDirError(
             f"{src}: {reason}. Training and decoding read audio with ESPnet's `sound` loader, "
             f"which needs one audio file per utterance (no segments, piped commands or ark "
-            f"references). Import with extract_audio (local/data.sh --extract_audio true) to write "
-            f"each utterance as a FLAC file, or give each utterance its own audio file"
+            f"references). Import with --extract_audio (own_corpus run.sh: --import_opts "
+            f"\"--extract_audio true\"; local/data.sh: --extract_audio true) to write each utterance "
+            f"as a FLAC file, or give each utterance its own audio file"
         )
 
     dst.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,308 @@
+"""LibriSpeech preparation (espnet_ext.data.librispeech) on a tiny fake LibriSpeech tree."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Dict, Sequence
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from espnet_ext.bin import prep_librispeech as prep_cli
+from espnet_ext.data.combine import combine_data_dirs
+from espnet_ext.data.kaldi import DataDirError, KaldiDataDir, read_kaldi_map
+from espnet_ext.data.librispeech import (
+    LibriSpeechError,
+    prepare_librispeech,
+    read_speakers_txt,
+)
+from espnet_ext.data.validate import validate_data_dir
+
+REPO = Path(__file__).resolve().parents[1]
+WORDS = ["THE", "CAT", "SAT", "ON", "A", "MAT", "DOG", "RAN", "HOME", "IT'S", "BIG", "RED"]
+TINY_PARTS = ("train-clean-100", "dev-clean", "dev-other", "test-clean", "test-other")
+
+
+def make_fake_librispeech(
+    root: Path,
+    parts: Sequence[str] = TINY_PARTS,
+    readers_per_part: int = 2,
+    utts_per_reader: Dict[str, int] = None,
+    seed: int = 0,
+) -> Path:
+    """Writes `<root>/LibriSpeech/` with the official layout: 16 kHz mono FLAC noise-and-tone
+    utterances, `<reader>-<chapter>.trans.txt` transcripts and SPEAKERS.TXT.
+
+    Readers are distinct across parts (as in LibriSpeech); each reader has two chapters. Returns
+    `<root>/LibriSpeech`.
+    """
+    rng = np.random.default_rng(seed)
+    corpus = root / "LibriSpeech"
+    corpus.mkdir(parents=True)
+    speakers = [";ID  |SEX| SUBSET           |MINUTES| NAME"]
+    reader = 100
+    for part in parts:
+        n_utts = (utts_per_reader or {}).get(part, 4)
+        for r in range(readers_per_part):
+            reader += 7
+            # A name with '|' in it, as LibriSpeech's reader 60 has.
+            name = "|CBW|Simon" if r == 0 else f"Reader {reader}"
+            speakers.append(f"{reader:<5}| {'F' if r % 2 else 'M'} | {part:<17}| 1.00 | {name}")
+            for c in range(2):
+                chapter = 1000 + 10 * reader + c
+                chapter_dir = corpus / part / str(reader) / str(chapter)
+                chapter_dir.mkdir(parents=True)
+                lines = []
+                for i in range((n_utts + 1 - c) // 2):
+                    utt = f"{reader}-{chapter}-{i:04d}"
+                    n = int(16000 * rng.uniform(0.4, 0.7))
+                    t = np.arange(n) / 16000
+                    audio = 0.2 * np.sin(2 * np.pi * rng.uniform(150, 500) * t) + 0.02 * rng.standard_normal(n)
+                    sf.write(chapter_dir / f"{utt}.flac", audio.astype(np.float32), 16000, subtype="PCM_16")
+                    lines.append(f"{utt} {' '.join(rng.choice(WORDS, size=3))}")
+                (chapter_dir / f"{reader}-{chapter}.trans.txt").write_text("\n".join(lines) + "\n")
+    (corpus / "SPEAKERS.TXT").write_text("; comment line\n" + "\n".join(speakers) + "\n")
+    return corpus
+
+
+@pytest.fixture
+def fake_tree(tmp_path) -> Path:
+    return make_fake_librispeech(tmp_path / "corpora")
+
+
+def test_prepares_sorted_validated_dirs_and_combined_dev(fake_tree, tmp_path):
+    data = tmp_path / "data"
+    summaries = prepare_librispeech(
+        fake_tree.parent, data, combine={"dev": ["dev_clean", "dev_other"]}, check_audio=True)
+    assert [Path(s.path).name for s in summaries] == [
+        "train_clean_100", "dev_clean", "dev_other", "test_clean", "test_other", "dev"]
+    for s in summaries[:5]:
+        assert (s.num_utterances, s.num_speakers) == (8, 2)
+    assert (summaries[-1].num_utterances, summaries[-1].num_speakers) == (16, 4)
+
+    train = data / "train_clean_100"
+    assert sorted(p.name for p in train.iterdir() if not p.name.startswith(".")) == [
+        "spk2gender", "spk2utt", "text", "utt2chapter", "utt2dur", "utt2spk", "wav.scp"]
+    wav_scp = read_kaldi_map(train / "wav.scp")
+    utt = next(iter(wav_scp))
+    reader, chapter, _ = utt.split("-")
+    # Plain absolute FLAC paths (no pipes), keyed by LibriSpeech's utterance id.
+    assert wav_scp[utt] == str(fake_tree / "train-clean-100" / reader / chapter / f"{utt}.flac")
+    assert read_kaldi_map(train / "utt2spk")[utt] == reader
+    assert read_kaldi_map(train / "utt2chapter")[utt] == chapter
+    trans = fake_tree / "train-clean-100" / reader / chapter / f"{reader}-{chapter}.trans.txt"
+    assert read_kaldi_map(train / "text")[utt] == read_kaldi_map(trans)[utt]
+    assert float(read_kaldi_map(train / "utt2dur")[utt]) == pytest.approx(sf.info(wav_scp[utt]).duration, abs=1e-4)
+    assert read_kaldi_map(train / "spk2gender") == {"107": "m", "114": "f"}
+    dev = KaldiDataDir.read(data / "dev")
+    assert set(dev.utt2spk) == set(read_kaldi_map(data / "dev_clean" / "text")) | set(
+        read_kaldi_map(data / "dev_other" / "text"))
+    assert set(dev.utt_fields) == {"chapter", "dur"} and set(dev.spk_fields) == {"gender"}
+
+
+def test_speaker_unit_chapter_gives_kaldi_speakers(fake_tree, tmp_path):
+    prepare_librispeech(fake_tree, tmp_path / "data", parts=["dev-clean"], speaker_unit="chapter")
+    d = KaldiDataDir.read(tmp_path / "data" / "dev_clean")
+    assert all(u.startswith(s + "-") and s.count("-") == 1 for u, s in d.utt2spk.items())
+    assert len(d.speakers) == 4 and set(d.spk_fields["gender"].values()) == {"f", "m"}
+
+
+def test_rerun_keeps_prepared_dir_and_new_options_rewrite_it(fake_tree, tmp_path):
+    data = tmp_path / "data"
+    prepare_librispeech(fake_tree, data, parts=["test-clean"])
+    text = data / "test_clean" / "text"
+    mtime = text.stat().st_mtime_ns
+    prepare_librispeech(fake_tree, data, parts=["test-clean"])
+    assert text.stat().st_mtime_ns == mtime
+    prepare_librispeech(fake_tree, data, parts=["test-clean"], read_durations=False)
+    assert not (data / "test_clean" / "utt2dur").exists()
+    assert not [p.name for p in data.iterdir() if p.name.startswith(".")]  # no temporary dirs left
+
+
+def test_speakers_txt_names_with_bars(fake_tree):
+    readers = read_speakers_txt(fake_tree / "SPEAKERS.TXT")
+    assert readers["107"].name == "|CBW|Simon" and readers["107"].gender == "m"
+    assert readers["107"].subset == "train-clean-100" and readers["107"].minutes == 1.0
+
+
+def test_missing_root_says_where_to_put_the_corpus(tmp_path):
+    with pytest.raises(LibriSpeechError) as e:
+        prepare_librispeech(tmp_path / "nowhere", tmp_path / "data")
+    msg = str(e.value)
+    assert "openslr.org/12" in msg and "nowhere/LibriSpeech/train-clean-100" in msg
+    assert "--librispeech_dir" in msg
+
+
+def test_missing_part_names_the_archive_to_extract(tmp_path):
+    corpus = make_fake_librispeech(tmp_path / "c", parts=["dev-clean"], utts_per_reader={"dev-clean": 2})
+    with pytest.raises(LibriSpeechError) as e:
+        prepare_librispeech(corpus.parent, tmp_path / "data")
+    msg = str(e.value)
+    assert "part train-clean-100 not found" in msg and "parts present: dev-clean" in msg
+    assert "train-clean-100.tar.gz" in msg and f"-C {corpus.parent}" in msg
+    assert not (tmp_path / "data").exists()  # nothing written before the check
+
+
+def _first_chapter(corpus: Path, part: str) -> Path:
+    return sorted((corpus / part).glob("*/*"))[0]
+
+
+def test_flac_without_transcript_line(fake_tree, tmp_path):
+    chapter = _first_chapter(fake_tree, "dev-clean")
+    trans = next(chapter.glob("*.trans.txt"))
+    lines = trans.read_text().splitlines()
+    trans.write_text("\n".join(lines[1:]) + "\n")
+    orphan = lines[0].split()[0]
+    expected = rf"{orphan}\.flac: no transcript line '{orphan} \.\.\.' in .*trans\.txt"
+    with pytest.raises(LibriSpeechError, match=expected):
+        prepare_librispeech(fake_tree, tmp_path / "data", parts=["dev-clean"])
+    assert not (tmp_path / "data" / "dev_clean").exists()
+
+
+def test_transcript_line_without_flac(fake_tree, tmp_path):
+    chapter = _first_chapter(fake_tree, "dev-clean")
+    flac = sorted(chapter.glob("*.flac"))[-1]
+    flac.unlink()
+    with pytest.raises(LibriSpeechError, match=rf"trans\.txt line \d+: utterance '{flac.stem}' has no audio file"):
+        prepare_librispeech(fake_tree, tmp_path / "data", parts=["dev-clean"])
+
+
+def test_missing_transcript_file(fake_tree, tmp_path):
+    chapter = _first_chapter(fake_tree, "test-other")
+    next(chapter.glob("*.trans.txt")).unlink()
+    expected = r"transcript file missing for the \d+ FLAC file\(s\).*extract test-other\.tar\.gz again"
+    with pytest.raises(LibriSpeechError, match=expected):
+        prepare_librispeech(fake_tree, tmp_path / "data", parts=["test-other"])
+
+
+def test_reader_missing_from_speakers_txt(fake_tree, tmp_path):
+    speakers = fake_tree / "SPEAKERS.TXT"
+    speakers.write_text("".join(l + "\n" for l in speakers.read_text().splitlines() if not l.startswith("107 ")))
+    with pytest.raises(LibriSpeechError, match="reader '107' has no line in SPEAKERS.TXT"):
+        prepare_librispeech(fake_tree, tmp_path / "data", parts=["train-clean-100"])
+
+
+def test_combine_rejects_duplicate_utterances(fake_tree, tmp_path):
+    data = tmp_path / "data"
+    prepare_librispeech(fake_tree, data, parts=["dev-clean"])
+    with pytest.raises(DataDirError, match="utterance '.*' is in both"):
+        combine_data_dirs([data / "dev_clean", data / "dev_clean"], data / "twice")
+
+
+def test_cli_prints_summaries_and_reports_errors(fake_tree, tmp_path, capsys):
+    rc = prep_cli.main(["--librispeech_dir", str(fake_tree.parent), "--data_dir", str(tmp_path / "d"),
+                        "--parts", "dev-clean,dev-other", "--combine", "dev=dev_clean,dev_other"])
+    out = capsys.readouterr().out.splitlines()
+    assert rc == 0 and len(out) == 3 and out[-1].startswith(f"{tmp_path / 'd' / 'dev'}: 16 utts, 4 speakers")
+    rc = prep_cli.main(["--librispeech_dir", str(tmp_path / "none"), "--data_dir", str(tmp_path / "d")])
+    assert rc == 1 and "LibriSpeech not found" in capsys.readouterr().err
+
+
+def _local_data(recipe: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """Runs the recipe's local/data.sh in a scratch dir, with wget/curl replaced by stubs that
+    leave a trace, so a download attempt is visible (and never reaches the network)."""
+    stubs = tmp_path / "stubs"
+    stubs.mkdir(exist_ok=True)
+    for tool in ("wget", "curl"):
+        (stubs / tool).write_text(f"#!/bin/sh\necho {tool} >> {tmp_path}/download_attempts\nexit 1\n")
+        (stubs / tool).chmod(0o755)
+    work = tmp_path / "recipe"
+    work.mkdir(exist_ok=True)
+    (work / "local").mkdir(exist_ok=True)
+    for f in ("local/data.sh", "db.sh"):
+        if not (work / f).exists():
+            os.symlink(recipe / f, work / f)
+    env = dict(os.environ, PATH=f"{stubs}:{os.environ['PATH']}")
+    env.pop("LIBRISPEECH", None)
+    return subprocess.run(["local/data.sh", *args], cwd=work, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_recipe_data_sh_never_downloads_unless_asked(fake_tree, tmp_path):
+    recipe = REPO / "egs2" / "librispeech_100" / "asr1"
+    proc = _local_data(recipe, tmp_path, "--librispeech_dir", str(tmp_path / "empty"))
+    assert proc.returncode != 0
+    assert "LibriSpeech not found" in proc.stderr + proc.stdout and "--download true" in proc.stderr + proc.stdout
+    assert not (tmp_path / "download_attempts").exists()
+
+    proc = _local_data(recipe, tmp_path, "--librispeech_dir", str(fake_tree.parent))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for name in ("train_clean_100", "dev", "dev_clean", "dev_other", "test_clean", "test_other"):
+        validate_data_dir(tmp_path / "recipe" / "data" / name)
+    assert not (tmp_path / "download_attempts").exists()
+
+
+def test_recipe_data_sh_downloads_missing_parts_when_asked(tmp_path):
+    import tarfile
+
+    # The archives of the fake corpus, as openslr serves them: LibriSpeech/<part>/... + top-level files.
+    corpus = make_fake_librispeech(tmp_path / "src", utts_per_reader={p: 2 for p in TINY_PARTS})
+    served = tmp_path / "served"
+    served.mkdir()
+    for part in TINY_PARTS:
+        with tarfile.open(served / f"{part}.tar.gz", "w:gz") as tar:
+            tar.add(corpus / part, arcname=f"LibriSpeech/{part}")
+            tar.add(corpus / "SPEAKERS.TXT", arcname="LibriSpeech/SPEAKERS.TXT")
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    # wget stub: `wget ... -O <file> <url>` copies the served archive named by the URL.
+    (stubs / "wget").write_text(
+        "#!/bin/bash\nout=; while [ $# -gt 1 ]; do [ \"$1\" = -O ] && out=$2; shift; done\n"
+        f"echo \"$1\" >> {tmp_path}/fetched\ncp {served}/$(basename \"$1\") \"$out\"\n")
+    (stubs / "wget").chmod(0o755)
+    work = tmp_path / "recipe"
+    (work / "local").mkdir(parents=True)
+    recipe = REPO / "egs2" / "librispeech_100" / "asr1"
+    os.symlink(recipe / "local" / "data.sh", work / "local" / "data.sh")
+    env = dict(os.environ, PATH=f"{stubs}:{os.environ['PATH']}")
+    args = ["local/data.sh", "--librispeech_dir", str(tmp_path / "dl"), "--download", "true",
+            "--data_url", "https://mirror.example/12"]
+    proc = subprocess.run(args, cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    fetched = (tmp_path / "fetched").read_text().split()
+    assert fetched == [f"https://mirror.example/12/{p}.tar.gz" for p in TINY_PARTS]
+    assert sorted(p.name for p in (tmp_path / "dl").iterdir()) == ["LibriSpeech"]  # archives removed
+    assert (tmp_path / "dl" / "LibriSpeech" / "SPEAKERS.TXT").is_file()
+    assert len(read_kaldi_map(work / "data" / "dev" / "text")) == 8
+    # Parts already there are not fetched again.
+    proc = subprocess.run(args, cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and len((tmp_path / "fetched").read_text().split()) == len(TINY_PARTS)
+
+
+def test_recipe_configs_build_with_the_documented_sizes(tmp_path):
+    """Every training config of librispeech_100 and own_corpus builds with ESPnet (on the meta
+    device: no memory) with the encoder its name and README promise."""
+    import torch
+    import yaml
+    from espnet2.tasks.asr import ASRTask
+
+    import espnet_ext  # noqa: F401  (registers norm_conformer)
+
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("\n".join(["<blank>", "<unk>"] + [f"t{i}" for i in range(4997)] + ["<sos/eos>"]) + "\n")
+    sizes = {"s": (16, 144, 4, 8.7), "m": (16, 256, 4, 27.3), "l": (17, 512, 8, 114.9),
+             "espnet_baseline": (12, 256, 4, 20.9)}
+    configs = sorted((REPO / "egs2" / "librispeech_100" / "asr1" / "conf" / "tuning").glob("train_*.yaml"))
+    configs += sorted((REPO / "egs2" / "own_corpus" / "asr1" / "conf").glob("train_*.yaml"))
+    assert len(configs) == 9
+    for config in configs:
+        stem = config.stem.replace("train_asr_conformer_", "")
+        size, _, norm = stem.rpartition("_") if stem != "espnet_baseline" else (stem, "", "bn")
+        if config.parent.name == "conf":  # own_corpus: Conformer S
+            size, norm = "s", stem
+        blocks, dim, heads, encoder_millions = sizes[size]
+        conf = yaml.safe_load(config.read_text())
+        args = ASRTask.get_parser().parse_args(
+            ["--config", str(config), "--token_type", "bpe", "--token_list", str(tokens)])
+        with torch.device("meta"):
+            model = ASRTask.build_model(args)
+        enc = model.encoder
+        assert (len(enc.encoders), enc.output_size()) == (blocks, dim), config
+        assert enc.encoders[0].self_attn.h == heads, config
+        assert sum(p.numel() for p in enc.parameters()) / 1e6 == pytest.approx(encoder_millions, abs=0.05), config
+        assert conf["encoder"] == ("norm_conformer" if norm == "gn" else "conformer"), config
+        if norm == "gn":
+            assert conf["encoder_conf"]["conv_norm_type"] == "group_norm", config
