@@ -1,6 +1,6 @@
 """Scratch copies of a recipe, for tests and benchmarks that must not touch the real one.
 
-A copy holds its own `run.sh` and `conf/` (so configs can be edited) and links to the recipe's
+A copy holds its own `run.sh`, `conf/` and `db.sh` (so configs can be edited) and links to the recipe's
 `local/` and to the shared `egs2/TEMPLATE`, so outputs (data/, dump/, exp/) land in the copy.
 """
 
@@ -28,6 +28,9 @@ def make_recipe_workdir(recipe_dir: Path, work_root: Path) -> Path:
     os.symlink(egs2 / "TEMPLATE", Path(work_root) / "egs2" / "TEMPLATE")
     shutil.copy(recipe_dir / "run.sh", work / "run.sh")
     shutil.copytree(recipe_dir / "conf", work / "conf")
+    # Corpus locations (ESPnet's db.sh convention) are recipe settings a copy may edit too.
+    if (recipe_dir / "db.sh").exists():
+        shutil.copy(recipe_dir / "db.sh", work / "db.sh")
     if (recipe_dir / "local").exists():
         os.symlink(recipe_dir / "local", work / "local")
     return work

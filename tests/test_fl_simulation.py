@@ -130,6 +130,18 @@ def test_federated_adaptation_improves_the_withheld_domain(world, tmp_path):
     assert (out / "targeted" / "decode" / "round3" / "adapt" / "text").is_file()
 
 
+def test_federated_training_from_scratch_starts_at_checkpoint_0_and_learns(world, tmp_path):
+    from espnet_ext.federated.simulation import run_plans
+
+    out = tmp_path / "scratch"
+    run_plans(world["exp"], "checkpoints/0epoch.pth", world["adapt"], world["eval"], out, ["none"],
+              **_options(rounds=4, local=LocalTraining(epochs=2, batch_size=3, optim="adam", lr=0.01)))
+    res = json.loads((out / "none" / "results.json").read_text())
+    assert res["scores"]["pretrained"]["adapt"]["CER"] >= 90  # the untrained model
+    losses = [row["loss"] for row in res["history"] if row["round"] >= 1]
+    assert len(losses) == 4 and losses[-1] < 0.8 * losses[0]
+
+
 def test_killed_run_resumes_to_the_same_final_model_and_failures_are_tolerated(world, tmp_path):
     from espnet_ext.federated.plan import DropoutPlan
     from espnet_ext.federated.server import checkpoint_path

@@ -106,3 +106,9 @@ def test_tiny_recipe_end_to_end_and_rerun_is_noop(tmp_path):
     log = _run(work)
     assert "Skip: " in log and "Training exp/" not in log and "Federated runs" not in log
     assert {p: p.stat().st_mtime_ns for p in (exp / "checkpoints").iterdir()} == mtimes
+
+    # Tokens and statistics made from data/train are not silently reused for another training set.
+    proc = subprocess.run(["./run.sh", "--stage", "2", "--stop_stage", "3", "--nbpe", "30", "--train_set", "dev"],
+                          cwd=work, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "was made from data/train, not data/dev" in proc.stdout + proc.stderr

@@ -43,7 +43,7 @@ asr_configs=          # Training configs (space separated); each is trained with
 asr_config=           # Alias of asr_configs for a single config.
 seeds=1               # Training seeds (space separated).
 asr_args=             # Extra arguments for espnet_ext.bin.asr_train.
-train_nj=2            # Trainings run at once (config x seed pairs); 1 with --ngpu 1.
+train_nj=            # Trainings run at once (config x seed pairs) [2 on CPU, 1 with GPUs].
 feats_normalize=global_mvn  # Feature normalization at training time (global_mvn or none).
 
 # Decoding options
@@ -98,7 +98,7 @@ Options (defaults in brackets):
   --token_type / --nbpe / --bpemode         tokens [${token_type} / ${nbpe} / ${bpemode}]
   --asr_configs            training configs (space separated)
   --seeds                  training seeds (space separated) [${seeds}]
-  --train_nj               trainings run at once [${train_nj}]
+  --train_nj               trainings run at once [2 on CPU, 1 with --ngpu]
   --asr_args               extra arguments for training
   --inference_config       decoding config
   --inference_args         extra arguments for decoding
@@ -155,6 +155,9 @@ export PYTHONUNBUFFERED=1
 # (parallel stats/decoding jobs, or anything else running) and a 2-thread training can be several
 # times slower than a 1-thread one.
 export OMP_NUM_THREADS=${num_threads} MKL_NUM_THREADS=${num_threads}
+# Parallel jobs (statistics, decoding) share the --num_threads budget: n jobs with num_threads
+# threads each would oversubscribe the cores, which made decoding several times slower.
+job_threads() { local t=$((num_threads / $1)); [ "${t}" -ge 1 ] && echo "${t}" || echo 1; }
 if [ "${token_type}" = bpe ]; then
     token_dir="${dumpdir}/token_list/bpe_${bpemode}${nbpe}"
     bpemodel="${token_dir}/bpe.model"
@@ -163,7 +166,26 @@ else
     bpemodel=none
 fi
 token_list="${token_dir}/tokens.txt"
-stats_dir="${expdir}/asr_stats_${token_type}${nbpe}"
+if [ "${token_type}" = bpe ]; then
+    stats_dir="${expdir}/asr_stats_bpe${nbpe}"
+else
+    stats_dir="${expdir}/asr_stats_char"
+fi
+[ -n "${train_nj}" ] || train_nj=$([ "${ngpu}" -gt 0 ] && echo 1 || echo 2)
+# Decoding and the scan run on one device; several GPUs are for training only.
+infer_ngpu=$([ "${ngpu}" -gt 0 ] && echo 1 || echo 0)
+# Several GPUs: one process per GPU (DistributedDataParallel) instead of ESPnet's DataParallel.
+ddp_args=()
+[ "${ngpu}" -gt 1 ] && ddp_args=(--multiprocessing_distributed true)
+
+# Token lists and statistics are derived from the training set: a finished one records which, and
+# a different --train_set with the same --dumpdir/--expdir is an error instead of a silent reuse.
+check_done_for_train_set() {
+    local marker=$1 what=$2 made_from
+    made_from=$(cat "${marker}")
+    [ -z "${made_from}" ] || [ "${made_from}" = "${train_set}" ] \
+        || die "${what} was made from data/${made_from}, not data/${train_set}: use another --dumpdir/--expdir, or delete ${marker%/*}"
+}
 
 # Writes the exact command to <cmdfile> (replayable) and runs it with output in <logfile>.
 # On failure, prints the end of the log and the paths to look at.
@@ -219,6 +241,7 @@ fi
 if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ]; then
     stage_start 2 "Token list (${token_type})"
     if [ -f "${token_dir}/.done" ]; then
+        check_done_for_train_set "${token_dir}/.done" "${token_list}"
         log "Skip: ${token_list} exists"
     else
         mkdir -p "${token_dir}"
@@ -232,7 +255,7 @@ if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ]; then
             --bpemodel "${bpemodel}" --input "data/${train_set}/text" --output "${token_list}" \
             --field 2- --cleaner none --g2p none --write_vocabulary true \
             --add_symbol '<blank>:0' --add_symbol '<unk>:1' --add_symbol '<sos/eos>:-1'
-        touch "${token_dir}/.done"
+        echo "${train_set}" >"${token_dir}/.done"
         log "Token list: ${token_list} ($(wc -l <"${token_list}") tokens)"
     fi
     stage_end 2
@@ -248,6 +271,7 @@ common_train_args() {
 if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ]; then
     stage_start 3 "Feature statistics -> ${stats_dir}"
     if [ -f "${stats_dir}/.done" ]; then
+        check_done_for_train_set "${stats_dir}/.done" "${stats_dir}"
         log "Skip: ${stats_dir} is complete"
     else
         [ -f "${token_list}" ] || die "${token_list} not found: run stage 2 first"
@@ -259,7 +283,8 @@ if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ]; then
         pids=()
         for n in $(seq "${_nj}"); do
             # shellcheck disable=SC2046
-            (run_logged "${logdir}/stats.${n}.log" "${logdir}/stats.${n}.sh" \
+            (export OMP_NUM_THREADS=$(job_threads "${_nj}") MKL_NUM_THREADS=$(job_threads "${_nj}")
+             run_logged "${logdir}/stats.${n}.log" "${logdir}/stats.${n}.sh" \
                 "${python}" -m espnet_ext.bin.asr_train --collect_stats true \
                 --config "${first_config}" --ngpu 0 $(common_train_args) \
                 --train_data_path_and_name_and_type "data/${train_set}/wav.scp,speech,sound" \
@@ -283,7 +308,7 @@ if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ]; then
             awk -v N="${ntok}" '{ print $0 "," N }' "${stats_dir}/${d}/text_shape" \
                 >"${stats_dir}/${d}/text_shape.${token_type}"
         done
-        touch "${stats_dir}/.done"
+        echo "${train_set}" >"${stats_dir}/.done"
     fi
     stage_end 3
 fi
@@ -303,7 +328,7 @@ train_one() {
     progress_pattern="epoch results|initial weights|Traceback|Error:" progress_prefix="[${dir##*/}] " \
     run_logged "${dir}/train.log" "${dir}/train.sh" \
         "${python}" -m espnet_ext.bin.asr_train --config "${config}" --seed "${seed}" \
-        --ngpu "${ngpu}" $(common_train_args) "${normalize_args[@]}" \
+        --ngpu "${ngpu}" "${ddp_args[@]}" $(common_train_args) "${normalize_args[@]}" \
         --train_data_path_and_name_and_type "data/${train_set}/wav.scp,speech,sound" \
         --train_data_path_and_name_and_type "data/${train_set}/text,text,text" \
         --valid_data_path_and_name_and_type "data/${valid_set}/wav.scp,speech,sound" \
@@ -369,8 +394,9 @@ if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ]; then
                 pids=()
                 for n in $(seq "${_nj}"); do
                     # shellcheck disable=SC2046,SC2086
-                    (run_logged "${logdir}/asr_inference.${n}.log" "${logdir}/asr_inference.${n}.sh" \
-                        "${python}" -m espnet_ext.bin.asr_inference --ngpu "${ngpu}" --batch_size 1 \
+                    (export OMP_NUM_THREADS=$(job_threads "${_nj}") MKL_NUM_THREADS=$(job_threads "${_nj}")
+                     run_logged "${logdir}/asr_inference.${n}.log" "${logdir}/asr_inference.${n}.sh" \
+                        "${python}" -m espnet_ext.bin.asr_inference --ngpu "${infer_ngpu}" --batch_size 1 \
                         $([ -n "${inference_config}" ] && echo --config "${inference_config}") \
                         --data_path_and_name_and_type "data/${dset}/wav.scp,speech,sound" \
                         --key_file "${logdir}/keys.${n}" \
@@ -413,7 +439,7 @@ if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ]; then
                         --data_dir "data/${dset}" --out_dir "${out}" \
                         --granularity "${granularity}" --modes "${scan_modes}" --taus "${scan_taus}" \
                         --scoring "${scan_scoring}" --model_file "${scan_model}" \
-                        --ngpu "${ngpu}" --no_progress ${scan_args}
+                        --ngpu "${infer_ngpu}" --no_progress ${scan_args}
                     tail -n 2 "${out}/scan.log"
                     touch "${out}/.done"
                 done
