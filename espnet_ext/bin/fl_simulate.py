@@ -19,11 +19,11 @@ Examples:
 """
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
 import espnet_ext  # noqa: F401  (registers espnet_ext's encoders into ESPnet)
+from espnet_ext.bin.cli import setup_logging
 
 
 def _csv(value: str):
@@ -116,7 +116,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+    setup_logging()
     from espnet_ext.data.kaldi import DataDirError
     from espnet_ext.federated.modelio import ModelSetupError
     from espnet_ext.federated.options import OptionsError, parse_eval_data

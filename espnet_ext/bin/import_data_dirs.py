@@ -8,12 +8,11 @@ Example (from a recipe directory):
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from typing import List, Optional
 
+from espnet_ext.bin.cli import fail, print_summaries, setup_logging
 from espnet_ext.data.import_dirs import MODES, import_data_dirs
-from espnet_ext.data.kaldi import DataDirError
 
 
 def _named_dir(value: str) -> tuple:
@@ -46,23 +45,15 @@ def get_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     """Import; one summary line per dir, or the error and exit status 1."""
     args = get_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+    setup_logging()
     names = [n for n, _ in args.dirs]
     duplicate = next((n for n in names if names.count(n) > 1), None)
     if duplicate:
-        print(f"import_data_dirs: error: data dir name '{duplicate}' is given twice", file=sys.stderr)
-        return 1
-    try:
-        summaries = import_data_dirs(
-            dict(args.dirs), args.data_dir, mode=args.mode, extract_audio=args.extract_audio,
-            audio_base=args.audio_base, check_audio=not args.no_audio, expected_rate=args.expected_rate,
-        )
-    except DataDirError as e:
-        print(f"import_data_dirs: error: {e}", file=sys.stderr)
-        return 1
-    for s in summaries:
-        print(s.line())
-    return 0
+        return fail("import_data_dirs", f"data dir name '{duplicate}' is given twice")
+    return print_summaries("import_data_dirs", lambda: import_data_dirs(
+        dict(args.dirs), args.data_dir, mode=args.mode, extract_audio=args.extract_audio,
+        audio_base=args.audio_base, check_audio=not args.no_audio, expected_rate=args.expected_rate,
+    ))
 
 
 if __name__ == "__main__":

@@ -7,13 +7,13 @@ Example:
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from typing import List, Optional
 
 from espnet_ext.data.sentences import SentenceSourceError
 from espnet_ext.data.synth_corpus import CorpusOptionsError, build_synth_corpus
 from espnet_ext.data.tts import TTSError
+from espnet_ext.bin.cli import setup_logging
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -46,7 +46,7 @@ def get_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     """Parse arguments, build the corpus, print a summary; exit status 1 with a message on error."""
     args = get_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+    setup_logging()
     if args.noise_snr_db is not None and len(args.noise_snr_db) > 2:
         get_parser().error("--noise_snr_db takes one value or MIN MAX")
     try:

@@ -9,11 +9,10 @@ Example (ESPnet's librispeech_100 sets; dev = dev-clean + dev-other):
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from typing import Dict, List, Optional
 
-from espnet_ext.data.kaldi import DataDirError
+from espnet_ext.bin.cli import print_summaries, setup_logging
 from espnet_ext.data.librispeech import ALL_PARTS, PARTS_100H, SPEAKER_UNITS, prepare_librispeech
 
 
@@ -51,20 +50,13 @@ def get_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     """Prepare and validate; one summary line per dir, or the error and exit status 1."""
     args = get_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+    setup_logging()
     combine: Dict[str, List[str]] = dict(args.combine)
-    try:
-        summaries = prepare_librispeech(
-            args.librispeech_dir, args.data_dir, parts=args.parts, combine=combine,
-            speaker_unit=args.speaker_unit, read_durations=not args.no_durations,
-            check_audio=args.check_audio,
-        )
-    except DataDirError as e:
-        print(f"prep_librispeech: error: {e}", file=sys.stderr)
-        return 1
-    for s in summaries:
-        print(s.line())
-    return 0
+    return print_summaries("prep_librispeech", lambda: prepare_librispeech(
+        args.librispeech_dir, args.data_dir, parts=args.parts, combine=combine,
+        speaker_unit=args.speaker_unit, read_durations=not args.no_durations,
+        check_audio=args.check_audio,
+    ))
 
 
 if __name__ == "__main__":

@@ -5,17 +5,13 @@
 # marker when it finishes, so a re-run skips finished work and an interrupted training resumes.
 set -euo pipefail
 
-log() {
-    local fname=${BASH_SOURCE[1]##*/}
-    echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (${fname}:${BASH_LINENO[0]}:${FUNCNAME[1]}) $*"
-}
-die() { log "ERROR: $*"; exit 1; }
-min() { local a=$1 b=$2; [ "$a" -lt "$b" ] && echo "$a" || echo "$b"; }
+# log, die, min, option parsing, default_python (and the repository on PYTHONPATH).
+# shellcheck source=common.sh
+. "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/common.sh"
 
 SECONDS=0
-template_dir=$(cd -P "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-repo_dir=$(cd "${template_dir}/../../.." && pwd)
 
+begin_options
 # General options
 stage=1               # First stage to run.
 stop_stage=10000      # Last stage to run.
@@ -118,30 +114,11 @@ Options (defaults in brackets):
 EOF
 )
 
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --help|-h) echo "${help_message}"; exit 0 ;;
-        --*)
-            name=${1#--}
-            [ $# -ge 2 ] || die "option $1 needs a value\n${help_message}"
-            # Only names declared above are options; a typo fails instead of being ignored.
-            if ! declare -p "${name}" >/dev/null 2>&1 || [[ ! ${name} =~ ^[a-z_]+$ ]]; then
-                die "unknown option $1 (see $0 --help)"
-            fi
-            printf -v "${name}" '%s' "$2"
-            shift 2 ;;
-        *) die "unexpected argument '$1' (see $0 --help)" ;;
-    esac
-done
+parse_options "$@"
+no_positional
 
 [ -n "${asr_config}" ] && asr_configs="${asr_configs} ${asr_config}"
-if [ -z "${python}" ]; then
-    if [ -x "${repo_dir}/tools/venv/bin/python" ]; then
-        python="${repo_dir}/tools/venv/bin/python"
-    else
-        python=python3
-    fi
-fi
+python=${python:-$(default_python)}
 [ -n "${train_set}" ] || die "--train_set is required"
 [ -n "${valid_set}" ] || die "--valid_set is required"
 [ -n "${asr_configs// /}" ] || die "--asr_configs is required"
@@ -324,6 +301,8 @@ train_one() {
     [ -f "${dir}/checkpoint.pth" ] && log "Resuming ${dir}"
     log "Training ${dir} (log: ${dir}/train.log)"
     local t0=${SECONDS}
+    # Trainings that run side by side share the --num_threads budget (called in a subshell).
+    export OMP_NUM_THREADS=${train_threads} MKL_NUM_THREADS=${train_threads}
     # shellcheck disable=SC2046,SC2086
     progress_pattern="epoch results|initial weights|Traceback|Error:" progress_prefix="[${dir##*/}] " \
     run_logged "${dir}/train.log" "${dir}/train.sh" \
@@ -346,13 +325,20 @@ train_one() {
 }
 
 if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ]; then
-    stage_start 4 "Training: configs [${asr_configs}] x seeds [${seeds}], ${train_nj} at a time"
     [ -f "${stats_dir}/.done" ] || die "${stats_dir} is incomplete: run stage 3 first"
     normalize_args=()
     if [ "${feats_normalize}" = global_mvn ]; then
         normalize_args=(--normalize global_mvn --normalize_conf
             "stats_file=$(pwd)/${stats_dir}/train/feats_stats.npz")
     fi
+    n_todo=0
+    for config in ${asr_configs}; do
+        for seed in ${seeds}; do
+            [ -f "$(exp_name "${config}" "${seed}")/.done" ] || n_todo=$((n_todo + 1))
+        done
+    done
+    train_threads=$(job_threads "$(min "${train_nj}" "$((n_todo > 0 ? n_todo : 1))")")
+    stage_start 4 "Training: configs [${asr_configs}] x seeds [${seeds}], $(min "${train_nj}" "${n_todo}") at a time, ${train_threads} thread(s) each"
     pids=()
     for config in ${asr_configs}; do
         for seed in ${seeds}; do

@@ -8,12 +8,12 @@
 #   egs2/mine/asr1/run.sh
 set -euo pipefail
 
-log() { echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (setup.sh) $*"; }
-die() { log "ERROR: $*" >&2; exit 1; }
+# log, die, option parsing; espnet_ext_root (this repository).
+# shellcheck source=common.sh
+. "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/common.sh"
+repo_dir=${espnet_ext_root}
 
-template_dir=$(cd -P "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-repo_dir=$(cd "${template_dir}/../../.." && pwd)
-
+begin_options
 from=${repo_dir}/egs2/own_corpus/asr1
 train_dir=
 valid_dir=
@@ -33,19 +33,9 @@ The Kaldi dir contract (files, audio formats): egs2/TEMPLATE/asr1/README.md
 EOH
 )
 
-new_dir=
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --help|-h) echo "${help_message}"; exit 0 ;;
-        --from|--train_dir|--valid_dir|--test_dirs)
-            [ $# -ge 2 ] || die "option $1 needs a value"
-            printf -v "${1#--}" '%s' "$2"
-            shift 2 ;;
-        --*) die "unknown option '$1' (see --help)" ;;
-        *) [ -z "${new_dir}" ] || die "one recipe dir only (got '${new_dir}' and '$1')"
-           new_dir=$1; shift ;;
-    esac
-done
+parse_options "$@"
+[ "${#positional[@]}" -le 1 ] || die "one recipe dir only (got: ${positional[*]})"
+new_dir=${positional[0]:-}
 [ -n "${new_dir}" ] || { echo "${help_message}" >&2; die "give the new recipe dir"; }
 [ -f "${from}/run.sh" ] && [ -d "${from}/conf" ] || die "${from} is not a recipe (no run.sh or conf/)"
 if [ -e "${new_dir}" ] && [ -n "$(ls -A "${new_dir}")" ]; then

@@ -26,7 +26,9 @@ import_opts=
 asr_configs="conf/train_asr_conformer_bn.yaml conf/train_asr_conformer_gn.yaml"
 inference_config=conf/decode_asr.yaml
 
-die() { echo "$0: error: $*" >&2; exit 1; }
+# die (and log) of the stage driver's scripts.
+# shellcheck source=../../TEMPLATE/asr1/common.sh
+. "${repo_rel}/egs2/TEMPLATE/asr1/common.sh"
 driver_args=()
 while [ $# -gt 0 ]; do
     case "$1" in

@@ -5,14 +5,11 @@
 # Nothing is downloaded unless --download true. Run from egs2/librispeech_100/asr1.
 set -euo pipefail
 
-log() {
-    local fname=${BASH_SOURCE[1]##*/}
-    echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (${fname}:${BASH_LINENO[0]}:${FUNCNAME[1]}) $*"
-}
-die() { log "ERROR: $*" >&2; exit 1; }
+# log, die, option parsing, default_python; the repository on PYTHONPATH.
+# shellcheck source=../../../TEMPLATE/asr1/common.sh
+. "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/../../../TEMPLATE/asr1/common.sh"
 
 recipe_src_dir=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)
-repo_dir=$(cd "${recipe_src_dir}/../../.." && pwd)
 # The corpus location: db.sh of the directory run from, else the one next to this script.
 if [ -f db.sh ]; then
     # shellcheck disable=SC1091
@@ -22,6 +19,7 @@ else
     . "${recipe_src_dir}/db.sh"
 fi
 
+begin_options
 # Options
 librispeech_dir=${LIBRISPEECH}  # Folder holding LibriSpeech/ (db.sh; env LIBRISPEECH overrides it).
 data_dir=data                   # Parent of the Kaldi dirs.
@@ -48,24 +46,10 @@ Options:
 EOH
 )
 
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --help|-h) echo "${help_message}"; exit 0 ;;
-        --librispeech_dir|--data_dir|--download|--data_url|--train_960|--speaker_unit|--python)
-            [ $# -ge 2 ] || die "option $1 needs a value (see --help)"
-            printf -v "${1#--}" '%s' "$2"
-            shift 2 ;;
-        *) echo "${help_message}" >&2; die "unknown option '$1'" ;;
-    esac
-done
+parse_options "$@"
+no_positional
 
-if [ -z "${python}" ]; then
-    if [ -x "${repo_dir}/tools/venv/bin/python" ]; then
-        python=${repo_dir}/tools/venv/bin/python
-    else
-        python=python3
-    fi
-fi
+python=${python:-$(default_python)}
 for flag in download train_960; do
     case "${!flag}" in true|false) ;; *) die "--${flag} must be true or false, got '${!flag}'" ;; esac
 done
@@ -120,7 +104,7 @@ if [ "${download}" = true ]; then
 fi
 
 log "Preparing Kaldi dirs in ${data_dir} from ${librispeech_dir} (parts: ${parts})"
-PYTHONPATH="${repo_dir}${PYTHONPATH:+:${PYTHONPATH}}" "${python}" -m espnet_ext.bin.prep_librispeech \
+"${python}" -m espnet_ext.bin.prep_librispeech \
     --librispeech_dir "${librispeech_dir}" --data_dir "${data_dir}" --parts "${parts// /,}" \
     "${combine[@]}" --speaker_unit "${speaker_unit}" \
     || die "data preparation failed (see the message above); to fetch the corpus from openslr.org run: $0 --librispeech_dir ${librispeech_dir} --download true"

@@ -9,14 +9,11 @@
 # with the same options is a no-op.
 set -euo pipefail
 
-log() {
-    local fname=${BASH_SOURCE[1]##*/}
-    echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (${fname}:${BASH_LINENO[0]}:${FUNCNAME[1]}) $*"
-}
-die() { log "ERROR: $*" >&2; exit 1; }
+# log, die, option parsing, default_python; the repository on PYTHONPATH.
+# shellcheck source=../../../TEMPLATE/asr1/common.sh
+. "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/../../../TEMPLATE/asr1/common.sh"
 
-repo_dir=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/../../../.." && pwd)
-
+begin_options
 # Options
 source_set=train_clean_100  # Data dir (under data/) the readers are taken from.
 every=5                     # Withhold every N-th reader (in spk2utt order): 50 of 251 with 5.
@@ -26,19 +23,9 @@ help_message="Usage: $0 [--source_set NAME] [--every N] [--python PATH]
 Splits data/<source_set> into data/fl/central (central training) and data/fl_adapt/{train,test}
 (withheld readers: federated clients' data and their held-out chapters)."
 
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --help|-h) echo "${help_message}"; exit 0 ;;
-        --source_set|--every|--python)
-            [ $# -ge 2 ] || die "option $1 needs a value (see --help)"
-            printf -v "${1#--}" '%s' "$2"
-            shift 2 ;;
-        *) echo "${help_message}" >&2; die "unknown option '$1'" ;;
-    esac
-done
-if [ -z "${python}" ]; then
-    if [ -x "${repo_dir}/tools/venv/bin/python" ]; then python=${repo_dir}/tools/venv/bin/python; else python=python3; fi
-fi
+parse_options "$@"
+no_positional
+python=${python:-$(default_python)}
 [[ ${every} =~ ^[0-9]+$ ]] && [ "${every}" -ge 2 ] || die "--every must be an integer >= 2, got '${every}'"
 src=data/${source_set}
 [ -f "${src}/utt2chapter" ] || die "${src}/utt2chapter not found: run stage 1 (local/data.sh) first"
@@ -49,7 +36,7 @@ if [ -f "${marker}" ] && [ "$(cat "${marker}")" = "${options}" ]; then
     log "data/fl and data/fl_adapt exist (${options}): kept"
     exit 0
 fi
-fl() { PYTHONPATH="${repo_dir}${PYTHONPATH:+:${PYTHONPATH}}" "${python}" -m espnet_ext.bin.fl_simulate "$@"; }
+fl() { "${python}" -m espnet_ext.bin.fl_simulate "$@"; }
 
 readers=$(cut -d' ' -f1 "${src}/spk2utt" | awk -v n="${every}" 'NR % n == 0' | paste -sd,)
 [ -n "${readers}" ] || die "${src} has fewer than ${every} speakers: lower --every"

@@ -6,17 +6,15 @@
 # writes data/train, data/dev and data/<test> (contract: ../../TEMPLATE/asr1/README.md).
 set -euo pipefail
 
-log() {
-    local fname=${BASH_SOURCE[1]##*/}
-    echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (${fname}:${BASH_LINENO[0]}:${FUNCNAME[1]}) $*"
-}
-die() { log "ERROR: $*" >&2; exit 1; }
-
-# Path from this recipe to the espnet_ext repository (setup.sh sets it for recipes elsewhere).
+# Path from this recipe to the espnet_ext repository (setup.sh sets it for recipes elsewhere: such a
+# copy has its own local/, so the repository is found through this path, not through a link).
 repo_rel=../../..
 recipe_src_dir=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)
-repo_dir=$(cd "${recipe_src_dir}/${repo_rel}" && pwd)
+# log, die, option parsing, default_python; the repository on PYTHONPATH.
+# shellcheck source=../../../TEMPLATE/asr1/common.sh
+. "${recipe_src_dir}/${repo_rel}/egs2/TEMPLATE/asr1/common.sh"
 
+begin_options
 # Options
 train_dir=          # Existing Kaldi dir imported as data/train.
 valid_dir=          # Existing Kaldi dir imported as data/dev.
@@ -44,24 +42,10 @@ Options:
 EOH
 )
 
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --help|-h) echo "${help_message}"; exit 0 ;;
-        --train_dir|--valid_dir|--test_dirs|--data_dir|--mode|--extract_audio|--audio_base|--python)
-            [ $# -ge 2 ] || die "option $1 needs a value (see --help)"
-            printf -v "${1#--}" '%s' "$2"
-            shift 2 ;;
-        *) echo "${help_message}" >&2; die "unknown option '$1'" ;;
-    esac
-done
+parse_options "$@"
+no_positional
 
-if [ -z "${python}" ]; then
-    if [ -x "${repo_dir}/tools/venv/bin/python" ]; then
-        python=${repo_dir}/tools/venv/bin/python
-    else
-        python=python3
-    fi
-fi
+python=${python:-$(default_python)}
 case "${extract_audio}" in
     true) import_args=(--extract_audio) ;;
     false) import_args=() ;;
@@ -85,7 +69,7 @@ done
 
 if [ ${#dirs[@]} -gt 0 ]; then
     log "Importing Kaldi dirs into ${data_dir}/"
-    PYTHONPATH="${repo_dir}${PYTHONPATH:+:${PYTHONPATH}}" "${python}" -m espnet_ext.bin.import_data_dirs \
+    "${python}" -m espnet_ext.bin.import_data_dirs \
         "${dirs[@]}" "${import_args[@]}" || die "import failed (see the message above)"
 fi
 for name in train dev; do

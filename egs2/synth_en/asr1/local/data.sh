@@ -4,15 +4,13 @@
 # validates them. Run from egs2/synth_en/asr1. A re-run of a finished build is a no-op.
 set -euo pipefail
 
-log() {
-    local fname=${BASH_SOURCE[1]##*/}
-    echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (${fname}:${BASH_LINENO[0]}:${FUNCNAME[1]}) $*"
-}
-die() { log "ERROR: $*"; exit 1; }
+# log, die, option parsing, default_python; the repository on PYTHONPATH.
+# shellcheck source=../../../TEMPLATE/asr1/common.sh
+. "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/../../../TEMPLATE/asr1/common.sh"
 
 recipe_dir=$(pwd)
-repo_dir=$(cd -P "$(dirname "${BASH_SOURCE[0]}")" && cd ../../../.. && pwd)
 
+begin_options
 # Options (defaults give 12 speakers x 250 train / 10 dev / 10 test utterances, ~2 h)
 corpus_dir=downloads/synth_en  # LibriSpeech-like audio tree and corpus metadata.
 data_dir=data                  # Kaldi dirs are written to ${data_dir}/{train,dev,test}.
@@ -46,26 +44,10 @@ Options:
 EOH
 )
 
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --help|-h) echo "${help_message}"; exit 0 ;;
-        --corpus_dir|--data_dir|--num_speakers|--train_per_speaker|--dev_per_speaker|\
---test_per_speaker|--seed|--noise_snr_db|--reverb|--nj|--python)
-            [ $# -ge 2 ] || die "option $1 needs a value (see --help)"
-            name=${1#--}
-            printf -v "${name}" '%s' "$2"
-            shift 2 ;;
-        *) echo "${help_message}" >&2; die "unknown option '$1'" ;;
-    esac
-done
+parse_options "$@"
+no_positional
 
-if [ -z "${python}" ]; then
-    if [ -x "${repo_dir}/tools/venv/bin/python" ]; then
-        python=${repo_dir}/tools/venv/bin/python
-    else
-        python=python3
-    fi
-fi
+python=${python:-$(default_python)}
 case "${reverb}" in
     true) reverb_opt=(--reverb) ;;
     false) reverb_opt=() ;;
@@ -77,7 +59,7 @@ noise_opt=()
 [ -n "${noise_snr_db}" ] && noise_opt=(--noise_snr_db ${noise_snr_db//,/ })
 
 log "Synthesizing the corpus into ${corpus_dir} and ${data_dir}/{train,dev,test} (cwd: ${recipe_dir})"
-PYTHONPATH="${repo_dir}${PYTHONPATH:+:${PYTHONPATH}}" "${python}" -m espnet_ext.bin.make_synth_corpus \
+"${python}" -m espnet_ext.bin.make_synth_corpus \
     --out_dir "${corpus_dir}" \
     --data_dir "${data_dir}" \
     --num_speakers "${num_speakers}" \
@@ -90,6 +72,6 @@ PYTHONPATH="${repo_dir}${PYTHONPATH:+:${PYTHONPATH}}" "${python}" -m espnet_ext.
     || die "corpus synthesis failed (see the message above)"
 
 log "Validating ${data_dir}/{train,dev,test}"
-PYTHONPATH="${repo_dir}${PYTHONPATH:+:${PYTHONPATH}}" "${python}" -m espnet_ext.bin.validate_data_dir \
+"${python}" -m espnet_ext.bin.validate_data_dir \
     "${data_dir}/train" "${data_dir}/dev" "${data_dir}/test"
 log "Done"

@@ -5,14 +5,11 @@
 # egs2/synth_en/asr1. A re-run of a finished build is a no-op.
 set -euo pipefail
 
-log() {
-    local fname=${BASH_SOURCE[1]##*/}
-    echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (${fname}:${BASH_LINENO[0]}:${FUNCNAME[1]}) $*"
-}
-die() { log "ERROR: $*"; exit 1; }
+# log, die, option parsing.
+# shellcheck source=../../../TEMPLATE/asr1/common.sh
+. "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/../../../TEMPLATE/asr1/common.sh"
 
-repo_dir=$(cd -P "$(dirname "${BASH_SOURCE[0]}")" && cd ../../../.. && pwd)
-
+begin_options
 # Options (defaults: 8 unseen speakers x 40 adaptation / 2 dev / 10 test utterances)
 corpus_dir=downloads/synth_en_fl  # Audio tree and metadata of the withheld domain.
 data_dir=data/fl_adapt            # Kaldi dirs: ${data_dir}/{train,dev,test}.
@@ -31,17 +28,8 @@ help_message="Usage: $0 [--corpus_dir DIR] [--data_dir DIR] [--num_speakers N] [
   [--nj N] [--python PATH]
 Synthesizes the withheld (federated adaptation) domain into ${data_dir}/{train,dev,test}."
 
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --help|-h) echo "${help_message}"; exit 0 ;;
-        --corpus_dir|--data_dir|--num_speakers|--train_per_speaker|--dev_per_speaker|\
---test_per_speaker|--seed|--noise_snr_db|--reverb|--nj|--python)
-            [ $# -ge 2 ] || die "option $1 needs a value (see --help)"
-            printf -v "${1#--}" '%s' "$2"
-            shift 2 ;;
-        *) echo "${help_message}" >&2; die "unknown option '$1'" ;;
-    esac
-done
+parse_options "$@"
+no_positional
 [ "${seed}" != 1 ] || die "--seed 1 is the central corpus' seed: the withheld speakers must be new"
 
 # The central corpus builder does the work; only its options differ.
