@@ -51,7 +51,11 @@ def _run(work: Path, *args: str) -> str:
 
 def test_tiny_recipe_end_to_end_and_rerun_is_noop(tmp_path):
     work = _recipe_copy(tmp_path)
-    _run(work)
+    log = _run(work, "--num_threads", "2")
+    # The two trainings run side by side and share the 2 threads (4 would oversubscribe the cores).
+    assert "2 at a time, 1 thread(s) each" in log
+    for name in ("asr_train_asr_conformer_seed1", "asr_train_asr_conformer_gn_seed1"):
+        assert "export OMP_NUM_THREADS=1 " in (work / "exp" / name / "train.sh").read_text()
 
     # Stage 1: validated Kaldi dirs.
     for dset, n in (("train", 24), ("dev", 6), ("test", 6)):

@@ -173,7 +173,9 @@ run_logged() {
     local logfile=$1 cmdfile=$2; shift 2
     mkdir -p "$(dirname "${logfile}")" "$(dirname "${cmdfile}")"
     { echo "#!/usr/bin/env bash"; echo "# $(date '+%Y-%m-%dT%H:%M:%S') from $(pwd)";
-      echo "cd $(printf '%q' "$(pwd)")"; printf '%q ' "$@"; echo; } >"${cmdfile}"
+      echo "cd $(printf '%q' "$(pwd)")";
+      echo "export OMP_NUM_THREADS=${OMP_NUM_THREADS} MKL_NUM_THREADS=${MKL_NUM_THREADS}";
+      printf '%q ' "$@"; echo; } >"${cmdfile}"
     chmod +x "${cmdfile}"
     local rc=0
     if [ -n "${progress_pattern}" ]; then
