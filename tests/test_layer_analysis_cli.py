@@ -172,6 +172,12 @@ def test_end_to_end(exp_root, tmp_path, capsys, monkeypatch):
     assert pairs[frozenset(("asr_conf_seed1", "asr_conf_large_seed1"))]["aligned_by"] == "depth_bin"
     assert pairs[frozenset(("asr_conf_seed1", "asr_conf_gn_seed1"))]["aligned_by"] == "group"
     assert data["norm_sizes"] == {"4x4": ["batch_norm 4x4", "group_norm 4x4"]}
+    # Pairs pooled by what differs: seed only (bn 1-2; gn 1-misnamed), norm (2 bn x 2 gn), size
+    # (bn 8x4 vs the two bn 4x4), norm and size (bn 8x4 vs the two gn 4x4).
+    kinds = {k["kind"]: k for k in data["pair_kinds"]}
+    assert {k: v["pairs"] for k, v in kinds.items()} == {
+        "seed only": 2, "norm": 4, "size": 2, "norm and size": 2}
+    assert kinds["seed only"]["mean_chance_jaccard"] < kinds["seed only"]["mean_jaccard"]
 
     # Update k_g*T and delta 10*k_g rank identically in every run.
     for c in data["update_vs_delta"]["per_run"].values():
@@ -195,7 +201,8 @@ def test_end_to_end(exp_root, tmp_path, capsys, monkeypatch):
     assert {"heatmap_seeds_batch_norm_4x4.png", "stability_jaccard.png", "stability_spearman.png",
             "depth_profile.png", "update_vs_delta.png", "trajectories.png"} <= set(data["figures"])
     md = (out / "analysis.md").read_text()
-    assert "batch_norm 4x4: across 2 seeds, mean pairwise Jaccard of ambient sets 0.67" in md
+    assert "batch_norm 4x4: across 2 seeds, mean pairwise Jaccard of ambient sets 0.67 (chance " in md
+    assert "### Agreement by what differs between two runs" in md
     assert "## Norm variants side by side: size 4x4" in md
     assert "![update_vs_delta](update_vs_delta.png)" in md
     assert "mean pairwise Jaccard" in stdout

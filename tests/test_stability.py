@@ -135,3 +135,39 @@ def test_update_vs_delta_per_run_and_pooled():
     assert pooled.n == 10
     amb, crit = st.median_update_by_label(a)
     assert amb == pytest.approx(0.1) and crit == pytest.approx(0.7)  # ambient: .1 .2 .05
+
+
+def test_chance_jaccard_matches_enumeration_of_all_random_sets():
+    from itertools import combinations
+    for n, ka, kb in ((6, 3, 2), (5, 4, 4), (7, 1, 6), (4, 0, 2)):
+        values = []
+        for a in combinations(range(n), ka):
+            for b in combinations(range(n), kb):
+                values.append(st.jaccard(a, b))
+        assert st.chance_jaccard(n, ka, kb) == pytest.approx(sum(values) / len(values))
+    assert st.chance_jaccard(23, 23, 23) == 1.0  # everything ambient in both: no information
+    assert st.chance_jaccard(10, 0, 0) == 1.0
+    with pytest.raises(ValueError, match="within 0..4"):
+        st.chance_jaccard(4, 5, 1)
+
+
+def test_pairs_carry_their_chance_level_and_are_pooled_by_what_differs():
+    runs = [
+        _run("bn1", [5.0, 1.0, 1.5, 0.5], seed=1),
+        _run("bn2", [5.0, 1.2, 3.5, 0.6], seed=2),
+        _run("gn1", [5.0, 1.0, 3.0, 0.5], norm="group_norm", seed=1),
+        _run("bn_deep", [5.0, 4.0, 1.0, 3.0, 1.0, 0.5], seed=1),
+    ]
+    pairs = st.pairwise(runs)
+    bn = next(p for p in pairs if (p.a, p.b) == ("bn1", "bn2"))
+    # 5 groups (embed + 4 blocks), 3 and 2 ambient
+    assert bn.chance_jaccard == pytest.approx(st.chance_jaccard(5, 3, 2))
+    assert [st.pair_kind(runs[0], r) for r in runs[1:]] == ["seed only", "norm", "size"]
+    assert st.pair_kind(runs[2], runs[3]) == "norm and size"
+    kinds = {k.kind: k for k in st.agreement_by_pair_kind(runs, pairs)}
+    assert list(kinds) == ["seed only", "norm", "size", "norm and size"]
+    assert kinds["seed only"].pairs == 1 and kinds["seed only"].mean_jaccard == pytest.approx(2 / 3)
+    assert kinds["norm"].pairs == 2  # bn1-gn1, bn2-gn1
+    assert kinds["size"].pairs == 2 and kinds["norm and size"].pairs == 1
+    stab = {s.variant: s for s in st.seed_stability(runs)}
+    assert stab["batch_norm 4x8"].mean_chance_jaccard == pytest.approx(bn.chance_jaccard)

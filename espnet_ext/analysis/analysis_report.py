@@ -74,6 +74,7 @@ def reading(
     pooled_update: Correlation,
     median_updates: Dict[str, tuple],
     n_bins: int,
+    pair_kinds: Sequence = (),
 ) -> List[str]:
     """Sentences made of the numbers only (see module doc)."""
     m = f"Δ{metric.upper()}"
@@ -85,7 +86,8 @@ def reading(
         always = ", ".join(s.always_ambient) or "none"
         out.append(
             f"{s.variant}: across {len(s.runs)} seeds, mean pairwise Jaccard of ambient sets "
-            f"{fmt(s.mean_jaccard)}, mean Spearman of {m} {fmt(s.mean_spearman)}; "
+            f"{fmt(s.mean_jaccard)} (chance {fmt(s.mean_chance_jaccard)}), mean Spearman of {m} "
+            f"{fmt(s.mean_spearman)}; "
             f"{len(s.always_ambient)} group(s) ambient in every seed ({always}), "
             f"{len(s.ever_ambient)} in at least one."
         )
@@ -109,6 +111,11 @@ def reading(
             f"{n_bins} bins): mean Jaccard {fmt(_mean([p.jaccard for p in sizes]))}, mean Spearman "
             f"of {m} {fmt(_mean([p.spearman.rho for p in sizes]))}."
         )
+    if len(pair_kinds) > 1:
+        parts = [f"{k.kind} {fmt(k.mean_jaccard)} (chance {fmt(k.mean_chance_jaccard)}, "
+                 f"Spearman {fmt(k.mean_spearman)}, {_pairs(k.pairs)})" for k in pair_kinds]
+        out.append("Mean Jaccard of ambient sets by what differs between two runs: "
+                   + "; ".join(parts) + ".")
     if per_run_update:
         parts = [f"{name} {fmt_corr(c)}" for name, c in per_run_update.items()]
         out.append(f"Spearman(weight update, {m}) per run: " + "; ".join(parts) + ".")

@@ -268,6 +268,7 @@ def analyse_collection(coll: Collection, out_dir: Path, opts: AnalysisOptions,
     seed_stab = st.seed_stability(outcomes, nb)
     pairs = st.pairwise(outcomes, nb)
     cross = [p for p in pairs if run_variant[p.a] != run_variant[p.b]]
+    pair_kinds = st.agreement_by_pair_kind(outcomes, pairs)
     norm_sizes = st.norm_pairs(outcomes)
     kind_table = st.variant_kind_table(outcomes)
     depth_table = st.variant_depth_table(outcomes, nb)
@@ -276,7 +277,7 @@ def analyse_collection(coll: Collection, out_dir: Path, opts: AnalysisOptions,
     pooled_update = st.pooled_update_vs_delta(outcomes)
     median_updates = {o.name: st.median_update_by_label(o) for o in outcomes}
     reading = rep.reading(coll.metric, seed_stab, norm_sizes, variant_norm, cross, run_variant,
-                          per_run_update, pooled_update, median_updates, nb)
+                          per_run_update, pooled_update, median_updates, nb, pair_kinds)
 
     # Figures.
     from espnet_ext.plots_analysis import plot_matrix, plot_trajectories, plot_update_vs_delta
@@ -325,7 +326,8 @@ def analyse_collection(coll: Collection, out_dir: Path, opts: AnalysisOptions,
     write_text_atomic(out_dir / "weight_updates.tsv", _updates_tsv(coll))
     write_text_atomic(out_dir / "trajectories.tsv", _trajectories_tsv(coll))
     md = _markdown(opts, coll, seed_stab, pairs, norm_sizes, kind_table, depth_table, group_table,
-                   per_run_update, pooled_update, median_updates, reading, figures, run_variant)
+                   per_run_update, pooled_update, median_updates, reading, figures, run_variant,
+                   pair_kinds)
     write_text_atomic(out_dir / "analysis.md", md)
     seconds = time.perf_counter() - t0
     payload = {
@@ -341,6 +343,7 @@ def analyse_collection(coll: Collection, out_dir: Path, opts: AnalysisOptions,
                   "weight_updates": r.updates.groups} for r in coll.runs],
         "seed_stability": seed_stab,
         "pairs": pairs,
+        "pair_kinds": pair_kinds,
         "norm_sizes": norm_sizes,
         "by_kind": kind_table,
         "by_depth": {v: [{"kind": c[0], "bin": c[1], "range": st.bin_label(c[1], nb), **dataclasses.asdict(s)}
@@ -361,7 +364,7 @@ def analyse_collection(coll: Collection, out_dir: Path, opts: AnalysisOptions,
 
 def _markdown(opts, coll: Collection, seed_stab, pairs, norm_sizes, kind_table, depth_table,
               group_table, per_run_update, pooled_update, median_updates, reading, figures,
-              run_variant) -> str:
+              run_variant, pair_kinds) -> str:
     m = coll.metric.upper()
     nb = opts.depth_bins
     variants = list(kind_table)
@@ -385,17 +388,27 @@ def _markdown(opts, coll: Collection, seed_stab, pairs, norm_sizes, kind_table, 
           rep.fmt(r.scan.baseline.get(m)), _reset_text(r), r.updates.final_file.name,
           f"0..{r.updates.epochs[-1]}"] for r in coll.runs])
 
-    out += ["", "## Stability across seeds", ""]
+    out += ["", "## Stability across seeds", "",
+            "Chance: the expected Jaccard of random ambient sets of the same sizes (module "
+            "espnet_ext.analysis.stability, chance_jaccard).", ""]
     out += rep.table(
-        ["variant", "seeds", "mean Jaccard", f"mean Spearman Δ{m}", "ambient in every seed",
+        ["variant", "seeds", "mean Jaccard", "chance", f"mean Spearman Δ{m}", "ambient in every seed",
          "ambient in any"],
-        [[s.variant, len(s.runs), rep.fmt(s.mean_jaccard), rep.fmt(s.mean_spearman),
-          ", ".join(s.always_ambient) or "-", ", ".join(s.ever_ambient) or "-"] for s in seed_stab])
+        [[s.variant, len(s.runs), rep.fmt(s.mean_jaccard), rep.fmt(s.mean_chance_jaccard),
+          rep.fmt(s.mean_spearman), ", ".join(s.always_ambient) or "-", ", ".join(s.ever_ambient) or "-"]
+         for s in seed_stab])
+    if pair_kinds:
+        out += ["", "### Agreement by what differs between two runs", ""]
+        out += rep.table(["differs in", "pairs", "mean Jaccard", "chance", f"mean Spearman Δ{m}"],
+                         [[k.kind, k.pairs, rep.fmt(k.mean_jaccard), rep.fmt(k.mean_chance_jaccard),
+                           rep.fmt(k.mean_spearman)] for k in pair_kinds])
     if pairs:
         out += ["", "### Every pair of runs", ""]
-        out += rep.table(["run a", "run b", "same variant", "aligned by", "n", "Jaccard", f"Spearman Δ{m}"],
+        out += rep.table(["run a", "run b", "same variant", "aligned by", "n", "Jaccard", "chance",
+                          f"Spearman Δ{m}"],
                          [[p.a, p.b, "yes" if run_variant[p.a] == run_variant[p.b] else "no",
-                           p.aligned_by, p.n, rep.fmt(p.jaccard), rep.fmt_corr(p.spearman)] for p in pairs])
+                           p.aligned_by, p.n, rep.fmt(p.jaccard), rep.fmt(p.chance_jaccard),
+                           rep.fmt_corr(p.spearman)] for p in pairs])
 
     for size, vs in norm_sizes.items():
         out += ["", f"## Norm variants side by side: size {size}", "",

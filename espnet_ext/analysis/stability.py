@@ -102,6 +102,9 @@ class PairComparison:
     n: int
     jaccard: float
     spearman: Correlation
+    # Expected Jaccard of two random sets of the same sizes over the same n items: agreement that
+    # says nothing about the layers (see chance_jaccard).
+    chance_jaccard: float = math.nan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +122,21 @@ def jaccard(a: Iterable[str], b: Iterable[str]) -> float:
     a, b = set(a), set(b)
     union = a | b
     return 1.0 if not union else len(a & b) / len(union)
+
+
+def chance_jaccard(n: int, k_a: int, k_b: int) -> float:
+    """Expected Jaccard of two sets drawn uniformly at random, of sizes ``k_a`` and ``k_b``, from
+    the same ``n`` items (their overlap is hypergeometric). With most groups ambient this is high
+    by itself (e.g. 13 and 12 of 23: 0.38), so an observed Jaccard is read against it."""
+    if not 0 <= k_a <= n or not 0 <= k_b <= n:
+        raise ValueError(f"set sizes {k_a}, {k_b} must be within 0..{n}")
+    if k_a == 0 and k_b == 0:
+        return 1.0  # both empty: they agree (see jaccard)
+    total = math.comb(n, k_b)
+    expected = 0.0
+    for i in range(max(0, k_a + k_b - n), min(k_a, k_b) + 1):
+        expected += math.comb(k_a, i) * math.comb(n - k_a, k_b - i) / total * i / (k_a + k_b - i)
+    return expected
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> Correlation:
@@ -210,7 +228,9 @@ def compare_runs(a: RunOutcome, b: RunOutcome, n_bins: int = 4) -> PairCompariso
         amb_a = {c for c in keys if pa[c].ambient_fraction >= 0.5}
         amb_b = {c for c in keys if pb[c].ambient_fraction >= 0.5}
         aligned = ALIGN_DEPTH
-    return PairComparison(a.name, b.name, aligned, len(keys), jaccard(amb_a, amb_b), spearman(xa, xb))
+    chance = chance_jaccard(len(keys), len(amb_a), len(amb_b))
+    return PairComparison(a.name, b.name, aligned, len(keys), jaccard(amb_a, amb_b), spearman(xa, xb),
+                          chance)
 
 
 def pairwise(runs: Sequence[RunOutcome], n_bins: int = 4) -> List[PairComparison]:
@@ -230,6 +250,7 @@ class SeedStability:
         pairs: The pairwise comparisons.
         always_ambient: Groups ambient in every run.
         ever_ambient: Groups ambient in at least one run.
+        mean_chance_jaccard: Mean over the pairs of :func:`chance_jaccard`.
     """
 
     variant: str
@@ -239,6 +260,7 @@ class SeedStability:
     pairs: Tuple[PairComparison, ...]
     always_ambient: Tuple[str, ...]
     ever_ambient: Tuple[str, ...]
+    mean_chance_jaccard: float = math.nan
 
 
 def _mean(values: Iterable[float]) -> float:
@@ -274,6 +296,7 @@ def seed_stability(runs: Sequence[RunOutcome], n_bins: int = 4) -> List[SeedStab
             always_ambient=tuple(g for g in order if g in always),
             ever_ambient=tuple(g for g in order if g in ever)
             + tuple(sorted(ever - set(order))),
+            mean_chance_jaccard=_mean(p.chance_jaccard for p in pairs),
         ))
     return out
 
@@ -334,3 +357,39 @@ def median_update_by_label(run: RunOutcome) -> Tuple[float, float]:
 
     return (med(g.update for g in run.layers if g.ambient),
             med(g.update for g in run.layers if not g.ambient))
+
+
+# Kinds of run pairs, in report order: what differs between the two runs.
+PAIR_KINDS = ("seed only", "norm", "size", "norm and size")
+
+
+@dataclasses.dataclass(frozen=True)
+class PairKindStats:
+    """Agreement pooled over the pairs of runs that differ in the same way (see PAIR_KINDS)."""
+
+    kind: str
+    pairs: int
+    mean_jaccard: float
+    mean_chance_jaccard: float
+    mean_spearman: float
+
+
+def pair_kind(a: RunOutcome, b: RunOutcome) -> str:
+    """What differs between two runs: ``seed only`` (same norm and size), ``norm``, ``size`` or
+    ``norm and size``."""
+    other_norm, other_size = a.norm != b.norm, a.size != b.size
+    if other_norm and other_size:
+        return "norm and size"
+    return "norm" if other_norm else "size" if other_size else "seed only"
+
+
+def agreement_by_pair_kind(runs: Sequence[RunOutcome], pairs: Sequence[PairComparison]) -> List[PairKindStats]:
+    """Mean Jaccard (and its chance level) and mean Spearman of the pairs of each kind present."""
+    by_name = {r.name: r for r in runs}
+    grouped: Dict[str, List[PairComparison]] = {}
+    for p in pairs:
+        grouped.setdefault(pair_kind(by_name[p.a], by_name[p.b]), []).append(p)
+    return [PairKindStats(k, len(grouped[k]), _mean(p.jaccard for p in grouped[k]),
+                          _mean(p.chance_jaccard for p in grouped[k]),
+                          _mean(p.spearman.rho for p in grouped[k]))
+            for k in PAIR_KINDS if k in grouped]
