@@ -106,6 +106,29 @@ def test_subset_by_speaker_and_predicate(tmp_path):
         subset_data_dir(src, src, speakers=["spkA"])
 
 
+def test_subset_never_replaces_a_dir_it_did_not_write(tmp_path):
+    src = tmp_path / "all"
+    write_data_dir(src, _utts())
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "text").write_text("u1 MY OWN\n")
+    (mine / "utt2notes").write_text("u1 checked\n")
+    with pytest.raises(DataDirError, match=f"{mine} already exists and was not written by subset_data_dir"):
+        subset_data_dir(src, mine, speakers=["spkA"])
+    assert sorted(p.name for p in mine.iterdir()) == ["text", "utt2notes"]
+    assert (mine / "text").read_text() == "u1 MY OWN\n" and (mine / "utt2notes").read_text() == "u1 checked\n"
+    # Its own earlier output: the same subset is kept, another one needs overwrite.
+    out = tmp_path / "spkA"
+    subset_data_dir(src, out, speakers=["spkA"])
+    mtime = (out / "text").stat().st_mtime_ns
+    subset_data_dir(src, out, speakers=["spkA"])
+    assert (out / "text").stat().st_mtime_ns == mtime
+    with pytest.raises(DataDirError, match="written by subset_data_dir earlier"):
+        subset_data_dir(src, out, speakers=["spkB"])
+    subset_data_dir(src, out, speakers=["spkB"], overwrite=True)
+    assert set(read_kaldi_map(out / "utt2spk").values()) == {"spkB"}
+
+
 def test_segments_round_trip_and_subset_keeps_needed_recordings(tmp_path):
     data = KaldiDataDir(
         wav_scp={"rec1": "/x/rec1.flac", "rec2": "/x/rec2.flac"},

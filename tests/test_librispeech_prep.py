@@ -110,14 +110,18 @@ def test_speaker_unit_chapter_gives_kaldi_speakers(fake_tree, tmp_path):
     assert len(d.speakers) == 4 and set(d.spk_fields["gender"].values()) == {"f", "m"}
 
 
-def test_rerun_keeps_prepared_dir_and_new_options_rewrite_it(fake_tree, tmp_path):
+def test_rerun_keeps_prepared_dir_and_new_options_need_overwrite(fake_tree, tmp_path):
     data = tmp_path / "data"
     prepare_librispeech(fake_tree, data, parts=["test-clean"])
     text = data / "test_clean" / "text"
     mtime = text.stat().st_mtime_ns
     prepare_librispeech(fake_tree, data, parts=["test-clean"])
     assert text.stat().st_mtime_ns == mtime
-    prepare_librispeech(fake_tree, data, parts=["test-clean"], read_durations=False)
+    with pytest.raises(DataDirError, match="test_clean was written by prep_librispeech earlier with "
+                                           "other options.*pass --overwrite to replace it"):
+        prepare_librispeech(fake_tree, data, parts=["test-clean"], read_durations=False)
+    assert (data / "test_clean" / "utt2dur").exists() and text.stat().st_mtime_ns == mtime
+    prepare_librispeech(fake_tree, data, parts=["test-clean"], read_durations=False, overwrite=True)
     assert not (data / "test_clean" / "utt2dur").exists()
     assert not [p.name for p in data.iterdir() if p.name.startswith(".")]  # no temporary dirs left
 
@@ -284,13 +288,15 @@ def test_recipe_configs_build_with_the_documented_sizes(tmp_path):
     tokens = tmp_path / "tokens.txt"
     tokens.write_text("\n".join(["<blank>", "<unk>"] + [f"t{i}" for i in range(4997)] + ["<sos/eos>"]) + "\n")
     sizes = {"s": (16, 144, 4, 8.7), "m": (16, 256, 4, 27.3), "l": (17, 512, 8, 114.9),
-             "espnet_baseline": (12, 256, 4, 20.9)}
+             "espnet_baseline": (12, 256, 4, 20.9), "e_branchformer_espnet_baseline": (12, 256, 4, 25.1)}
     configs = sorted((REPO / "egs2" / "librispeech_100" / "asr1" / "conf" / "tuning").glob("train_*.yaml"))
     configs += sorted((REPO / "egs2" / "own_corpus" / "asr1" / "conf").glob("train_*.yaml"))
-    assert len(configs) == 9
+    assert len(configs) == 10
     for config in configs:
         stem = config.stem.replace("train_asr_conformer_", "")
         size, _, norm = stem.rpartition("_") if stem != "espnet_baseline" else (stem, "", "bn")
+        if stem == "train_asr_e_branchformer_espnet_baseline":
+            size, norm = "e_branchformer_espnet_baseline", "e_branchformer"
         if config.parent.name == "conf":  # own_corpus: Conformer S
             size, norm = "s", stem
         blocks, dim, heads, encoder_millions = sizes[size]
@@ -301,8 +307,10 @@ def test_recipe_configs_build_with_the_documented_sizes(tmp_path):
             model = ASRTask.build_model(args)
         enc = model.encoder
         assert (len(enc.encoders), enc.output_size()) == (blocks, dim), config
-        assert enc.encoders[0].self_attn.h == heads, config
+        attn = getattr(enc.encoders[0], "self_attn", None) or enc.encoders[0].attn
+        assert attn.h == heads, config
         assert sum(p.numel() for p in enc.parameters()) / 1e6 == pytest.approx(encoder_millions, abs=0.05), config
-        assert conf["encoder"] == ("norm_conformer" if norm == "gn" else "conformer"), config
+        assert conf["encoder"] == {"gn": "norm_conformer", "e_branchformer": "e_branchformer"}.get(
+            norm, "conformer"), config
         if norm == "gn":
             assert conf["encoder_conf"]["conv_norm_type"] == "group_norm", config

@@ -44,6 +44,9 @@ def get_parser() -> argparse.ArgumentParser:
                    help="speaker ids: LibriSpeech readers, or reader-chapter pairs (Kaldi's recipe)")
     p.add_argument("--no_durations", action="store_true", help="skip utt2dur (no FLAC header reads)")
     p.add_argument("--check_audio", action="store_true", help="validation also reads every audio header")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace dirs this tool wrote earlier with other options; dirs it did not "
+                        "write (no .librispeech.json / .espnet_ext.json marker) are never replaced")
     return p
 
 
@@ -55,7 +58,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     return print_summaries("prep_librispeech", lambda: prepare_librispeech(
         args.librispeech_dir, args.data_dir, parts=args.parts, combine=combine,
         speaker_unit=args.speaker_unit, read_durations=not args.no_durations,
-        check_audio=args.check_audio,
+        check_audio=args.check_audio, overwrite=args.overwrite,
     ))
 
 

@@ -10,6 +10,7 @@ import argparse
 import sys
 from typing import List, Optional
 
+from espnet_ext.bin.cli import setup_logging
 from espnet_ext.data.validate import DataDirError, validate_data_dir
 
 
@@ -28,6 +29,7 @@ def get_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     """Validate each dir; print one summary line per dir, or the error and exit status 1."""
     args = get_parser().parse_args(argv)
+    setup_logging()  # warnings (e.g. a truncated WAV file) in ESPnet's log format
     for path in args.data_dirs:
         try:
             summary = validate_data_dir(

@@ -2,35 +2,51 @@
 
 Like Kaldi's `utils/combine_data.sh`: utterance and recording ids must be unique across the
 sources; a speaker may appear in several sources (its per-speaker metadata must then agree);
-metadata files (`utt2<field>`, `spk2<field>`) are kept only when every source has them.
+metadata files (`utt2<field>`, `spk2<field>`) are kept only when every source has them. The
+destination is never a dir the user made: see `combine_data_dirs`.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from espnet_ext.data.kaldi import DataDirError, KaldiDataDir, PathLike, Segment
+from espnet_ext.data.outdir import write_dir
 
 logger = logging.getLogger(__name__)
 
+TOOL = "combine_data_dirs"
 
-def combine_data_dirs(sources: Sequence[PathLike], dst: PathLike) -> KaldiDataDir:
+
+def combine_data_dirs(
+    sources: Sequence[PathLike],
+    dst: PathLike,
+    overwrite: bool = False,
+    overwrite_hint: Optional[str] = None,
+) -> KaldiDataDir:
     """Write the union of `sources` as the data dir `dst` (files sorted, spk2utt derived).
+
+    `dst` is built aside and moved into place whole (see `espnet_ext.data.outdir`): an existing
+    `dst` that already holds this very combination is kept untouched; a dir this function did not
+    write is never replaced; an earlier combination with other sources or content is replaced
+    only with `overwrite`, and only when it holds nothing but the files written then.
 
     Args:
         sources: Two or more Kaldi data dirs (one is allowed: a plain copy).
-        dst: Output directory; must not be one of the sources. Files of fields the union does not
-            hold are removed from it, so an earlier combination never leaves stale metadata.
+        dst: Output directory; must not be one of the sources.
+        overwrite: Replace an earlier combination (other sources or data) in `dst`.
+        overwrite_hint: How the caller's user sets `overwrite` (e.g. "--overwrite"), for
+            messages; None: the user has no such option.
 
     Returns:
-        The combined data dir as written.
+        The combined data dir (as written, or as kept).
 
     Raises:
         DataDirError: No source, `dst` is a source, an utterance or recording id occurs in two
-            sources, sources mix segments with whole recordings, or a speaker's metadata differs
-            between sources.
+            sources, sources mix segments with whole recordings, a speaker's metadata differs
+            between sources, or `dst` exists and may not be replaced.
     """
     if not sources:
         raise DataDirError("combine_data_dirs: no source data dirs given")
@@ -97,8 +113,12 @@ def combine_data_dirs(sources: Sequence[PathLike], dst: PathLike) -> KaldiDataDi
         utt_fields=utt_fields,
         spk_fields=spk_fields,
     )
-    _remove_stale_files(dst, combined)
-    combined.write(dst)
+    options = {"tool": TOOL, "sources": [str(Path(s).resolve()) for s in sources],
+               "sha256": combined.digest()}
+    if write_dir(dst, combined.write, TOOL, options, overwrite=overwrite, overwrite_hint=overwrite_hint):
+        logger.info("%s: combined from %s", dst, ", ".join(str(s) for s in sources))
+    else:
+        logger.info("%s: already holds this combination of %s; kept", dst, ", ".join(str(s) for s in sources))
     return combined
 
 
@@ -119,18 +139,3 @@ def _common_names(field_maps: List[Dict[str, dict]], prefix: str, paths: List[Pa
 def _common_fields(field_maps: List[Dict[str, Dict[str, str]]], prefix: str, paths: List[Path]):
     names = _common_names(field_maps, prefix, paths)
     return {f: {k: v for m in field_maps for k, v in m[f].items()} for f in names}
-
-
-def _remove_stale_files(dst: Path, combined: KaldiDataDir) -> None:
-    """Delete metadata files in `dst` that the new combination does not write."""
-    if not dst.is_dir():
-        return
-    keep = {"wav.scp", "text", "utt2spk", "spk2utt"}
-    keep |= {f"utt2{f}" for f in combined.utt_fields} | {f"spk2{f}" for f in combined.spk_fields}
-    if combined.segments is not None:
-        keep.add("segments")
-    for f in dst.iterdir():
-        if f.is_file() and not f.name.startswith(".") and f.name not in keep and (
-            f.name.startswith(("utt2", "spk2")) or f.name == "segments"
-        ):
-            f.unlink()

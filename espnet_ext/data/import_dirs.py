@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Tuple
@@ -30,6 +29,7 @@ import numpy as np
 import soundfile
 
 from espnet_ext.data.kaldi import DataDirError, KaldiDataDir, PathLike
+from espnet_ext.data.outdir import building_dir
 from espnet_ext.data.validate import DataDirSummary, validate_data_dir
 
 logger = logging.getLogger(__name__)
@@ -153,23 +153,22 @@ def import_data_dir(
         _write_marker_for_link(dst, marker)
         return summary
 
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    if extract_audio:
-        data = _extract(data, src, base, tmp / AUDIO_SUBDIR, dst.absolute() / AUDIO_SUBDIR, expected_rate)
-    else:
-        data.wav_scp = {r: str((base / v).resolve()) if not os.path.isabs(v) else v
-                        for r, v in data.wav_scp.items()}
-    data.write(tmp)
-    try:
-        validate_data_dir(tmp, check_audio=check_audio and not extract_audio, expected_rate=expected_rate)
-    except DataDirError as e:
-        shutil.rmtree(tmp)
-        # Same sorted files, same line numbers: name the source the user can fix.
-        raise DataDirError(str(e).replace(str(tmp), str(src))) from None
-    (tmp / MARKER).write_text(json.dumps(marker, indent=1) + "\n")
-    tmp.rename(dst)
+    # Built in a fresh hidden folder next to dst, which any failure removes again (with the audio
+    # extracted so far): only a complete, validated import appears under its name.
+    with building_dir(dst) as tmp:
+        if extract_audio:
+            data = _extract(data, src, base, tmp / AUDIO_SUBDIR, dst.absolute() / AUDIO_SUBDIR, expected_rate)
+        else:
+            data.wav_scp = {r: str((base / v).resolve()) if not os.path.isabs(v) else v
+                            for r, v in data.wav_scp.items()}
+        data.write(tmp)
+        try:
+            validate_data_dir(tmp, check_audio=check_audio and not extract_audio, expected_rate=expected_rate)
+        except DataDirError as e:
+            # Same sorted files, same line numbers: name the source the user can fix.
+            raise DataDirError(str(e).replace(str(tmp), str(src))) from None
+        (tmp / MARKER).write_text(json.dumps(marker, indent=1) + "\n")
+        tmp.rename(dst)
     logger.info("%s: imported from %s (%s%s)", dst, src, mode, ", audio extracted" if extract_audio else "")
     return validate_data_dir(dst, check_audio=False, expected_rate=expected_rate)
 
@@ -294,6 +293,14 @@ def _extract(
                     f"recording '{rec}' ({len(samples) / rate:.3f} s); fix the times"
                 )
             samples = samples[start:end]
+        if len(samples) == 0:
+            where = f"recording '{rec}' ('{data.wav_scp[rec]}')"
+            if data.segments is not None:
+                where += f", segment {data.segments[utt].start}-{data.segments[utt].end} s"
+            raise DataDirError(
+                f"{src}: utterance '{utt}' has no audio samples ({where}); training cannot use "
+                f"it: fix the audio or remove the utterance from every file of the data dir"
+            )
         name = f"{utt}.flac"
         tmp = out_dir / f".{name}.tmp"
         soundfile.write(str(tmp), np.clip(samples, -1.0, 1.0), rate, subtype="PCM_16", format="FLAC")

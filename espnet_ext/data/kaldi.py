@@ -13,6 +13,7 @@ Checking a directory that came from elsewhere is the job of `espnet_ext.data.val
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -24,6 +25,8 @@ PathLike = Union[str, os.PathLike]
 REQUIRED_FILES = ("wav.scp", "text", "utt2spk", "spk2utt")
 # Per-utterance files handled explicitly (not as generic `utt2<field>` metadata).
 CORE_UTT_FILES = ("text", "utt2spk", "segments")
+# The UTF-8 byte-order mark some editors put at the start of a text file.
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 class DataDirError(ValueError):
@@ -58,6 +61,13 @@ def iter_kaldi_lines(path: PathLike, allow_empty_value: bool = False) -> Iterato
     path = Path(path)
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
+            if lineno == 1 and raw.startswith(UTF8_BOM):
+                # Editors on Windows add it; Kaldi and ESPnet would read it as part of the first key.
+                raise DataDirError(
+                    f"{path} line 1: the file starts with a UTF-8 byte-order mark (bytes EF BB BF), "
+                    f"which Kaldi tools read as part of the first key; remove it with "
+                    f"`sed -i '1s/^\\xEF\\xBB\\xBF//' {path}`"
+                )
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
@@ -122,13 +132,13 @@ def _check_entry(path: Path, key: str, value: str) -> None:
         raise ValueError(f"cannot write {path}: value for key '{key}' contains a line break")
 
 
-def write_kaldi_map(path: PathLike, mapping: Mapping[str, object]) -> None:
-    """Write `{key: value}` as a Kaldi map file sorted by key (C byte order), atomically.
+def render_kaldi_map(path: PathLike, mapping: Mapping[str, object]) -> str:
+    """The text of a Kaldi map file for `{key: value}`, sorted by key (C byte order).
 
     Values that are lists/tuples are joined with single spaces (as in spk2utt).
 
     Args:
-        path: Destination file; written to a temporary file in the same folder, then renamed.
+        path: The file the text is meant for (named in errors only).
         mapping: Keys without whitespace; values without line breaks.
 
     Raises:
@@ -143,15 +153,57 @@ def write_kaldi_map(path: PathLike, mapping: Mapping[str, object]) -> None:
         value = str(value)
         _check_entry(path, key, value)
         lines.append(f"{key} {value}\n" if value else f"{key}\n")
-    write_text_atomic(path, "".join(lines))
+    return "".join(lines)
+
+
+def write_kaldi_map(path: PathLike, mapping: Mapping[str, object]) -> None:
+    """Write `{key: value}` as a Kaldi map file sorted by key (C byte order), atomically.
+
+    Args:
+        path: Destination file; written to a temporary file in the same folder, then renamed.
+        mapping: As `render_kaldi_map`.
+
+    Raises:
+        ValueError: A key with whitespace or a value with a line break.
+    """
+    write_text_atomic(path, render_kaldi_map(path, mapping))
+
+
+def current_umask() -> int:
+    """The process umask (e.g. 0o022), read without changing it where Linux allows."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def default_file_mode() -> int:
+    """Mode a plain `open(..., "w")` gives a new file: 0o666 less the umask (0o644 under 022)."""
+    return 0o666 & ~current_umask()
+
+
+def default_dir_mode() -> int:
+    """Mode a plain `mkdir` gives a new folder: 0o777 less the umask (0o755 under 022)."""
+    return 0o777 & ~current_umask()
 
 
 def write_text_atomic(path: PathLike, content: str) -> None:
-    """Write a text file via a temporary file and rename, so readers never see half a file."""
+    """Write a text file via a temporary file and rename, so readers never see half a file.
+
+    The file gets the mode a plain write would give it (0o644 under umask 022), not the
+    owner-only 0o600 of `tempfile.mkstemp`, so other users of a shared machine can read it.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, default_file_mode())
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(content)
         os.replace(tmp, path)
@@ -262,27 +314,45 @@ class KaldiDataDir:
             spk_fields=spk_fields,
         )
 
+    def files(self, where: PathLike = "") -> Dict[str, str]:
+        """The text of every file this data dir consists of: `{file name: content}`.
+
+        spk2utt is derived from utt2spk; `segments` times are written in seconds with 3 decimals.
+
+        Args:
+            where: The dir the files are meant for (named in errors only).
+
+        Raises:
+            ValueError: A key with whitespace or a value with a line break (file and key named).
+        """
+        maps: Dict[str, Mapping[str, object]] = {
+            "wav.scp": self.wav_scp, "text": self.text, "utt2spk": self.utt2spk, "spk2utt": self.spk2utt,
+        }
+        if self.segments is not None:
+            maps["segments"] = {u: f"{s.recording} {s.start:.3f} {s.end:.3f}" for u, s in self.segments.items()}
+        maps.update({f"utt2{field}": m for field, m in self.utt_fields.items()})
+        maps.update({f"spk2{field}": m for field, m in self.spk_fields.items()})
+        return {name: render_kaldi_map(Path(where) / name, m) for name, m in maps.items()}
+
+    def digest(self) -> str:
+        """SHA-256 (hex) of every file's name and content: equal digests, byte-identical dirs."""
+        h = hashlib.sha256()
+        for name, content in sorted(self.files().items()):
+            h.update(f"{name}\0{len(content)}\0".encode("utf-8"))
+            h.update(content.encode("utf-8"))
+        return h.hexdigest()
+
     def write(self, path: PathLike) -> None:
         """Write every file (sorted by key) into directory `path`, creating it.
 
         spk2utt is derived from utt2spk. Files of fields this object does not hold are left as they
-        are, so write into an empty or dedicated directory.
+        are, so write into an empty or dedicated directory (`espnet_ext.data.outdir.write_dir`
+        builds such a directory and refuses to replace one the data layer did not write).
         """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        write_kaldi_map(path / "wav.scp", self.wav_scp)
-        write_kaldi_map(path / "text", self.text)
-        write_kaldi_map(path / "utt2spk", self.utt2spk)
-        write_kaldi_map(path / "spk2utt", self.spk2utt)
-        if self.segments is not None:
-            write_kaldi_map(
-                path / "segments",
-                {u: f"{s.recording} {s.start:.3f} {s.end:.3f}" for u, s in self.segments.items()},
-            )
-        for field, mapping in self.utt_fields.items():
-            write_kaldi_map(path / f"utt2{field}", mapping)
-        for field, mapping in self.spk_fields.items():
-            write_kaldi_map(path / f"spk2{field}", mapping)
+        for name, content in self.files(path).items():
+            write_text_atomic(path / name, content)
 
     def subset(
         self,
@@ -436,19 +506,29 @@ def subset_data_dir(
     speakers: Optional[Iterable[str]] = None,
     utterances: Optional[Iterable[str]] = None,
     predicate: Optional[Callable[[str], bool]] = None,
+    overwrite: bool = False,
 ) -> KaldiDataDir:
     """Copy the utterances of `src` that pass the filters into a new data dir `dst`.
 
     Args:
         src: Source data dir.
-        dst: Destination directory (created; must not be `src`).
+        dst: Destination directory (created; must not be `src`). An existing `dst` holding the
+            same subset is kept; one this function did not write is never replaced; an earlier,
+            different subset is replaced only with `overwrite` (see `espnet_ext.data.outdir`).
         speakers, utterances, predicate: As in `KaldiDataDir.subset`.
+        overwrite: Replace an earlier, different subset in `dst`.
 
     Returns:
-        The subset as written.
+        The subset (as written, or as kept).
+
+    Raises:
+        DataDirError: `dst` exists and may not be replaced.
     """
+    from espnet_ext.data.outdir import write_dir  # outdir builds on this module
+
     if Path(src).resolve() == Path(dst).resolve():
         raise ValueError(f"subset_data_dir: destination {dst} is the source; choose another folder")
     sub = KaldiDataDir.read(src).subset(utterances=utterances, speakers=speakers, predicate=predicate)
-    sub.write(dst)
+    options = {"tool": "subset_data_dir", "source": str(Path(src).resolve()), "sha256": sub.digest()}
+    write_dir(dst, sub.write, "subset_data_dir", options, overwrite=overwrite, overwrite_hint=None)
     return sub

@@ -13,17 +13,17 @@ soundfile read FLAC directly, so no `flac -d ... |` pipe and no flac binary is n
 (seconds, from the FLAC headers). Speakers are LibriSpeech readers by default (federated clients
 are speakers); Kaldi's own recipe uses reader-chapter pairs instead (`speaker_unit="chapter"`).
 
-A part whose output carries a marker of the same source and options is not prepared again.
+A part whose output carries a marker of the same source and options is not prepared again; an
+existing dir without that marker (a user's own) is never replaced, and one prepared with other
+options is replaced only with `overwrite` (see `espnet_ext.data.outdir`).
 Downloading is not done here: see the recipe's `local/data.sh --download true`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import re
-import shutil
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
@@ -31,6 +31,7 @@ import soundfile
 
 from espnet_ext.data.combine import combine_data_dirs
 from espnet_ext.data.kaldi import DataDirError, PathLike, Utterance, read_kaldi_map, write_data_dir
+from espnet_ext.data.outdir import check_replaceable, is_complete, write_dir
 from espnet_ext.data.validate import DataDirSummary, validate_data_dir
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ ALL_PARTS = PARTS_100H + PARTS_960H_EXTRA
 SPEAKER_UNITS = ("reader", "chapter")
 SAMPLE_RATE = 16000
 MARKER = ".librispeech.json"
+TOOL = "prep_librispeech"
 # Bump when the output of the same tree and options changes.
 FORMAT_VERSION = 1
 
@@ -269,14 +271,25 @@ def prepare_part(
     readers: Mapping[str, Reader],
     speaker_unit: str = "reader",
     read_durations: bool = True,
+    overwrite: bool = False,
 ) -> bool:
     """Write the Kaldi dir of one part, unless `out_dir` already holds it.
 
     The dir is written next to `out_dir` and moved into place when complete, so a failure never
-    leaves a half-written data dir.
+    leaves a half-written data dir (nor its temporary folder).
+
+    Args:
+        overwrite: Replace an `out_dir` this function prepared earlier with other options or from
+            another tree. A dir it did not prepare, or one holding files it did not write, is
+            never replaced.
 
     Returns:
         True when written, False when an identical earlier preparation was kept.
+
+    Raises:
+        LibriSpeechError: The part is missing or inconsistent (see `scan_part`).
+        DataDirError: `out_dir` exists and may not be replaced (see
+            `espnet_ext.data.outdir.check_replaceable`).
     """
     corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)
     marker = {
@@ -285,42 +298,18 @@ def prepare_part(
         "speaker_unit": speaker_unit,
         "durations": read_durations,
     }
-    if _marker_matches(out_dir, marker):
+    if is_complete(out_dir, marker, MARKER):
         logger.info("%s: already prepared from %s; kept", out_dir, marker["source"])
         return False
+    # Refuse before the (slow) scan of the part.
+    check_replaceable(out_dir, TOOL, MARKER, overwrite, "--overwrite")
     utts = scan_part(corpus_dir, part, readers, speaker_unit, read_durations)
     speakers = sorted({u.speaker for u in utts})
     gender = {s: readers[s.split("-")[0]].gender for s in speakers}
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    write_data_dir(tmp, utts, spk_fields={"gender": gender})
-    (tmp / MARKER).write_text(json.dumps(marker, indent=1) + "\n")
-    _replace_dir(tmp, out_dir)
+    write_dir(out_dir, lambda tmp: write_data_dir(tmp, utts, spk_fields={"gender": gender}),
+              TOOL, marker, MARKER, overwrite, "--overwrite")
     logger.info("%s: %d utterances, %d speakers from %s", out_dir, len(utts), len(speakers), corpus_dir / part)
     return True
-
-
-def _marker_matches(out_dir: Path, marker: dict) -> bool:
-    try:
-        return json.loads((out_dir / MARKER).read_text()) == marker and all(
-            (out_dir / f).is_file() for f in ("wav.scp", "text", "utt2spk", "spk2utt")
-        )
-    except (OSError, ValueError):
-        return False
-
-
-def _replace_dir(new: Path, dst: Path) -> None:
-    old = dst.with_name(f".{dst.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if dst.is_symlink():
-        dst.unlink()
-    elif dst.exists():
-        dst.rename(old)
-    new.rename(dst)
-    if old.exists():
-        shutil.rmtree(old)
 
 
 def prepare_librispeech(
@@ -331,6 +320,7 @@ def prepare_librispeech(
     speaker_unit: str = "reader",
     read_durations: bool = True,
     check_audio: bool = False,
+    overwrite: bool = False,
 ) -> List[DataDirSummary]:
     """Prepare `<data_dir>/<part as dir name>` for each part, then the combined dirs; validate all.
 
@@ -343,13 +333,17 @@ def prepare_librispeech(
         speaker_unit: "reader" or "chapter" (see `scan_part`).
         read_durations: Write utt2dur (one FLAC header read per utterance).
         check_audio: Also let validation read every audio header (the recipe's stage 1 does).
+        overwrite: Replace dirs this function (or `combine_data_dirs`) wrote earlier with other
+            options or data; existing dirs it did not write are never replaced (see
+            `espnet_ext.data.outdir`). Without it, such a dir stops the preparation.
 
     Returns:
         One summary per written dir (parts first, then combined dirs).
 
     Raises:
         LibriSpeechError: The tree is missing or inconsistent (see `scan_part`).
-        DataDirError: A combined source is unknown or a written dir fails validation.
+        DataDirError: A combined source is unknown, a written dir fails validation, or an
+            output dir exists and may not be replaced.
     """
     unknown = [p for p in parts if p not in ALL_PARTS]
     if unknown:
@@ -370,7 +364,8 @@ def prepare_librispeech(
     data_dir = Path(data_dir)
     written = []
     for part in parts:
-        prepare_part(corpus_dir, part, data_dir / data_dir_name(part), readers, speaker_unit, read_durations)
+        prepare_part(corpus_dir, part, data_dir / data_dir_name(part), readers, speaker_unit, read_durations,
+                     overwrite=overwrite)
         written.append(data_dir / data_dir_name(part))
     for name, sources in (combine or {}).items():
         paths = [data_dir / s for s in sources]
@@ -379,7 +374,6 @@ def prepare_librispeech(
             raise DataDirError(
                 f"cannot combine {data_dir / name}: {absent[0]} does not exist; prepare its part too"
             )
-        combine_data_dirs(paths, data_dir / name)
-        logger.info("%s: combined from %s", data_dir / name, ", ".join(sources))
+        combine_data_dirs(paths, data_dir / name, overwrite=overwrite, overwrite_hint="--overwrite")
         written.append(data_dir / name)
     return [validate_data_dir(p, check_audio=check_audio) for p in written]

@@ -11,14 +11,16 @@ raised as `DataDirError` naming the file, the line or key, and the fix. Checks, 
 4. no transcript is empty;
 5. wav.scp values are well-formed (a path, a command ending in '|', or a Kaldi ark reference);
 6. optionally the audio: files exist and are readable, have the expected sample rate and one
-   channel (header reads only, no decoding; ark references are loaded with kaldiio; piped
-   commands run only when asked).
+   channel and at least one sample (header reads only, no decoding; ark references are loaded
+   with kaldiio; piped commands run only when asked); a WAV file shorter than its header says
+   (truncated copy or download) is logged as a warning.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
+import logging
 import os
 import re
 import subprocess
@@ -38,6 +40,8 @@ from espnet_ext.data.kaldi import (
 )
 
 __all__ = ["DataDirError", "DataDirSummary", "validate_data_dir"]
+
+logger = logging.getLogger(__name__)
 
 _ARK_REF = re.compile(r"^(ark:)?\S+\.ark:\d+$")
 
@@ -175,6 +179,33 @@ def _audio_header(value: str, kind: str, base: Path) -> Tuple[int, int, float]:
         file = base / file
     info = soundfile.info(str(file))
     return info.samplerate, info.channels, info.frames / float(info.samplerate)
+
+
+def wav_truncation(file: PathLike) -> Optional[Tuple[int, int]]:
+    """(bytes of sample data the header of a RIFF/WAVE file declares, bytes the file holds), when
+    the file holds fewer; None for complete WAV files and for other formats.
+
+    Reads the chunk headers only (a few bytes per chunk), never the samples. Readers such as
+    soundfile silently shorten a truncated file to what is there, so its frame count alone does
+    not show the loss. A declared size of 0xFFFFFFFF (streamed WAV of unknown length) is not a
+    promise and is accepted.
+    """
+    file = Path(file)
+    size = file.stat().st_size
+    with open(file, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        for _ in range(1000):  # real files have a handful of chunks; a bound guards odd ones
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return None
+            declared = int.from_bytes(chunk[4:8], "little")
+            if chunk[:4] == b"data":
+                present = size - f.tell()
+                return (declared, present) if declared != 0xFFFFFFFF and present < declared else None
+            f.seek(declared + (declared & 1), io.SEEK_CUR)  # chunks are padded to even sizes
+    return None
 
 
 def validate_data_dir(
@@ -328,6 +359,18 @@ def validate_data_dir(
                         f"not exist (relative paths are taken from {base}); fix the path or "
                         f"re-run the data preparation"
                     )
+            if kind == "path":
+                try:
+                    shortfall = wav_truncation(file)
+                except OSError:
+                    shortfall = None  # unreadable: the header read below reports it
+                if shortfall is not None:
+                    declared, present = shortfall
+                    logger.warning(
+                        "%s/wav.scp line %d: recording '%s': %s is truncated: its header declares "
+                        "%d bytes of samples but the file holds only %d (%.1f%%); training reads only "
+                        "what is there: copy or re-create the file", path, lineno, rec, file,
+                        declared, present, 100.0 * present / declared)
             try:
                 rate, channels, seconds = _audio_header(value, kind, base)
             except Exception as e:  # noqa: BLE001 - any reader failure is reported the same way
@@ -346,6 +389,18 @@ def validate_data_dir(
                     f"{path}/wav.scp line {lineno}: recording '{rec}': {channels} channels, "
                     f"expected mono ({value}); downmix, e.g. `sox in.wav -c 1 out.flac` (or pick a channel "
                     f"with `remix 1`)"
+                )
+            if seconds <= 0:
+                utts_of_rec = (
+                    [rec] if segments is None
+                    else [u for u, (_, seg) in segments.items() if seg.recording == rec]
+                )
+                shown = "', '".join(utts_of_rec[:3]) + ("', ..." if len(utts_of_rec) > 3 else "'")
+                raise DataDirError(
+                    f"{path}/wav.scp line {lineno}: recording '{rec}': audio '{value}' has no "
+                    f"samples (a header only), so utterance(s) '{shown} cannot be trained or "
+                    f"scored on; re-create the file, or remove the utterance(s) from every file of "
+                    f"the data dir"
                 )
             durations[rec] = seconds
 

@@ -21,9 +21,11 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from espnet_ext.data.kaldi import DataDirError, KaldiDataDir, PathLike, kaldi_sort_key
+from espnet_ext.data.kaldi import DataDirError, KaldiDataDir, PathLike, kaldi_sort_key, write_text_atomic
+from espnet_ext.data.outdir import check_replaceable, is_complete, read_record, write_dir
 
 SPLIT_METHODS = ("field", "duration", "speakers")
+SPLIT_TOOL = "fl_simulate split"
 
 
 class PartitionError(ValueError):
@@ -132,17 +134,51 @@ class DomainSplit:
     rule: str
 
     def write(self, out_dir: PathLike, central_name: str = "central",
-              withheld_name: str = "withheld") -> Tuple[Path, Path]:
-        """Write both parts as data dirs ``<out_dir>/<central_name>``, ``<out_dir>/<withheld_name>``.
+              withheld_name: str = "withheld", overwrite: bool = False) -> Tuple[Path, Path]:
+        """Write both parts as data dirs ``<out_dir>/<central_name>``, ``<out_dir>/<withheld_name>``
+        and the rule as ``<out_dir>/split_rule``.
+
+        Each dir is built aside and moved into place whole (see `espnet_ext.data.outdir`). An
+        output that already holds this very split is kept untouched (a re-run is a no-op); a dir
+        or ``split_rule`` file the split did not write is never replaced; an earlier split with
+        another rule or data is replaced only with `overwrite`, and only when its dirs hold
+        nothing but the files written then. Every target is checked before anything is written.
+
+        Args:
+            out_dir: Parent of the two dirs (created).
+            central_name, withheld_name: Names of the two dirs.
+            overwrite: Replace the outputs of an earlier, different split.
 
         Returns:
             (central dir, withheld dir).
+
+        Raises:
+            DataDirError: A target exists and may not be replaced; nothing is written then.
         """
         out = Path(out_dir)
         paths = (out / central_name, out / withheld_name)
-        self.central.write(paths[0])
-        self.withheld.write(paths[1])
-        (out / "split_rule").write_text(self.rule + "\n", encoding="utf-8")
+        parts = ((paths[0], "central", self.central), (paths[1], "withheld", self.withheld))
+        options = {p: {"tool": SPLIT_TOOL, "rule": self.rule, "part": kind, "sha256": d.digest()}
+                   for p, kind, d in parts}
+        pending = [p for p, _, _ in parts if not is_complete(p, options[p])]
+        for p in pending:
+            check_replaceable(p, SPLIT_TOOL, overwrite=overwrite, overwrite_hint=None)
+        rule_file = out / "split_rule"
+        rule_text = self.rule + "\n"
+        # split_rule carries no marker: it counts as the split's own when both dirs next to it do.
+        own_rule = all(read_record(p) is not None and read_record(p).get("tool") == SPLIT_TOOL for p in paths)
+        if rule_file.is_symlink() or (rule_file.exists() and not (
+                rule_file.is_file() and (rule_file.read_text(encoding="utf-8") == rule_text or own_rule))):
+            raise DataDirError(
+                f"{rule_file} already exists and was not written by this split; {SPLIT_TOOL} never "
+                f"replaces it: move it away (mv {rule_file} {rule_file}.orig) or choose another "
+                f"output dir"
+            )
+        for p, kind, d in parts:
+            write_dir(p, d.write, SPLIT_TOOL, options[p], overwrite=overwrite,
+                      overwrite_hint=None)
+        if not rule_file.is_file() or rule_file.read_text(encoding="utf-8") != rule_text:
+            write_text_atomic(rule_file, rule_text)
         return paths
 
 

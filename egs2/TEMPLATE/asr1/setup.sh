@@ -28,6 +28,7 @@ Options:
   --train_dir DIR     existing Kaldi dir for training (imported as data/train)
   --valid_dir DIR     existing Kaldi dir for validation (imported as data/dev)
   --test_dirs "D ..." existing Kaldi dirs for evaluation (space-separated; NAME=DIR to name one)
+Paths must exist and must not contain spaces (move or link such a dir elsewhere).
   --help              this message
 The Kaldi dir contract (files, audio formats): egs2/TEMPLATE/asr1/README.md
 EOH
@@ -41,6 +42,29 @@ new_dir=${positional[0]:-}
 if [ -e "${new_dir}" ] && [ -n "$(ls -A "${new_dir}")" ]; then
     die "${new_dir} exists and is not empty; choose a new dir (nothing was changed)"
 fi
+# Paths with whitespace are refused: the recipe passes dir lists split on spaces (as ESPnet's egs2
+# tools do), so "data/with space" would silently become the two dirs "data/with" and "space".
+no_space() {  # <option> <path>
+    [[ $2 != *[[:space:]]* ]] || die "$1 '$2': paths with spaces are not supported (dir lists are split on spaces); move or link the dir to a path without spaces (e.g. ln -s \"$(readlink -f "$2")\" /corpora/mine_test) and pass that (nothing was changed)"
+}
+must_be_dir() {  # <option> <path>
+    [ -d "$2" ] || die "$1 '$2' is not a directory; give an existing Kaldi data dir (nothing was changed)"
+}
+for opt in train_dir valid_dir; do
+    [ -z "${!opt}" ] || { no_space "--${opt}" "${!opt}"; must_be_dir "--${opt}" "${!opt}"; }
+done
+read -r -a test_entries <<<"${test_dirs}"
+for ((i = 0; i < ${#test_entries[@]}; i++)); do
+    dir=${test_entries[i]#*=}
+    [ -d "${dir}" ] && continue
+    # A missing entry that is the start of an existing dir with a space in its name: say so.
+    joined=${test_entries[i]}
+    for ((j = i + 1; j < ${#test_entries[@]}; j++)); do
+        joined+=" ${test_entries[j]}"
+        [ ! -d "${joined#*=}" ] || no_space --test_dirs "${joined#*=}"
+    done
+    must_be_dir --test_dirs "${dir}"
+done
 # Kaldi dirs must be given as absolute paths: the new recipe runs from its own directory.
 abs() { [ -z "$1" ] || { [[ $1 == /* ]] && echo "$1" || echo "$(pwd)/$1"; }; }
 train_dir=$(abs "${train_dir}")

@@ -27,6 +27,7 @@ download=false                  # true: download and extract the missing parts f
 data_url=https://www.openslr.org/resources/12  # Where the archives are (a mirror may be faster).
 train_960=false                 # true: also train-clean-360 and train-other-500, and data/train_960.
 speaker_unit=reader             # Speaker ids: reader (LibriSpeech reader) or chapter (reader-chapter).
+overwrite=false                 # true: replace dirs prepared earlier with other options (never others).
 python=                         # Python interpreter (default: tools/venv/bin/python, else python3).
 
 help_message=$(cat <<EOH
@@ -41,6 +42,8 @@ Options:
   --data_url URL          archive location [${data_url}]
   --train_960 true|false  also prepare train-clean-360, train-other-500 and train_960 [${train_960}]
   --speaker_unit U        reader or chapter [${speaker_unit}]
+  --overwrite true|false  replace data dirs this script prepared earlier with other options; a dir
+                          it did not write is never replaced [${overwrite}]
   --python PATH           Python interpreter [tools/venv/bin/python]
   --help                  this message
 EOH
@@ -50,12 +53,14 @@ parse_options "$@"
 no_positional
 
 python=${python:-$(default_python)}
-for flag in download train_960; do
+for flag in download train_960 overwrite; do
     case "${!flag}" in true|false) ;; *) die "--${flag} must be true or false, got '${!flag}'" ;; esac
 done
 
 parts="train-clean-100 dev-clean dev-other test-clean test-other"
 combine=(--combine dev=dev_clean,dev_other)
+overwrite_args=()
+[ "${overwrite}" = false ] || overwrite_args=(--overwrite)
 if [ "${train_960}" = true ]; then
     parts="${parts} train-clean-360 train-other-500"
     combine+=(--combine train_960=train_clean_100,train_clean_360,train_other_500)
@@ -106,6 +111,6 @@ fi
 log "Preparing Kaldi dirs in ${data_dir} from ${librispeech_dir} (parts: ${parts})"
 "${python}" -m espnet_ext.bin.prep_librispeech \
     --librispeech_dir "${librispeech_dir}" --data_dir "${data_dir}" --parts "${parts// /,}" \
-    "${combine[@]}" --speaker_unit "${speaker_unit}" \
-    || die "data preparation failed (see the message above); to fetch the corpus from openslr.org run: $0 --librispeech_dir ${librispeech_dir} --download true"
+    "${combine[@]}" --speaker_unit "${speaker_unit}" "${overwrite_args[@]}" \
+    || die "data preparation failed (see the message above)"
 log "Done"

@@ -40,7 +40,18 @@ fl() { "${python}" -m espnet_ext.bin.fl_simulate "$@"; }
 
 readers=$(cut -d' ' -f1 "${src}/spk2utt" | awk -v n="${every}" 'NR % n == 0' | paste -sd,)
 [ -n "${readers}" ] || die "${src} has fewer than ${every} speakers: lower --every"
-rm -rf data/fl data/fl_adapt data/.fl_split
+if [ -f "${marker}" ]; then
+    # Outputs of an earlier run with other options: remove exactly what this script wrote.
+    log "Replacing data/fl and data/fl_adapt of an earlier run ($(cat "${marker}"))"
+    rm -rf data/fl/central data/fl/withheld data/fl_adapt/train data/fl_adapt/test
+    rm -f data/fl/split_rule data/fl_adapt/test_split_rule "${marker}"
+    rmdir data/fl data/fl_adapt 2>/dev/null || true  # kept when they hold anything else
+fi
+# Anything else already there is not this script's: `fl split` refuses dirs it did not write, and
+# the moves below must not land inside existing dirs.
+for out in data/fl_adapt/train data/fl_adapt/test data/fl_adapt/test_split_rule; do
+    [ ! -e "${out}" ] || die "${out} exists but was not written by $0; move it away (mv ${out} ${out}.orig) and run again"
+done
 fl split --data_dir "${src}" --out_dir data/fl --method speakers --speakers "${readers}"
 # The last chapter of each withheld reader (utterance ids are <reader>-<chapter>-<n>, sorted).
 chapters=$(awk '{ split($1, id, "-"); last[id[1]] = $2 } END { for (r in last) print last[r] }' \
@@ -48,9 +59,9 @@ chapters=$(awk '{ split($1, id, "-"); last[id[1]] = $2 } END { for (r in last) p
 fl split --data_dir data/fl/withheld --out_dir data/.fl_split --method field --field chapter \
     --values "${chapters}"
 mkdir -p data/fl_adapt
-mv data/.fl_split/central data/fl_adapt/train
-mv data/.fl_split/withheld data/fl_adapt/test
-mv data/.fl_split/split_rule data/fl_adapt/test_split_rule
-rm -rf data/.fl_split
+mv -T data/.fl_split/central data/fl_adapt/train
+mv -T data/.fl_split/withheld data/fl_adapt/test
+mv -T data/.fl_split/split_rule data/fl_adapt/test_split_rule
+rmdir data/.fl_split
 echo "${options}" >"${marker}"
 log "Withheld readers: $(echo "${readers}" | tr ',' ' ' | wc -w); clients' data data/fl_adapt/train, held-out chapters data/fl_adapt/test"
