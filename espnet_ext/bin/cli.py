@@ -1,15 +1,30 @@
-"""What the data-preparation entry points share: their log format and their output contract
-(one summary line per data dir written, or one ``<prog>: error: ...`` line and exit status 1)."""
+"""What the entry points share: their log format and their output contract (one summary line per
+data dir written, or one ``<prog>: error: ...`` line and exit status 1 for bad input).
+
+Bad input (a data dir, an option, a model config ESPnet cannot build) ends in one line, never a
+traceback; set the environment variable ``ESPNET_EXT_DEBUG=1`` to get the full traceback instead.
+Exceptions that are not bad input are bugs and always keep their traceback.
+"""
 
 from __future__ import annotations
 
+import argparse
 import logging
+import os
 import sys
-from typing import Callable, Iterable, Protocol, Tuple, Type
+from pathlib import Path
+from typing import Callable, Iterable, Optional, Protocol, Tuple, Type
 
 from espnet_ext.data.kaldi import DataDirError
 
 LOG_FORMAT = "%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s"
+# Set to 1 (any value but empty or 0) for full tracebacks instead of one-line errors.
+DEBUG_ENV = "ESPNET_EXT_DEBUG"
+# What ESPnet's model building raises for a bad config: unknown choices and bad values
+# (ValueError), unknown or missing options (TypeError), typeguard's type checks on the
+# constructors (TypeCheckError, no TypeError subclass) and its asserts (e.g. heads that do not
+# divide the attention dimension).
+_BUILD_ERROR_NAMES = ("ValueError", "TypeError", "TypeCheckError", "AssertionError")
 
 
 class Summary(Protocol):
@@ -29,14 +44,108 @@ def fail(prog: str, message: object) -> int:
     return 1
 
 
+def debug_enabled() -> bool:
+    """True when ``ESPNET_EXT_DEBUG`` asks for full tracebacks."""
+    return os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
+
+
+def _is_build_error(exc: BaseException) -> bool:
+    return any(c.__name__ in _BUILD_ERROR_NAMES for c in type(exc).__mro__)
+
+
+def _config_named_in(frame_locals: dict) -> Optional[str]:
+    for name in ("config_file", "config_path"):
+        value = frame_locals.get(name)
+        if isinstance(value, (str, Path)) and str(value):
+            return str(value)
+    return None
+
+
+def model_build_error(exc: BaseException) -> Optional[str]:
+    """The one-line message for an error raised while ESPnet built a model from a config.
+
+    ESPnet reports a bad config (``encoder: foo``, a bad ``conv_norm_type``, groups that do not
+    divide the channels, an unknown option) as a plain ValueError/TypeError from deep inside
+    ``AbsTask.build_model``; only the call stack tells such an error from one raised later. So
+    the traceback is searched for a ``build_model`` frame of an ESPnet task, and for the config
+    file being built: ``build_model_from_file``'s ``config_file`` (a trained model's
+    config.yaml), a ``config_path`` of the project's own loaders, else the ``--config`` of
+    training (``args.config``).
+
+    Returns:
+        ``<config>: cannot build the model from this config: <message>``, or None when `exc` was
+        not raised while building a model.
+    """
+    if not _is_build_error(exc) or "espnet2.tasks.abs_task" not in sys.modules:
+        return None
+    from espnet2.tasks.abs_task import AbsTask
+
+    config = args_config = None
+    inside = False
+    tb = exc.__traceback__
+    last = None
+    while tb is not None:
+        frame = tb.tb_frame
+        local = frame.f_locals
+        named = _config_named_in(local)
+        if named and not inside:
+            config = named
+        args = local.get("args")
+        if not inside and isinstance(args, argparse.Namespace) and isinstance(
+                getattr(args, "config", None), str):
+            args_config = args.config
+        cls = local.get("cls")
+        if (frame.f_code.co_name == "build_model" and isinstance(cls, type)
+                and issubclass(cls, AbsTask)):
+            inside = True
+        last = tb
+        tb = tb.tb_next
+    if not inside:
+        return None
+    message = str(exc).strip()
+    if not message:  # a bare assert: say where it failed
+        code = last.tb_frame.f_code
+        message = f"{type(exc).__name__} in {code.co_name} ({code.co_filename}:{last.tb_lineno})"
+    where = config or args_config or "the model config"
+    return f"{where}: cannot build the model from this config: {message}"
+
+
+def run_guarded(prog: str, func: Callable[[], Optional[int]],
+                errors: Tuple[Type[BaseException], ...] = ()) -> int:
+    """Runs an entry point's work; bad input ends in one line on stderr and exit status 1.
+
+    Args:
+        prog: The entry point's name, for ``<prog>: error: ...``.
+        func: The work; its return value is the exit status (None: 0).
+        errors: Exception types that mean bad input (their message names the fix).
+            Errors raised while ESPnet builds a model from a config always count as bad input
+            (see :func:`model_build_error`).
+
+    Returns:
+        The exit status. With ``ESPNET_EXT_DEBUG=1`` every error propagates with its traceback.
+    """
+    try:
+        status = func()
+    except Exception as e:  # noqa: BLE001 - sorted below; anything else is re-raised
+        if debug_enabled():
+            raise
+        message = model_build_error(e)
+        if message is not None:
+            return fail(prog, f"{message} (set {DEBUG_ENV}=1 for the traceback)")
+        if errors and isinstance(e, errors):
+            return fail(prog, e)
+        raise
+    return 0 if status is None else int(status)
+
+
 def print_summaries(prog: str, make: Callable[[], Iterable[Summary]],
                     errors: Tuple[Type[Exception], ...] = (DataDirError,)) -> int:
     """Runs ``make``; prints one line per summary it returns (exit status 0), or the error of one
     of ``errors`` as one line (exit status 1). Other exceptions are bugs and keep their traceback."""
-    try:
-        summaries = list(make())
-    except errors as e:
-        return fail(prog, e)
-    for s in summaries:
-        print(s.line())
-    return 0
+
+    def run() -> int:
+        for s in list(make()):
+            print(s.line())
+        return 0
+
+    return run_guarded(prog, run, errors)
