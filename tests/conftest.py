@@ -147,3 +147,41 @@ def build_tiny_model(tmp_path: Path, encoder: str = "conformer", **encoder_conf)
     )
     torch.manual_seed(0)
     return ASRTask.build_model(args)
+
+
+# Tiny encoder_conf of each ESPnet encoder family with a block list (no dropout), for tests that
+# compare families; the Conformer's is tiny_asr_config's own.
+_TINY_BRANCHES = dict(output_size=16, attention_heads=2, cgmlp_linear_units=32, cgmlp_conv_kernel=3,
+                      num_blocks=2, dropout_rate=0.0, positional_dropout_rate=0.0,
+                      attention_dropout_rate=0.0, input_layer="conv2d")
+TINY_ENCODERS = {
+    "conformer": ("conformer", tiny_asr_config()["encoder_conf"]),
+    "transformer": ("transformer", dict(output_size=16, attention_heads=2, linear_units=32,
+                                        num_blocks=2, dropout_rate=0.0, positional_dropout_rate=0.0,
+                                        attention_dropout_rate=0.0, input_layer="conv2d")),
+    "branchformer": ("branchformer", dict(_TINY_BRANCHES, merge_method="concat")),
+    "branchformer_learned_ave": ("branchformer", dict(_TINY_BRANCHES, merge_method="learned_ave",
+                                                      use_linear_after_conv=True)),
+    "e_branchformer": ("e_branchformer", dict(_TINY_BRANCHES, linear_units=32, use_ffn=True,
+                                              macaron_ffn=True, merge_conv_kernel=3,
+                                              use_linear_after_conv=True)),
+}
+
+
+def build_family_model(tmp_path: Path, family: str):
+    """An untrained tiny ESPnet ASR model with encoder family `family` of TINY_ENCODERS (seed 0)."""
+    import torch
+    from espnet2.tasks.asr import ASRTask
+
+    import espnet_ext  # noqa: F401
+
+    encoder, conf = TINY_ENCODERS[family]
+    config = tiny_asr_config()
+    config["encoder"], config["encoder_conf"] = encoder, dict(conf)
+    tokens = write_char_token_list(tmp_path / "tokens.txt")
+    path = tmp_path / f"train_{family}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    args = ASRTask.get_parser().parse_args(
+        ["--config", str(path), "--token_type", "char", "--token_list", str(tokens)])
+    torch.manual_seed(0)
+    return ASRTask.build_model(args)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import build_tiny_model
+from conftest import build_family_model, build_tiny_model
 
 asr = pytest.importorskip("espnet2.tasks.asr")
 
@@ -22,11 +22,15 @@ from espnet_ext.federated.units import find_droppable_modules  # noqa: E402
 
 
 def _build(tmp_path, encoder, **encoder_conf):
-    model = build_tiny_model(tmp_path, encoder, **encoder_conf)
-    # Non-trivial norm parameters and statistics, so that zeroing and slicing them matters.
+    if encoder in FAMILIES:
+        model = build_family_model(tmp_path, encoder)
+    else:
+        model = build_tiny_model(tmp_path, encoder, **encoder_conf)
+    # Non-trivial norm parameters and statistics, so that zeroing and slicing them matters; the
+    # cgMLP gate starts constant (ESPnet's init), fusion kernels near identity.
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "conv_module.norm" in name or "pos_bias" in name:
+            if any(s in name for s in ("conv_module.norm", "pos_bias", "csgu", "conv_fusion")):
                 p.add_(torch.randn_like(p) * 0.3)
         for name, b in model.named_buffers():
             if name.endswith("running_mean"):
@@ -36,7 +40,11 @@ def _build(tmp_path, encoder, **encoder_conf):
     return model
 
 
+FAMILIES = ("e_branchformer", "branchformer", "branchformer_learned_ave")
 ENCODERS = {
+    "e_branchformer": ("e_branchformer", {}),
+    "branchformer": ("branchformer", {}),
+    "branchformer_learned_ave": ("branchformer_learned_ave", {}),
     "espnet_batch_norm": ("conformer", {}),
     "group_norm_2_groups": ("norm_conformer", {"conv_norm_type": "group_norm", "conv_norm_groups": 2}),
     "group_norm_1_group": ("norm_conformer", {"conv_norm_type": "group_norm", "conv_norm_groups": 1}),
@@ -60,8 +68,22 @@ def _batch(seed=0):
     return speech, lens, text, text_lens
 
 
+def _kept_channel_norm_(norm, kept):
+    """Make a layer norm over channels normalize over the `kept` channels only (zeros elsewhere)."""
+    def hook(module, inputs, output):
+        x = inputs[0]
+        out = torch.zeros_like(output)
+        out[..., kept] = torch.nn.functional.layer_norm(
+            x[..., kept], (len(kept),), module.weight[kept], module.bias[kept], module.eps)
+        return out
+    norm.register_forward_hook(hook)
+
+
 def _zero_dropped_(model, plan):
-    """The full model with every dropped unit's weights (and statistics) set to zero."""
+    """The full model with every dropped unit's weights (and statistics) set to zero.
+
+    A cgMLP's gate layer norm normalizes over the kept channels, as the sub-model's does.
+    """
     state = model.state_dict()
     with torch.no_grad():
         for name, kept in plan.kept.items():
@@ -69,8 +91,11 @@ def _zero_dropped_(model, plan):
             dropped = torch.tensor(sorted(set(range(d.num_units)) - set(kept.tolist())), dtype=torch.long)
             if len(dropped) == 0:
                 continue
-            for key, (dim, idx) in d.index_map(dropped).items():
-                state[key].index_fill_(dim, idx, 0.0)
+            for key, slices in d.index_map(dropped).items():
+                for dim, idx in slices:
+                    state[key].index_fill_(dim, idx, 0.0)
+            if d.kind == "cgmlp":
+                _kept_channel_norm_(model.get_submodule(name).csgu.norm, kept)
     return model
 
 
@@ -95,14 +120,26 @@ def test_droppable_modules_of_a_conformer(models):
     assert bn[f"{block}.conv_module"].norm == "batch_norm"
 
 
-@pytest.mark.parametrize("which,kinds", [
+CONFORMER_CASES = [
     ("espnet_batch_norm", ("ff",)),
     ("espnet_batch_norm", ("heads",)),
     ("espnet_batch_norm", ("conv",)),
     ("group_norm_2_groups", ("conv",)),
     ("group_norm_2_groups", ("ff", "heads", "conv")),
-])
-@pytest.mark.parametrize("train_mode", [False, True])
+]
+# (E-)Branchformers have no batch statistics: eval mode only (train mode adds nothing with no dropout).
+BRANCHFORMER_CASES = [
+    ("e_branchformer", ("merge",)),
+    ("e_branchformer", ("cgmlp",)),
+    ("e_branchformer", ("ff", "heads", "cgmlp", "merge")),
+    ("branchformer", ("heads", "cgmlp", "merge")),
+    ("branchformer_learned_ave", ("heads", "cgmlp", "merge")),
+]
+
+
+@pytest.mark.parametrize("which,kinds,train_mode",
+                         [(w, k, t) for w, k in CONFORMER_CASES for t in (False, True)]
+                         + [(w, k, False) for w, k in BRANCHFORMER_CASES])
 def test_submodel_computes_the_full_model_with_dropped_units_zeroed(models, which, kinds, train_mode):
     full = models[which]
     modules, plan = _plan(full, 0.5, kinds)
@@ -163,9 +200,10 @@ def test_group_norm_policies_keep_groups_consistent(models):
     assert kept_units(c1, 0.5, "whole_groups") == 16
 
 
-def test_client_rebuilds_the_submodel_from_its_structure_alone(models):
-    full = models["group_norm_2_groups"]
-    modules, plan = _plan(full, 0.5, ("ff", "heads", "conv"), seed=7)
+@pytest.mark.parametrize("which", ["group_norm_2_groups", "e_branchformer", "branchformer_learned_ave"])
+def test_client_rebuilds_the_submodel_from_its_structure_alone(models, which):
+    full = models[which]
+    modules, plan = _plan(full, 0.5, ("ff", "heads", "conv", "cgmlp", "merge"), seed=7)
     small, _ = extract_submodel(full.state_dict(), plan)
     client_model = copy.deepcopy(full)
     with torch.no_grad():  # the client's own copy has other values: only sizes matter
@@ -179,8 +217,9 @@ def test_client_rebuilds_the_submodel_from_its_structure_alone(models):
     torch.testing.assert_close(client_model.encode(speech, lens)[0], ref.encode(speech, lens)[0])
 
 
-def test_extract_then_merge_of_untrained_submodels_changes_nothing(models):
-    full = models["espnet_batch_norm"]
+@pytest.mark.parametrize("which", ["espnet_batch_norm", "e_branchformer", "branchformer_learned_ave"])
+def test_extract_then_merge_of_untrained_submodels_changes_nothing(models, which):
+    full = models[which]
     state = full.state_dict()
     modules = find_droppable_modules(full)
     rates = {m.name: 0.5 for m in modules}
@@ -214,6 +253,37 @@ def test_merge_averages_each_element_over_the_clients_that_trained_it():
     torch.testing.assert_close(half["w"], expected_w * 0.5)
     with pytest.raises(ValueError, match="positive"):
         merge_update(g, [a], maps[:1], weights=[0])
+
+
+def test_entries_cut_along_two_dims_merge_back_in_place():
+    g = {"w": torch.zeros(3, 4)}
+    # Rows 0, 2 and columns 1, 3 kept (e.g. merge channels x heads of an attention output layer).
+    imap = {"w": ((0, torch.tensor([0, 2])), (1, torch.tensor([1, 3])))}
+    merged = merge_update(g, [{"w": torch.tensor([[1.0, 2.0], [3.0, 4.0]])}], [imap], [1.0])
+    torch.testing.assert_close(merged["w"], torch.tensor([[0.0, 1.0, 0.0, 2.0],
+                                                          [0.0, 0.0, 0.0, 0.0],
+                                                          [0.0, 3.0, 0.0, 4.0]]))
+
+
+@pytest.mark.parametrize("which", ["espnet_batch_norm", "e_branchformer", "branchformer",
+                                   "branchformer_learned_ave"])
+def test_droppable_units_cover_the_encoder_blocks(models, which):
+    """Nearly every parameter of an encoder block is in some droppable unit, whatever the family:
+    what stays whole are the block's layer norms and the biases on the residual stream."""
+    model = models[which]
+    modules = find_droppable_modules(model)
+    cut = {key for m in modules for key in m.index_map(torch.arange(m.num_units))}
+    block = {n: p.numel() for n, p in model.named_parameters() if n.startswith("encoder.encoders.")}
+    covered = sum(n for k, n in block.items() if k in cut) / sum(block.values())
+    print(f"{which}: {covered:.3f} of the encoder blocks' parameters are in droppable units")
+    assert covered > 0.9
+    whole = {k.split(".", 3)[3] for k in block if k not in cut}
+    assert all(w.startswith("norm") or w.endswith(".bias") for w in whole), whole
+    if which == "e_branchformer":
+        merge = {m.name: m for m in modules}["encoder.encoders.0.merge_proj"]
+        assert (merge.kind, merge.num_units, merge.segments) == ("merge", 32, 2)
+        cg = {m.name: m for m in modules}["encoder.encoders.0.cgmlp"]
+        assert (cg.kind, cg.num_units) == ("cgmlp", 16)
 
 
 def test_rates_are_validated(models):

@@ -116,3 +116,26 @@ def test_group_norm_conformer_has_no_running_statistics(tmp_path):
     conv = m["encoder.encoders.0.conv_module"]
     assert conv.buffer_keys == ()
     assert "encoder.encoders.0.conv_module.norm.weight" in conv.param_keys
+
+
+def test_conformer_kinds_are_those_of_committed_results(tmp_path):
+    """Kinds are shared across encoder families, but a Conformer's are still the names that
+    committed results (and scans written before) carry, so old and new runs line up."""
+    import csv
+    from pathlib import Path
+
+    from conftest import write_char_token_list
+
+    recipe = Path(__file__).resolve().parents[1] / "egs2" / "synth_en" / "asr1"
+    args = asr.ASRTask.get_parser().parse_args(
+        ["--config", str(recipe / "conf" / "train_asr_conformer.yaml"), "--token_type", "char",
+         "--token_list", str(write_char_token_list(tmp_path / "tokens.txt"))])
+    with torch.device("meta"):
+        state = asr.ASRTask.build_model(args).state_dict()
+    for granularity in ("block", "submodule"):
+        path = recipe / "results" / f"stability_{granularity}_weight_updates.tsv"
+        with open(path, newline="") as f:
+            committed = {r["group"]: r["kind"] for r in csv.DictReader(f, delimiter="\t")
+                         if r["run"] == "asr_train_asr_conformer_seed1"}
+        now = {g.name: g.kind for g in build_layer_map(state, granularity)}
+        assert committed and committed == {g: now[g] for g in committed}, granularity

@@ -12,11 +12,14 @@ A variant that changes block k only needs the trained model's state at level k; 
 changes the CTC layer or the decoder only needs level OUTPUT. Changing the frontend or the
 normalization needs everything recomputed from audio (level AUDIO, -2).
 
-:class:`EncoderStages` runs the stages with the model's own modules in the order of ESPnet's
-``ConformerEncoder.forward``/``TransformerEncoder.forward``, so a staged run gives the same
-tensors as ``model.encode``; :meth:`EncoderStages.self_check` verifies that on real data and the
-scan falls back to whole-encoder runs (no block-level reuse) when it does not hold, e.g. for
-intermediate-CTC conditioning, pre/post-encoders or other encoder types.
+:class:`EncoderStages` runs the stages with the model's own modules in the order of the
+``forward`` of ESPnet's ``ConformerEncoder`` (and espnet_ext's ``norm_conformer``),
+``TransformerEncoder``, ``BranchformerEncoder`` and ``EBranchformerEncoder`` (all four: input
+layer with the padding mask, blocks in order, each taking and returning (hidden, mask), the final
+layer norm; in eval mode, where layer drop and stochastic depth do nothing), so a staged run
+gives the same tensors as ``model.encode``; :meth:`EncoderStages.self_check` verifies that on
+real data and the scan falls back to whole-encoder runs (no block-level reuse) when it does not
+hold, e.g. for intermediate-CTC conditioning, pre/post-encoders or other encoder types.
 """
 
 from __future__ import annotations
@@ -50,16 +53,24 @@ class HiddenState:
 def _subsampling_classes() -> tuple:
     from espnet.nets.pytorch_backend.transformer import subsampling as s
 
-    names = ("Conv2dSubsampling", "Conv1dSubsampling2", "Conv2dSubsampling1",
-             "Conv2dSubsampling2", "Conv2dSubsampling6", "Conv2dSubsampling8")
+    # The input layers that take and return the padding mask (those the encoders' forward
+    # lists); any other input layer is called on the features alone.
+    names = ("Conv2dSubsampling", "Conv1dSubsampling1", "Conv1dSubsampling2", "Conv1dSubsampling3",
+             "Conv2dSubsampling1", "Conv2dSubsampling2", "Conv2dSubsampling6", "Conv2dSubsampling8")
     return tuple(getattr(s, n) for n in names if hasattr(s, n))
 
 
+#: Encoder families whose forward the stages reproduce (names as in the fallback message).
+STAGEABLE_FAMILIES = ("Conformer", "Transformer", "Branchformer", "E-Branchformer")
+
+
 def _stageable_encoder_classes() -> tuple:
+    from espnet2.asr.encoder.branchformer_encoder import BranchformerEncoder
     from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
+    from espnet2.asr.encoder.e_branchformer_encoder import EBranchformerEncoder
     from espnet2.asr.encoder.transformer_encoder import TransformerEncoder
 
-    return (ConformerEncoder, TransformerEncoder)
+    return (ConformerEncoder, TransformerEncoder, BranchformerEncoder, EBranchformerEncoder)
 
 
 class EncoderStages:
@@ -76,7 +87,8 @@ class EncoderStages:
         self.level_output = self.num_blocks + 1
         reasons = []
         if not isinstance(enc, _stageable_encoder_classes()):
-            reasons.append(f"encoder type {type(enc).__name__} is not a Conformer/Transformer")
+            reasons.append(f"encoder type {type(enc).__name__} is not one of "
+                           f"{', '.join(STAGEABLE_FAMILIES)}")
         if getattr(enc, "interctc_use_conditioning", False) or getattr(enc, "ctc_trim", False):
             reasons.append("intermediate CTC conditioning/trimming feeds CTC back into the blocks")
         if getattr(model, "preencoder", None) is not None:
@@ -165,7 +177,9 @@ class EncoderStages:
         """Level N -> level OUTPUT: the final norm. Returns (encoder output, output lengths)."""
         enc = self.model.encoder
         xs = state.xs[0] if isinstance(state.xs, tuple) else state.xs
-        if enc.normalize_before:
+        # Conformer/Transformer have a final norm only with pre-norm blocks; the Branchformers
+        # always have one (and no normalize_before option).
+        if getattr(enc, "normalize_before", True):
             xs = enc.after_norm(xs)
         return xs, state.masks.squeeze(1).sum(1)
 

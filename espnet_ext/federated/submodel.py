@@ -1,9 +1,9 @@
 """Structured federated dropout: choose a client's sub-model, cut it out, merge updates back.
 
 A client's sub-model keeps a random subset of the units (feed-forward hidden units, attention
-heads, convolution channels; see :mod:`espnet_ext.federated.units`) of every module with a
-positive dropout rate, chosen afresh per client and round with a seeded generator (Caldas et
-al. 2018; one rate per layer group as in Guliani et al. 2022). Rates are per module here; the
+heads, convolution channels, cgMLP channels, (E-)Branchformer merge channels; see
+:mod:`espnet_ext.federated.units`) of every module with a positive dropout rate, chosen afresh
+per client and round with a seeded generator (Caldas et al. 2018; one rate per layer group as in Guliani et al. 2022). Rates are per module here; the
 plan (:mod:`espnet_ext.federated.plan`) turns per-group rates into per-module rates.
 
 * :func:`choose_submodel` draws the kept units -> :class:`SubmodelPlan`.
@@ -39,15 +39,18 @@ import numpy as np
 import torch
 
 from espnet_ext.federated.units import (
+    CGMLP,
     CONV,
     FF,
     HEADS,
+    MERGE,
     GROUP_NORM_POLICIES,
     DroppableModule,
+    IndexMap,
+    add_slices,
+    as_slices,
     resolve_policy,
 )
-
-IndexMap = Dict[str, Tuple[int, torch.Tensor]]
 
 
 def kept_blocks(num_blocks: int, rate: float) -> int:
@@ -61,6 +64,8 @@ def kept_units(module: DroppableModule, rate: float, policy: str = "auto") -> in
         return module.num_units
     if module.kind == CONV and module.norm == "group_norm" and resolve_policy(module, policy) == "per_group":
         return module.norm_groups * kept_blocks(module.group_size, rate)
+    if module.segments > 1:
+        return module.segments * kept_blocks(module.segment_size, rate)
     step = module.unit_step(policy)
     return kept_blocks(module.num_units // step, rate) * step
 
@@ -80,10 +85,11 @@ class SubmodelPlan:
     group_norm_policy: str = "auto"
 
     def index_map(self) -> IndexMap:
-        """{state-dict key: (dim, indices into the full tensor)} of every sliced entry."""
+        """{state-dict key: ((dim, indices into the full tensor), ...)} of every sliced entry."""
         out: IndexMap = {}
         for name, kept in self.kept.items():
-            out.update(self.modules[name].index_map(kept))
+            for key, slices in self.modules[name].index_map(kept).items():
+                add_slices(out, key, slices)
         return out
 
     def structure(self) -> Dict[str, Dict[str, int]]:
@@ -151,6 +157,10 @@ def choose_submodel(
             size = m.group_size
             per = kept_blocks(size, r)
             idx = np.concatenate([g * size + _choose(rng, size, per) for g in range(m.norm_groups)])
+        elif m.segments > 1:  # the same count from each segment, drawn independently
+            size = m.segment_size
+            per = kept_blocks(size, r)
+            idx = np.concatenate([s * size + _choose(rng, size, per) for s in range(m.segments)])
         else:
             step = m.unit_step(group_norm_policy)
             blocks = _choose(rng, m.num_units // step, kept_blocks(m.num_units // step, r))
@@ -180,8 +190,9 @@ def extract_submodel(
     small = {}
     for key, value in state.items():
         if key in imap:
-            dim, idx = imap[key]
-            small[key] = value.index_select(dim, idx.to(value.device))
+            for dim, idx in imap[key]:
+                value = value.index_select(dim, idx.to(value.device))
+            small[key] = value
         else:
             small[key] = value
     missing = [k for k in imap if k not in state]
@@ -203,9 +214,37 @@ def _slice_entry(module: torch.nn.Module, attr: str, dim: int, idx: torch.Tensor
         raise KeyError(f"{type(module).__name__} has no parameter or buffer {attr!r}")
 
 
-def _update_sizes(m: torch.nn.Module, d: DroppableModule, k: int, norm_groups: int) -> None:
-    """Set the size attributes of module `m` after slicing it to `k` units."""
-    if d.kind == FF:
+def _update_sizes(model: torch.nn.Module, d: DroppableModule, kept: torch.Tensor,
+                  norm_groups: int) -> None:
+    """Set the size attributes of module `d` of `model` after slicing it to the `kept` units."""
+    k = len(kept)
+    if d.kind == MERGE:  # sizes live in the block: both branch outputs, fusion, merge
+        block = model.get_submodule(d.name.rpartition(".")[0])
+        if d.segments > 1:
+            k_att = int((kept < d.segment_size).sum())
+            k_mlp = k - k_att
+        else:
+            k_att = k_mlp = k
+        block.attn.linear_out.out_features = k_att
+        block.cgmlp.channel_proj2.out_features = k_mlp
+        fusion = getattr(block, "depthwise_conv_fusion", None)
+        if fusion is not None:
+            fusion.in_channels = fusion.out_channels = fusion.groups = k
+        for p in ("pooling_proj1", "pooling_proj2", "weight_proj1", "weight_proj2"):
+            if getattr(block, p, None) is not None:
+                getattr(block, p).in_features = k
+        block.merge_proj.in_features = k
+        return
+    m = model.get_submodule(d.name)
+    if d.kind == CGMLP:
+        m.channel_proj1[0].out_features = 2 * k
+        m.csgu.norm.normalized_shape = (k,)
+        conv = m.csgu.conv
+        conv.in_channels = conv.out_channels = conv.groups = k
+        if m.csgu.linear is not None:
+            m.csgu.linear.in_features = m.csgu.linear.out_features = k
+        m.channel_proj2.in_features = k
+    elif d.kind == FF:
         m.w_1.out_features = k
         m.w_2.in_features = k
     elif d.kind == HEADS:
@@ -235,11 +274,11 @@ def _resize(model: torch.nn.Module, modules: Mapping[str, DroppableModule],
             kept: Mapping[str, torch.Tensor], norm_groups: Mapping[str, int]) -> None:
     for name, idx in kept.items():
         d = modules[name]
-        m = model.get_submodule(name)
-        for key, (dim, index) in d.index_map(idx).items():
+        for key, slices in d.index_map(idx).items():
             owner, _, attr = key.rpartition(".")
-            _slice_entry(model.get_submodule(owner), attr, dim, index)
-        _update_sizes(m, d, len(idx), norm_groups[name])
+            for dim, index in slices:
+                _slice_entry(model.get_submodule(owner), attr, dim, index)
+        _update_sizes(model, d, idx, norm_groups[name])
 
 
 def shrink_model_(model: torch.nn.Module, plan: SubmodelPlan) -> torch.nn.Module:
@@ -298,19 +337,31 @@ def shrink_model_to_structure_(model: torch.nn.Module, modules: Sequence[Droppab
     for name, s in structure.items():
         if name not in by_name:
             raise ValueError(f"sub-model structure names {name!r}, not a droppable module of this model")
-        n = int(s["kept"])
-        if not 1 <= n <= by_name[name].num_units:
-            raise ValueError(f"{name}: cannot keep {n} of {by_name[name].num_units} units")
-        kept[name] = torch.arange(n)
+        n, d = int(s["kept"]), by_name[name]
+        if not 1 <= n <= d.num_units or n % d.segments:
+            raise ValueError(f"{name}: cannot keep {n} of {d.num_units} units"
+                             + (f" in {d.segments} equal segments" if d.segments > 1 else ""))
+        kept[name] = d.first_units(n)
         groups[name] = int(s.get("norm_groups", 1))
     _resize(model, by_name, kept, groups)
     return model
 
 
+def _scatter(small: torch.Tensor, shape, slices) -> torch.Tensor:
+    """`small` placed at its indices in a zero tensor of the full `shape`, one dim at a time."""
+    out = small
+    for dim, idx in slices:
+        size = list(out.shape)
+        size[dim] = shape[dim]
+        full = torch.zeros(size, dtype=out.dtype, device=out.device)
+        out = full.index_copy_(dim, idx.to(out.device), out)
+    return out
+
+
 def merge_update(
     global_state: Mapping[str, torch.Tensor],
     small_states: Sequence[Mapping[str, torch.Tensor]],
-    index_maps: Sequence[Mapping[str, Tuple[int, torch.Tensor]]],
+    index_maps: Sequence[Mapping[str, object]],
     weights: Sequence[float],
     server_lr: float = 1.0,
 ) -> Dict[str, torch.Tensor]:
@@ -327,7 +378,8 @@ def merge_update(
         global_state: The global model's entries (those sent to clients).
         small_states: One state dict per client (entries sliced as in its index map; entries
             a client did not return are treated as not trained by it).
-        index_maps: One index map per client (:func:`extract_submodel`).
+        index_maps: One index map per client (:func:`extract_submodel`); an entry is a tuple
+            of (dim, indices) pairs, or a single (dim, indices) pair.
         weights: One positive weight per client.
         server_lr: Server learning rate (step size on the averaged update).
 
@@ -363,10 +415,9 @@ def merge_update(
                 num.add_(v, alpha=w)
                 den.add_(w)
             else:
-                dim, idx = sliced
-                idx = idx.to(g.device)
-                num.index_add_(dim, idx, v, alpha=w)
-                den.index_add_(dim, idx, torch.ones_like(v), alpha=w)
+                slices = as_slices(sliced)
+                num.add_(_scatter(v, g.shape, slices), alpha=w)
+                den.add_(_scatter(torch.ones_like(v), g.shape, slices), alpha=w)
         trained = den > 0
         g64 = g.to(torch.float64)
         avg = torch.where(trained, num / den.clamp(min=1e-300), g64)

@@ -11,12 +11,13 @@ Granularities (`GRANULARITIES`):
   ``encoder.after_norm``, ``decoder.embed``, ``decoder.after_norm``, ``decoder.output_layer``,
   ...) and every other top-level module with parameters (``ctc``, a learnable ``frontend``,
   ``preencoder``, ...) is its own group.
-* ``submodule``: inside each encoder/decoder block, each child module is a group
-  (``feed_forward_macaron``, ``self_attn``, ``src_attn``, ``conv_module``, ``feed_forward``),
-  except that all the block's norms (children named ``norm*``: ``norm_ff``, ``norm_mha``,
-  ``norm_conv``, ``norm_final``, ``norm1``...) form one group ``<block>.norms``. The norm inside
-  the convolution module (batch/group/layer norm) belongs to ``conv_module``. Groups outside the
-  blocks are as for ``block``.
+* ``submodule``: inside each encoder/decoder block, each child module is a group, in forward
+  order (see :data:`BLOCK_SUBMODULES`), except that all the block's norms (children named
+  ``norm*``: ``norm_ff``, ``norm_mha``, ``norm_conv``, ``norm_mlp``, ``norm_final``, ``norm1``...)
+  form one group ``<block>.norms``, and a Branchformer's learned-average weight projections
+  (``pooling_proj1/2``, ``weight_proj1/2``) form one group ``<block>.merge_weights``. A norm
+  inside a sub-module (the Conformer convolution module's batch/group/layer norm, the cgMLP
+  gate's layer norm) belongs to that sub-module. Groups outside the blocks are as for ``block``.
 * ``frontend``: only the input side: ``encoder.embed`` (convolutional subsampling),
   ``decoder.embed`` (token embedding) and a learnable ``frontend``/``preencoder`` if any.
 * ``pattern``: groups from user regular expressions (see :func:`build_layer_map`).
@@ -31,6 +32,15 @@ MVN statistics ``normalize.mean``) are listed in :attr:`LayerMap.unassigned`.
 Depth: ``block`` is the block index (0-based) and ``depth`` = block / number of blocks of that
 stack (encoder or decoder), in [0, 1); groups outside the blocks have neither. Depth lets maps
 of models with different numbers of blocks be compared.
+
+Kinds: one vocabulary across encoder families, so that "the attention of the block at depth d"
+is the same kind in a Conformer, a Transformer, a Branchformer and an E-Branchformer (the
+E-Branchformer names its attention ``attn``, the Conformer ``self_attn``: both are
+``enc_self_attn``). The names are the Conformer's (``enc_feed_forward_macaron``,
+``enc_self_attn``, ``enc_conv_module``, ``enc_feed_forward``, ``enc_norms``), which scans
+written before the other families were mapped already use, plus ``enc_cgmlp``, ``enc_fusion``
+(E-Branchformer's depthwise fusion convolution) and ``enc_merge`` (the branch merge projection
+and learned-average weights); see :data:`SUBMODULE_KINDS`.
 """
 
 from __future__ import annotations
@@ -53,8 +63,52 @@ _STACKS = {"encoder": "encoders", "decoder": "decoders"}
 _STACK_PREFIX = {"encoder": "enc", "decoder": "dec"}
 # Input-side top-level modules, in forward order.
 _INPUT_MODULES = ("frontend", "normalize", "preencoder")
-# Order of a block's submodules in the forward pass; others follow in state-dict order.
-_SUBMODULE_ORDER = ("feed_forward_macaron", "self_attn", "src_attn", "conv_module", "feed_forward")
+#: Forward order of the sub-modules of an encoder/decoder block, per ESPnet block family (names
+#: of the block's children; ``norms`` and ``merge_weights`` are the gathered groups). Sub-modules
+#: a block lacks are skipped (e.g. no macaron feed-forward module); unknown children follow the
+#: known ones in state-dict order, the norms come last.
+BLOCK_SUBMODULES = {
+    # espnet.nets.pytorch_backend.conformer.encoder_layer.EncoderLayer (also norm_conformer,
+    # multiconvformer: its multi-kernel cgMLP is the block's conv_module)
+    "conformer": ("feed_forward_macaron", "self_attn", "concat_linear", "conv_module",
+                  "feed_forward", "norms"),
+    # espnet.nets.pytorch_backend.transformer.encoder_layer.EncoderLayer
+    "transformer": ("self_attn", "concat_linear", "feed_forward", "norms"),
+    # espnet2.asr.encoder.branchformer_encoder.BranchformerEncoderLayer: attn || cgmlp, merge
+    "branchformer": ("attn", "cgmlp", "merge_weights", "merge_proj", "norms"),
+    # espnet2.asr.encoder.e_branchformer_encoder.EBranchformerEncoderLayer:
+    # macaron FF, attn || cgmlp, depthwise fusion, merge, FF
+    "e_branchformer": ("feed_forward_macaron", "attn", "cgmlp", "depthwise_conv_fusion",
+                       "merge_proj", "feed_forward", "norms"),
+    # espnet.nets.pytorch_backend.transformer.decoder_layer.DecoderLayer
+    "transformer_decoder": ("self_attn", "concat_linear1", "src_attn", "concat_linear2",
+                            "feed_forward", "norms"),
+}
+
+#: Kind (without the ``enc_``/``dec_`` prefix) of each block child, shared by every family.
+#: Children not listed keep their own name as kind.
+SUBMODULE_KINDS = {
+    "feed_forward_macaron": "feed_forward_macaron",
+    "self_attn": "self_attn",
+    "attn": "self_attn",  # Branchformer/E-Branchformer name for the same self-attention
+    "src_attn": "src_attn",
+    "conv_module": "conv_module",
+    "cgmlp": "cgmlp",
+    "depthwise_conv_fusion": "fusion",
+    "merge_proj": "merge",
+    "merge_weights": "merge",
+    "feed_forward": "feed_forward",
+    "norms": "norms",
+}
+
+# One order for all families: the families' orders never disagree on a pair of names.
+_SUBMODULE_ORDER = (
+    "feed_forward_macaron", "self_attn", "attn", "concat_linear", "concat_linear1", "src_attn",
+    "concat_linear2", "conv_module", "cgmlp", "depthwise_conv_fusion", "merge_weights",
+    "merge_proj", "feed_forward",
+)
+# Branchformer's learned-average merge: per-branch attention pooling and weight projections.
+_MERGE_WEIGHTS = re.compile(r"^(pooling_proj|weight_proj)\d+$")
 
 
 class LayerMapError(ValueError):
@@ -70,10 +124,12 @@ class LayerGroup:
             ``encoder.encoders.3.conv_module``), or ``<block>.norms`` for a block's norms.
         keys: State-dict keys of the group (parameters and buffers), in state-dict order.
         param_keys: The subset of `keys` that are parameters (trained by the optimizer).
-        kind: What the group is, comparable across models: ``enc_block``, ``dec_block``,
-            ``enc_embed``, ``enc_after_norm``, ``ctc``, ``dec_embed``, ``dec_after_norm``,
-            ``dec_output_layer``, ``enc_self_attn``, ``enc_conv_module``, ``enc_norms``,
-            ``dec_src_attn``, ..., ``frontend``, or ``pattern`` for pattern groups.
+        kind: What the group is, comparable across models and encoder families:
+            ``enc_block``, ``dec_block``, ``enc_embed``, ``enc_after_norm``, ``ctc``,
+            ``dec_embed``, ``dec_after_norm``, ``dec_output_layer``, ``enc_self_attn``,
+            ``enc_conv_module``, ``enc_cgmlp``, ``enc_fusion``, ``enc_merge``, ``enc_norms``,
+            ``dec_src_attn``, ... (:data:`SUBMODULE_KINDS`), ``frontend``, or ``pattern`` for
+            pattern groups.
         stack: ``encoder``, ``decoder`` or None (other top-level modules).
         block: Block index within its stack (0-based), or None outside the blocks.
         depth: block / number of blocks of the stack, or None outside the blocks.
@@ -204,8 +260,10 @@ def _structural_group(key: str, granularity: str) -> Optional[Tuple[str, str]]:
                 return block, f"{stack_prefix}_block"
             sub = parts[3]
             if sub.startswith("norm"):
-                return f"{block}.norms", f"{stack_prefix}_norms"
-            return f"{block}.{sub}", f"{stack_prefix}_{sub}"
+                sub = "norms"
+            elif _MERGE_WEIGHTS.match(sub):
+                sub = "merge_weights"
+            return f"{block}.{sub}", f"{stack_prefix}_{SUBMODULE_KINDS.get(sub, sub)}"
         if granularity == "frontend" and child != "embed":
             return None
         return f"{top}.{child}", f"{stack_prefix}_{child}"

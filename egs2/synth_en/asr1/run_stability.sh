@@ -5,11 +5,35 @@
 # exp/analysis_{block,submodule}_dev). Runs that run.sh already trained are reused.
 # About 3 h on 2 cores (2.8 h of it training: two runs side by side, one thread each, ~30 min per
 # pair of default-size and ~27 min per pair of small models); RESULTS.md has the figures.
-# Usage: ./run_stability.sh [--stage N] [--stop_stage M] [--seeds "1 2 3 4"] [any option of asr.sh]
+#
+# Other encoder families join the same study with --add_configs: e.g. the E-Branchformer of the
+# same size (conf/train_asr_e_branchformer.yaml, 3 more trainings). Its runs form their own
+# variant ("e_branchformer 4x96") and are compared with the Conformers by sub-module kind and
+# normalized depth: the layer map gives every family one kind vocabulary (attention, cgMLP,
+# merge, feed-forward, norms; see the README's layer-map table).
+# --asr_configs "..." replaces the list instead.
+#
+# Usage: ./run_stability.sh [--stage N] [--stop_stage M] [--seeds "1 2 3 4"]
+#                           [--add_configs "conf/train_asr_e_branchformer.yaml"] [any option of asr.sh]
 set -euo pipefail
 cd "$(dirname "$0")"
 
 asr_configs="conf/train_asr_conformer.yaml conf/train_asr_conformer_gn.yaml"
 asr_configs+=" conf/train_asr_conformer_small.yaml conf/train_asr_conformer_gn_small.yaml"
 
-./run.sh --asr_configs "${asr_configs}" --seeds "1 2 3" --stop_stage 7 "$@"
+args=()
+while [ $# -gt 0 ]; do
+    if [ "$1" = "--add_configs" ]; then
+        [ $# -ge 2 ] || { echo "$0: option --add_configs needs a value (config files)" >&2; exit 1; }
+        for c in $2; do
+            [ -f "${c}" ] || { echo "$0: --add_configs: no config file ${c} (relative to $(pwd))" >&2; exit 1; }
+        done
+        asr_configs+=" $2"
+        shift 2
+    else
+        args+=("$1")
+        shift
+    fi
+done
+
+./run.sh --asr_configs "${asr_configs}" --seeds "1 2 3" --stop_stage 7 ${args[@]+"${args[@]}"}
