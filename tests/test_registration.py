@@ -1,6 +1,7 @@
 """Tests for registering espnet_ext's encoders into ESPnet's ASR task."""
 
 import importlib
+import os
 import subprocess
 import sys
 import textwrap
@@ -77,6 +78,8 @@ def test_import_does_not_load_asr_task_and_registers_when_it_loads(tmp_path, asr
         import espnet_ext
         assert "espnet2.tasks.asr" not in sys.modules, "import espnet_ext imported the ASR task"
         assert "espnet_ext.asr.encoder" not in sys.modules
+        heavy = sorted(m for m in ("torch", "numpy", "espnet", "espnet2", "nltk") if m in sys.modules)
+        assert not heavy, f"import espnet_ext imported {{heavy}}"
         import torch
         from espnet2.tasks.asr import ASRTask, encoder_choices
         assert encoder_choices.classes["norm_conformer"].__name__ == "NormConformerEncoder"
@@ -146,3 +149,31 @@ def test_key_taken_by_another_class_is_an_error(asr_task, monkeypatch):
     monkeypatch.setitem(encoder_choices.classes, "norm_conformer", ConformerEncoder)
     with pytest.raises(ValueError, match="already registered"):
         register_encoders()
+
+
+def test_entry_points_neither_download_nltk_data_nor_print_its_errors(tmp_path):
+    """ESPnet imports g2p_en, which calls nltk.download when its data is missing (offline: eight
+    lines of "[nltk_data] Error loading ..." on stderr; online: files in ~/nltk_data)."""
+    nltk_dir = tmp_path / "nltk_data"  # the only data dir: empty, so g2p_en wants to download
+    nltk_dir.mkdir()
+    site_dir = tmp_path / "site"
+    site_dir.mkdir()
+    (site_dir / "sitecustomize.py").write_text(
+        f"import nltk.data\nnltk.data.path[:] = [{str(nltk_dir)!r}]\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site_dir), os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run(
+        [sys.executable, "-m", "espnet_ext.bin.asr_inference", "--help"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "--asr_train_config" in result.stdout
+    assert "nltk_data" not in result.stderr
+    assert list(nltk_dir.iterdir()) == []
+    # nltk.download itself is left working for anyone who calls it.
+    script = (
+        "import espnet_ext, nltk, g2p_en, nltk.downloader as d; "
+        "print(nltk.download.__func__ is d.Downloader.download)"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=300, env=env)
+    assert result.stdout.strip() == "True", result.stderr[-3000:]

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs everything espnet_ext needs on a Debian machine (Python 3.10/3.11), idempotently:
+# Installs everything espnet_ext needs on a Debian machine (Python 3.11), idempotently:
 #   1. Debian packages: sox, flac, TTS voices (espeak-ng, flite, festival), WordNet sentences;
-#   2. tools/venv: torch/torchaudio, ESPnet, Flower and espnet_ext itself (editable), pinned.
+#   2. tools/venv: torch/torchaudio, ESPnet, Flower and espnet_ext itself (editable, with its
+#      federated and test extras), at the tested versions of tools/constraints.txt.
 # A second run checks and does nothing. Usage: bash tools/install.sh [--no-apt]
 set -euo pipefail
 
@@ -42,8 +43,9 @@ if "${with_apt}"; then
 fi
 
 # ---- 2. Python virtual environment -----------------------------------------------------------
-"${python}" -c 'import sys; assert (3, 10) <= sys.version_info[:2] <= (3, 11)' 2>/dev/null \
-    || die "${python} must be Python 3.10 or 3.11 (found: $(${python} --version 2>&1)); set PYTHON=..."
+# 3.11: the tested version (Flower 1.42, the federated extra, needs >= 3.11).
+"${python}" -c 'import sys; assert sys.version_info[:2] == (3, 11)' 2>/dev/null \
+    || die "${python} must be Python 3.11 (found: $(${python} --version 2>&1)); set PYTHON=python3.11"
 
 if [ ! -x "${venv}/bin/python" ]; then
     log "Creating ${venv}"
@@ -63,11 +65,13 @@ fi
 log "Installing torch/torchaudio into ${venv} (a few minutes on first run)"
 ${pip} install -q -c "${tools_dir}/constraints.txt" torch torchaudio \
     || die "pip install torch failed; see the pins in tools/constraints.txt"
-log "Installing espnet_ext and its pinned dependencies (ESPnet, Flower, ...)"
-${pip} install -q -c "${tools_dir}/constraints.txt" -e "${repo_dir}[test]" \
-    || die "pip install -e . failed; see the pins in tools/constraints.txt"
+# setup.py declares ranges (espnet_ext installs into other ESPnet environments too); the
+# constraints hold this environment at the versions tested together.
+log "Installing espnet_ext with its federated and test extras (ESPnet, Flower, Ray, pytest)"
+${pip} install -q -c "${tools_dir}/constraints.txt" -e "${repo_dir}[federated,test]" \
+    || die "pip install -e '.[federated,test]' failed; see the pins in tools/constraints.txt"
 ${pip} check >/dev/null || log "WARNING: pip check reports conflicts: $(${pip} check | head -5)"
-"${venv}/bin/python" -c "import espnet2.tasks.asr, espnet_ext" \
-    || die "the environment installed but 'import espnet2.tasks.asr, espnet_ext' fails"
+"${venv}/bin/python" -c "import espnet_ext, espnet2.tasks.asr, flwr, ray" \
+    || die "the environment installed but 'import espnet_ext, espnet2.tasks.asr, flwr, ray' fails"
 echo "${want}" >"${stamp}"
 log "Done: activate with 'source ${venv}/bin/activate'"

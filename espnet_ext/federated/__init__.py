@@ -19,3 +19,35 @@ Modules, in the order data flows through them:
 
 Command line: ``python -m espnet_ext.bin.fl_simulate {split,run,compare}``.
 """
+
+# Flower and Ray are optional (the ``federated`` extra): every module here but the strategy
+# imports without them, and only the simulation itself needs them.
+FEDERATED_EXTRA_HINT = (
+    "install the federated extra: pip install 'espnet_ext[federated]' (from a checkout: "
+    "pip install -e '.[federated]'; tools/install.sh does it)"
+)
+
+
+class FederatedExtraMissing(ImportError):
+    """Flower (``flwr``) or Ray is not importable; the message says how to install them."""
+
+
+def require_flower(ray: bool = True) -> None:
+    """Check that a federated simulation can run here, before anything is prepared or written.
+
+    Args:
+        ray: Also require Ray (Flower's simulation runtime, backend ``ray``).
+
+    Raises:
+        FederatedExtraMissing: Naming the package that failed to import and how to install it.
+    """
+    import importlib
+
+    for module, what in [("flwr", "Flower (flwr)")] + ([("ray", "Ray")] if ray else []):
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise FederatedExtraMissing(
+                f"federated simulations need {what}, which does not import here ({e}); "
+                f"{FEDERATED_EXTRA_HINT}"
+            ) from e
