@@ -25,6 +25,7 @@ def plot_heatmap(
     vmin: Optional[float] = None,
     vmax: Optional[float] = None,
     annotate: bool = True,
+    uncertain: Optional[Sequence[Sequence[bool]]] = None,
 ) -> Path:
     """Write a heatmap PNG: rows x columns of numbers, NaN cells left blank.
 
@@ -39,6 +40,8 @@ def plot_heatmap(
         highlight: Optional boolean matrix; True cells get a frame (e.g. ambient resets).
         vmin, vmax: Colour scale limits (default: the finite values' range).
         annotate: Write each cell's value into it.
+        uncertain: Optional boolean matrix; True cells are hatched and their value gets a ``?``
+            (e.g. labels whose interval straddles the threshold).
 
     Returns:
         `path`.
@@ -82,10 +85,16 @@ def plot_heatmap(
     for r in range(data.shape[0]):
         for c in range(data.shape[1]):
             v = data[r, c]
+            unsure = uncertain is not None and uncertain[r][c]
             if annotate and np.isfinite(v):
                 dark = (v - lo) / (hi - lo) < 0.6
-                ax.text(c, r, f"{v:.1f}", ha="center", va="center", fontsize=7,
-                        color="white" if dark else "black")
+                ax.text(c, r, f"{v:.1f}" + ("?" if unsure else ""), ha="center", va="center",
+                        fontsize=7, color="white" if dark else "black")
+            elif unsure:
+                ax.text(c, r, "?", ha="center", va="center", fontsize=8)
+            if unsure:
+                ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, hatch="///",
+                                       edgecolor="grey", lw=0.0))
             if highlight is not None and highlight[r][c]:
                 ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="magenta", lw=1.8))
     fig.tight_layout()

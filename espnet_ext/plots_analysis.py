@@ -52,6 +52,7 @@ def plot_heatmap_panels(
     vmin: Optional[float] = None,
     vmax: Optional[float] = None,
     annotate: bool = True,
+    uncertain: Optional[Sequence[Optional[Sequence[Sequence[bool]]]]] = None,
 ) -> Path:
     """Heatmaps side by side (shared rows, columns and colour scale), NaN cells blank.
 
@@ -65,6 +66,8 @@ def plot_heatmap_panels(
         xlabel: Column axis label.
         vmin, vmax: Colour scale limits (default: the finite values' range).
         annotate: Write each cell's value into it (only with at most 80 cells per panel).
+        uncertain: Per panel, an optional boolean matrix: True cells are hatched and their value
+            gets a ``?`` (labels whose interval straddles the threshold).
 
     Returns:
         `path`.
@@ -100,25 +103,32 @@ def plot_heatmap_panels(
     # Numbers in the cells only while there are few enough to read (and to draw quickly).
     annotate = annotate and shape[0] * shape[1] <= 80
     im = None
-    for ax, (name, _, frame), m in zip(axes[0], panels, mats):
+    unsure_of = list(uncertain) if uncertain is not None else [None] * len(panels)
+    for ax, (name, _, frame), m, unsure in zip(axes[0], panels, mats, unsure_of):
         im = ax.imshow(np.ma.masked_invalid(m), cmap=cmap, vmin=lo, vmax=hi, aspect="auto")
         ax.set_xticks(range(len(col_labels)), labels=list(col_labels), fontsize=7, rotation=90)
         ax.set_yticks(range(len(row_labels)), labels=list(row_labels), fontsize=7)
         ax.set_title(name, fontsize=8)
         if xlabel:
             ax.set_xlabel(xlabel, fontsize=8)
-        frames = []
+        frames, hatched = [], []
         for r in range(shape[0]):
             for c in range(shape[1]):
                 v = m[r, c]
+                mark = unsure is not None and unsure[r][c]
                 if annotate and np.isfinite(v):
                     dark = (v - lo) / (hi - lo) < 0.6
-                    ax.text(c, r, f"{v:.1f}", ha="center", va="center", fontsize=6,
-                            color="white" if dark else "black")
+                    ax.text(c, r, f"{v:.1f}" + ("?" if mark else ""), ha="center", va="center",
+                            fontsize=6, color="white" if dark else "black")
                 if frame is not None and frame[r][c]:
                     frames.append(Rectangle((c - 0.5, r - 0.5), 1, 1))
+                if mark:
+                    hatched.append(Rectangle((c - 0.5, r - 0.5), 1, 1))
         if frames:  # one collection draws much faster than one patch per cell
             ax.add_collection(PatchCollection(frames, facecolor="none", edgecolor="magenta", lw=1.5))
+        if hatched:
+            ax.add_collection(PatchCollection(hatched, facecolor="none", edgecolor="grey", lw=0.0,
+                                              hatch="///"))
     cbar = fig.colorbar(im, ax=list(axes[0]), fraction=0.05, pad=0.02)
     if colorbar_label:
         cbar.set_label(colorbar_label)

@@ -2,7 +2,8 @@
 
 Layout read: `<expdir>/<exp>/<decode_tag>/<dataset>/scores.json` (written by the scoring stage),
 `<exp>/train_wall_s.txt` (training wall time, written by the recipe driver),
-`<exp>/checkpoints/0epoch.pth` (for the parameter count) and `<exp>/scan_*/scan.md` (the layer-reset
+the experiment's weight files (for the parameter count: checkpoint 0, a kept epoch or a model file,
+read through :class:`espnet_ext.analysis.experiment.ExperimentDir`) and `<exp>/scan_*/scan.md` (the layer-reset
 scans, whose summary lines and heatmaps are linked).
 """
 
@@ -20,13 +21,34 @@ _BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def count_parameters(checkpoint: Path) -> Optional[int]:
-    """Number of trainable values in a saved state dict (buffers excluded); None if absent."""
+    """Number of trainable values in a saved state dict (buffers excluded); None if absent.
+
+    Loaded as weights only (ESPnet's ``checkpoint.pth`` through its ``"model"`` entry).
+    """
     if not Path(checkpoint).exists():
         return None
-    import torch
+    from espnet_ext.layers.reset import load_state_dict_file
 
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = load_state_dict_file(checkpoint)
     return sum(v.numel() for k, v in state.items() if not k.endswith(_BUFFER_SUFFIXES))
+
+
+def count_experiment_parameters(exp_dir: Path) -> Optional[int]:
+    """Parameters of an experiment's model from any of its weight files; None if it has none.
+
+    Checkpoint 0 when saved, else the first epoch kept (``checkpoints/`` or ESPnet's own
+    ``{N}epoch.pth``), else any ``*.pth`` model file of the dir: all hold the same tensors' shapes.
+    """
+    from espnet_ext.analysis.experiment import ExperimentDir
+    from espnet_ext.analysis.experiment import RESUME_FILE
+
+    exp = ExperimentDir(exp_dir)
+    candidates = [exp.epoch_file(t) for t in exp.saved_epochs()]
+    candidates += [exp.path / n for n in exp.model_files() if n != RESUME_FILE]
+    for path in candidates:
+        if path is not None and path.is_file():
+            return count_parameters(path)
+    return None
 
 
 def _read_float(path: Path) -> Optional[float]:
@@ -85,7 +107,7 @@ def write_results_md(expdir: Path, out: Path) -> str:
               "|---|---|---|---|---|---|"]
     sections = []
     for exp_dir, entries in by_exp.items():
-        params = count_parameters(exp_dir / "checkpoints" / "0epoch.pth")
+        params = count_experiment_parameters(exp_dir)
         wall = _read_float(exp_dir / "train_wall_s.txt")
         rows = []
         for name, f in entries:

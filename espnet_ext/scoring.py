@@ -61,26 +61,32 @@ class ErrorCounts:
 TABLE_HEADER = "|dataset|Snt|Wrd|Corr|Sub|Del|Ins|Err|S.Err|\n|---|---|---|---|---|---|---|---|---|"
 
 
+def _count_one(ref: str, hyp: str, unit: str) -> ErrorCounts:
+    """Counts of one utterance (normalized texts)."""
+    if not ref:
+        # jiwer rejects empty reference strings; such utterances count as pure insertions.
+        extra = len(hyp.split()) if unit == "word" else len(hyp)
+        return ErrorCounts(1, 0, 0, 0, 0, extra, int(extra > 0))
+    out = (jiwer.process_words if unit == "word" else jiwer.process_characters)(ref, hyp)
+    errors = out.substitutions + out.deletions + out.insertions
+    return ErrorCounts(1, out.hits + out.substitutions + out.deletions, out.hits, out.substitutions,
+                       out.deletions, out.insertions, int(errors > 0))
+
+
+def sum_counts(counts: Iterable[ErrorCounts]) -> ErrorCounts:
+    """Counts of several utterances together (field by field sums)."""
+    fields = [f.name for f in dataclasses.fields(ErrorCounts)]
+    totals = dict.fromkeys(fields, 0)
+    for c in counts:
+        for f in fields:
+            totals[f] += getattr(c, f)
+    return ErrorCounts(**totals)
+
+
 def _count(refs: List[str], hyps: List[str], unit: str) -> ErrorCounts:
     if not refs:
         raise ValueError("nothing to score: no reference utterances")
-    # jiwer rejects empty reference strings; such utterances count as pure insertions.
-    process = jiwer.process_words if unit == "word" else jiwer.process_characters
-    hits = subs = dels = ins = n_ref = sent_err = 0
-    for ref, hyp in zip(refs, hyps):
-        if not ref:
-            extra = len(hyp.split()) if unit == "word" else len(hyp)
-            ins += extra
-            sent_err += int(extra > 0)
-            continue
-        out = process(ref, hyp)
-        hits += out.hits
-        subs += out.substitutions
-        dels += out.deletions
-        ins += out.insertions
-        n_ref += out.hits + out.substitutions + out.deletions
-        sent_err += int(out.substitutions + out.deletions + out.insertions > 0)
-    return ErrorCounts(len(refs), n_ref, hits, subs, dels, ins, sent_err)
+    return sum_counts(_count_one(r, h, unit) for r, h in zip(refs, hyps))
 
 
 def _normalize(text: str) -> str:
@@ -113,6 +119,30 @@ def score_texts(
     return _count(
         [_normalize(refs[k]) for k in keys], [_normalize(hyps.get(k, "")) for k in keys], unit
     )
+
+
+def utterance_counts(
+    refs: Mapping[str, str], hyps: Mapping[str, str], unit: str = "word"
+) -> Dict[str, ErrorCounts]:
+    """Counts of every utterance of `refs`, by key (what :func:`score_texts` sums).
+
+    Args:
+        refs: utterance key -> reference transcript.
+        hyps: utterance key -> hypothesis; a missing key scores as an empty hypothesis.
+        unit: "word" or "char".
+
+    Raises:
+        ValueError: for an unknown unit, or hypothesis keys that are not in refs.
+    """
+    if unit not in ("word", "char"):
+        raise ValueError(f"unit must be 'word' or 'char', got {unit!r}")
+    unknown = sorted(set(hyps) - set(refs))
+    if unknown:
+        raise ValueError(
+            f"{len(unknown)} hypothesis keys have no reference (first: {unknown[0]!r}); "
+            "score against the data dir that was decoded"
+        )
+    return {k: _count_one(_normalize(refs[k]), _normalize(hyps.get(k, "")), unit) for k in refs}
 
 
 def score_files(ref_text: Path, hyp_text: Path) -> Dict[str, ErrorCounts]:

@@ -1,9 +1,11 @@
 """ESPnet ASR training that keeps the initial weights and every epoch's weights.
 
 Layer-reset analysis needs theta_0 (the weights right before the first update) and theta_tau for
-every epoch tau. ESPnet saves neither: it never writes the initial weights, and it deletes
-`{N}epoch.pth` files outside the n-best. This module's trainer writes
-`<output_dir>/checkpoints/0epoch.pth` before the first update and hard-links each
+every epoch tau. ESPnet never writes the initial weights (they can be rebuilt from config.yaml:
+:mod:`espnet_ext.analysis.experiment`), and it deletes `{N}epoch.pth` files outside the n-best
+(``--keep_nbest_models``). This module's trainer writes
+`<output_dir>/checkpoints/0epoch.pth` (with its identity, seed and model-config hash, in
+`checkpoints/0epoch.json`) before the first update and hard-links each
 `{N}epoch.pth` into `checkpoints/` before ESPnet can delete it (a hard link costs no disk space).
 Everything else is ESPnet's own training loop, unchanged.
 """
@@ -14,8 +16,10 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import Optional
 
 import torch
+import yaml
 from espnet2.tasks.asr import ASRTask
 from espnet2.train.trainer import Trainer
 
@@ -24,38 +28,84 @@ from espnet_ext.checkpoints import (  # noqa: F401
     CHECKPOINT_DIR,
     EPOCH_FILE,
     checkpoint_path,
+    identity_mismatch,
+    init_identity,
+    read_identity,
     saved_epochs,
+    write_identity,
 )
 
 def _is_writer(distributed_option) -> bool:
     return not distributed_option.distributed or distributed_option.dist_rank == 0
 
 
-def save_initial_weights(model: torch.nn.Module, output_dir: Path, resuming: bool) -> None:
-    """Write checkpoint 0 (the model's weights before any update), atomically, once.
+class InitialWeightsMismatchError(ValueError):
+    """A resumed training's kept checkpoint 0 belongs to another config or seed."""
+
+
+def _same_state(a, b) -> bool:
+    return a.keys() == b.keys() and all(
+        a[k].shape == b[k].shape and a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
+
+
+def save_initial_weights(model: torch.nn.Module, output_dir: Path, resuming: bool,
+                         config: Optional[dict] = None) -> None:
+    """Write checkpoint 0 (the model's weights before any update) and its identity, atomically.
+
+    The model handed in is always the freshly built one (ESPnet loads ``checkpoint.pth`` later,
+    inside ``Trainer.run``), i.e. the initial weights of the current config and seed.
 
     Args:
         model: the model exactly as it enters the training loop (initialized, pre-trained
             parts loaded, on its device).
         output_dir: the training output directory.
-        resuming: True when ESPnet will resume from `checkpoint.pth`; the current weights are
-            then not the initial ones, so nothing is written.
+        resuming: True when ESPnet will resume from `checkpoint.pth`: the weights it resumes
+            descend from the checkpoint 0 already kept, which is then never replaced.
+        config: the run's training config (``config.yaml``); its seed and model entries are
+            recorded in ``checkpoints/0epoch.json`` (see :func:`espnet_ext.checkpoints.init_identity`).
+
+    A kept checkpoint 0 of another seed or model config (a killed attempt re-run with other
+    options) is rewritten on a fresh start, since this tool wrote it; on a resume it is refused.
+
+    Raises:
+        InitialWeightsMismatchError: resuming, and the kept checkpoint 0 belongs to another
+            seed or model config than this training's.
     """
     dst = checkpoint_path(output_dir, 0)
+    identity = init_identity(config) if config is not None else None
+    state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
     if dst.exists():
-        return
-    if resuming:
+        record = read_identity(dst)
+        if record is not None and identity is not None:
+            why = identity_mismatch(record, identity)
+        else:
+            # No sidecar (kept by an older version): compare the weights themselves.
+            same = _same_state(torch.load(dst, map_location="cpu", weights_only=True), state)
+            why = None if same else "its weights differ from this training's initial weights"
+        if why is None:
+            if record is None and identity is not None:
+                write_identity(dst, identity, reconstructed=False)
+            return
+        if resuming:
+            raise InitialWeightsMismatchError(
+                f"{dst} belongs to another run than this training resumes ({why}): resume with "
+                f"the config and seed that training started with, or train into a new --output_dir"
+            )
+        logging.warning(f"{dst} is from an earlier attempt with other options ({why}); "
+                        "replacing it with this training's initial weights")
+    elif resuming:
         logging.warning(
             f"{dst} is missing but training resumes from {output_dir}/checkpoint.pth: the "
-            "initial weights of this run are lost, so reset-to-initialization analysis cannot "
-            "use it. Train from scratch with espnet_ext.bin.asr_train to keep them."
+            "initial weights were not kept. Layer analysis reconstructs them from config.yaml "
+            "(python -m espnet_ext.bin.reconstruct_init) where the config allows it."
         )
         return
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_suffix(".tmp")
-    state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
     torch.save(state, tmp)
     os.replace(tmp, dst)
+    if identity is not None:
+        write_identity(dst, identity, reconstructed=False)
     logging.info(f"Saved the initial weights (checkpoint 0) to {dst}")
 
 
@@ -83,7 +133,10 @@ class CheckpointKeepingTrainer(Trainer):
         output_dir = Path(trainer_options.output_dir)
         if _is_writer(distributed_option):
             resuming = bool(trainer_options.resume) and (output_dir / "checkpoint.pth").exists()
-            save_initial_weights(model, output_dir, resuming)
+            # ESPnet wrote this training's config.yaml before it calls the trainer.
+            with open(output_dir / "config.yaml", encoding="utf-8") as f:
+                config = yaml.safe_load(f)
+            save_initial_weights(model, output_dir, resuming, config)
         super().run(
             model=model,
             optimizers=optimizers,

@@ -140,7 +140,7 @@ def test_plan_validation_errors(tmp_path, info):
         uniform_plan(info, 0.5, stacks=("ctc",))
     none_ambient = {g: ("critical", 5.0) for g in LABELS}
     importance, _ = read_scan_importance(_scan(tmp_path, none_ambient))
-    with pytest.raises(PlanError, match="labels no droppable group ambient"):
+    with pytest.raises(PlanError, match="labels no group ambient .*relax the ambient threshold"):
         targeted_plan(info, importance, 0.5)
     other_arch = read_scan_importance(_scan(tmp_path, {"encoder.encoders.7": ("ambient", 0.0)}))[0]
     with pytest.raises(PlanError, match="same architecture"):
@@ -163,3 +163,27 @@ def test_sent_entries_are_parameters_and_norm_statistics(info):
     assert set(info.param_keys) <= set(info.sent_keys)
     assert info.num_params == sum(int(np.prod(info.shapes[k])) for k in info.param_keys)
     assert torch.Size(info.shapes["encoder.encoders.0.feed_forward.w_1.weight"]) == (48, 16)
+
+
+def test_plan_json_with_an_unknown_key_is_refused_naming_key_file_and_allowed_keys(tmp_path):
+    # A misspelt "group_rates" used to load as a plan without dropout.
+    path = tmp_path / "my_plan.json"
+    path.write_text('{"name": "x", "rates": {"encoder.encoders.1": 0.5}}')
+    with pytest.raises(PlanError) as e:
+        DropoutPlan.read(path)
+    message = str(e.value)
+    assert "unknown key 'rates'" in message and str(path) in message
+    assert "allowed keys: name, group_rates, unit_kinds, group_norm_policy, note" in message
+    path.write_text('{"name": "x"}')
+    with pytest.raises(PlanError, match="has no 'group_rates'"):
+        DropoutPlan.read(path)
+    path.write_text('{"name": "x", "group_rates": {}, "unit_kinds": "ff"}')
+    with pytest.raises(PlanError, match="'unit_kinds' must be a list of strings"):
+        DropoutPlan.read(path)
+    path.write_text('[1, 2]')
+    with pytest.raises(PlanError, match="JSON object with keys"):
+        DropoutPlan.read(path)
+    with pytest.raises(PlanError, match="plan file .*missing.json not found"):
+        DropoutPlan.read(tmp_path / "missing.json")
+    path.write_text('{"name": "x", "group_rates": {}}')
+    assert DropoutPlan.read(path).group_rates == {}  # explicit no dropout is fine

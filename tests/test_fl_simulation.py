@@ -228,7 +228,77 @@ def test_bad_options_fail_before_any_round(world, tmp_path, capsys):
     assert "needs the layer-reset scan result (--scan_tsv)" in capsys.readouterr().err
     assert main(base + ["--plans", "none", "--model_file", "missing.pth"]) == 2
     assert "model file 'missing.pth' not found" in capsys.readouterr().err
+    assert main(base + ["--plans", "none", "--seed", "1", "--seeds", "2,3"]) == 2
+    assert "give one seed (--seed) or several (--seeds), not both" in capsys.readouterr().err
+    assert main(base + ["--plans", "none", "--seeds", "1,1"]) == 2
+    assert "each seed once, got [1, 1]" in capsys.readouterr().err
+    # A misspelt plan key used to run without any dropout.
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text('{"name": "x", "rates": {"encoder.encoders.1": 0.5}}')
+    assert main(base + ["--plans", "file", "--plan_file", str(plan_file)]) == 2
+    err = capsys.readouterr().err
+    assert f"{plan_file}: unknown key 'rates'" in err and "allowed keys: name, group_rates" in err
     assert not (tmp_path / "bad" / "none" / "checkpoints").exists()
+    assert not (tmp_path / "bad" / "file").exists()
+
+
+def test_seeds_give_distinct_runs_and_one_row_per_plan_with_spread_and_paired_intervals(world, tmp_path):
+    from espnet_ext.federated.evaluate import read_per_utterance
+    from espnet_ext.federated.simulation import run_plans
+
+    out = tmp_path / "fl"
+
+    def run():
+        return run_plans(world["exp"], "latest.pth", world["adapt"], world["eval"], out,
+                         ["none", "uniform", "targeted"], rate=0.5, scan_tsv=world["scan"],
+                         match_cost="params", seeds=[1, 2], bootstrap_resamples=300, **_options(rounds=2))
+
+    table = run()
+    res = {(p, s): json.loads((out / p / f"seed{s}" / "results.json").read_text())
+           for p in ("none", "uniform", "targeted") for s in (1, 2)}
+    assert {k: r["seed"] for k, r in res.items()} == {k: k[1] for k in res}
+    # Each seed is its own run: other client samples and local training, another final model.
+    a, b = _load(out / "none" / "seed1" / "model.pth"), _load(out / "none" / "seed2" / "model.pth")
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    # per_utt.tsv next to results.json holds the counts behind the final CER.
+    counts = read_per_utterance(out / "targeted" / "seed1" / "per_utt.tsv")
+    adapt = counts["adapt"].values()
+    cer = 100 * sum(c[3] for c in adapt) / sum(c[2] for c in adapt)
+    assert round(cer, 2) == res[("targeted", 1)]["scores"]["final"]["adapt"]["CER"]
+    assert len(counts["adapt"]) == 8 and len(counts["orig"]) == 8
+    # One row per plan: mean ± std (min-max) over the two seeds.
+    rows = [line.split("|") for line in table.splitlines() if line.startswith("|model") or line.startswith("|none")]
+    head, none_row = rows[0], rows[1]
+    cers = [res[("none", s)]["scores"]["final"]["adapt"]["CER"] for s in (1, 2)]
+    mean, std = np.mean(cers), np.std(cers, ddof=1)
+    assert none_row[head.index("seeds")] == "1,2"
+    assert none_row[head.index("adapt CER")] == (f"{mean:.2f} ± {std:.2f} "
+                                                 f"({min(cers):.2f}-{max(cers):.2f})")
+    for pair in ("targeted - uniform|adapt|CER|", "targeted - none|adapt|CER|", "targeted - none|orig|WER|"):
+        assert f"|{pair}" in table
+    # The same command again computes nothing new and gives the same table.
+    before = (out / "targeted" / "seed2" / "history.jsonl").read_text()
+    assert run() == table
+    assert (out / "targeted" / "seed2" / "history.jsonl").read_text() == before
+
+
+def test_run_where_every_client_failed_exits_nonzero_and_is_recorded(world, tmp_path, capsys):
+    from espnet_ext.bin.fl_simulate import main
+
+    out = tmp_path / "failing"
+    # Seed 0 with failure probability 0.95: every client of both rounds fails (injected, seeded).
+    code = main(["run", "--exp_dir", str(world["exp"]), "--model_file", "latest.pth",
+                 "--adapt_data", str(world["adapt"]), "--eval_data", f"adapt={world['eval'][0][1]}",
+                 "--out_dir", str(out), "--plans", "none", "--rounds", "2", "--clients_per_round", "2",
+                 "--failure_prob", "0.95", "--backend", "local", "--no_progress"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "had no client update in any of its 2 rounds (4 client updates failed); global model unchanged" in err
+    results = json.loads((out / "none" / "results.json").read_text())
+    assert results["rounds_with_updates"] == 0 and results["cost"]["failures"] == 4
+    assert results["scores"]["final"] == results["scores"]["pretrained"]
+    assert "rounds_with_updates: 0**: no client update in any of its 2 rounds" in (out / "none" / "results.md").read_text()
+    assert "rounds_with_updates: 0" in (out / "results.md").read_text()
 
 
 def test_ray_temp_dir_stays_with_the_run(tmp_path):

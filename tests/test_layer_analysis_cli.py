@@ -275,8 +275,12 @@ def test_clear_errors(exp_root, tmp_path, capsys):
 
     no_ckpt = make_run(root, "asr_nockpt_seed1", _k(0.1, 0.2))
     shutil.rmtree(no_ckpt / "checkpoints")
+    # Checkpoint 0 neither saved nor reconstructable (the init_param file it started from is gone).
+    config = yaml.safe_load((no_ckpt / "config.yaml").read_text())
+    (no_ckpt / "config.yaml").write_text(yaml.safe_dump({**config, "init_param": ["gone/model.pth"]}))
     err = _fails(capsys, ["--exp_dirs", str(no_ckpt), "--dataset", "dev", "--out_dir", str(tmp_path / "o")])
-    assert "no initial weights (checkpoints/0epoch.pth)" in err and "stage 4" in err
+    assert "checkpoint 0 (the initial weights) is not saved" in err
+    assert "init_param file gone/model.pth not found" in err and "stage 4" in err
 
     # --allow_missing: both are skipped with their reasons, the rest is analysed.
     rc = main(["--exp_dirs", str(good), str(no_scan), str(no_ckpt), "--dataset", "dev",
@@ -306,3 +310,47 @@ def test_clear_errors(exp_root, tmp_path, capsys):
 
     with pytest.raises(SystemExit):
         main(["--exp_dirs", str(good), "--dataset", "dev", "--out_dir", str(tmp_path / "o"), "--tau", "1"])
+
+
+def test_stability_with_and_without_uncertain_labels(exp_root, tmp_path, capsys, monkeypatch):
+    from espnet_ext import plots_analysis
+    from espnet_ext.analysis.scan_report import read_tsv
+
+    drawn = {}
+    real = plots_analysis.plot_heatmap_panels
+
+    def spy(panels, rows, cols, path, **kw):
+        drawn[path.name] = (rows, cols, kw)
+        return real(panels, rows, cols, path, **kw)
+
+    monkeypatch.setattr(plots_analysis, "plot_heatmap_panels", spy)
+
+    root = tmp_path / "exp"
+    for name in ("asr_conf_seed1", "asr_conf_seed2"):
+        shutil.copytree(exp_root / name, root / name)
+    # Scans with intervals: block 2 of seed 2 (delta 3.5 against a tolerance of 2) is uncertain.
+    for name in ("asr_conf_seed1", "asr_conf_seed2"):
+        tsv = root / name / "scan_block_dev" / "scan.tsv"
+        rows = read_tsv(tsv)
+        for r in rows:
+            r.label_ci = r.label
+            if name == "asr_conf_seed2" and r.group == "encoder.encoders.2" and r.tau == 0:
+                r.label_ci = "uncertain"
+        write_tsv(tsv, rows)
+    out = tmp_path / "analysis"
+    assert main(["--exp_dirs", str(root / "asr_*"), "--granularity", "block", "--dataset", "dev",
+                 "--out_dir", str(out)]) == 0
+    capsys.readouterr()
+    data = json.loads((out / "analysis.json").read_text())
+    (stab,) = data["seed_stability"]
+    assert stab["mean_jaccard"] == pytest.approx(2 / 3) and stab["mean_jaccard_decided"] == 1.0
+    md = (out / "analysis.md").read_text()
+    assert "mean pairwise Jaccard of ambient sets 0.67 (chance " in md  # the reading: both figures
+    assert ", 1.00 without uncertain labels)" in md
+    assert "| asr_conf_seed2 | batch_norm 4x4 | 2 | 7 | 2 | 1 |" in md  # runs table: 1 uncertain
+    assert "| 1.00 (6) |" in md  # the pair: Jaccard over the 6 groups decided in both runs
+    # The seeds' heatmap marks the uncertain cell (seed 2's panel, block 2, tau=0) only.
+    rows, cols, kw = drawn["heatmap_seeds_batch_norm_4x4.png"]
+    marked = [(p, rows[r], cols[c]) for p, m in enumerate(kw["uncertain"])
+              for r, line in enumerate(m) for c, v in enumerate(line) if v]
+    assert marked == [(1, "encoder.encoders.2", "tau=0")] and "?: uncertain" in kw["title"]

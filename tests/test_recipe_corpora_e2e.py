@@ -81,7 +81,7 @@ def test_librispeech_100_recipe_on_a_fake_corpus(tmp_path):
          "--inference_nj", "1", "--nbpe", "24", "--scan_taus", "0,last", "--scan_granularities", "block",
          "--fl_adapt_set", "fl_adapt/train", "--fl_test_sets", "fl_adapt/test test_clean",
          "--fl_data_opts", "--every 2", "--fl_scan", "block", "--fl_rates", "0.5",
-         "--fl_args", "--rounds 1 --clients_per_round 1 --backend local")
+         "--fl_args", "--rounds 1 --clients_per_round 1 --backend local", "--fl_seeds", "1")
 
     # Stage 2: sentencepiece units from the training set (the list holds the pieces its text uses).
     token_dir = work / "dump/token_list/bpe_unigram24"
@@ -94,7 +94,7 @@ def test_librispeech_100_recipe_on_a_fake_corpus(tmp_path):
     for norm in ("bn", "gn"):
         exp = work / "exp" / f"asr_train_asr_conformer_s_{norm}_seed1"
         assert sorted(p.name for p in (exp / "checkpoints").iterdir()) == [
-            "0epoch.pth", "1epoch.pth", "2epoch.pth"]
+            "0epoch.json", "0epoch.pth", "1epoch.pth", "2epoch.pth"]
         _check_decoded(exp, {"dev": 8, "test_clean": 4, "test_other": 4, "dev_clean": 4, "dev_other": 4})
         assert exp.name in results
         # Stage 6: the scan runs on dev_clean (the recipe's scan set).
@@ -107,7 +107,7 @@ def test_librispeech_100_recipe_on_a_fake_corpus(tmp_path):
     # Stage 8: the group-norm model adapted on the withheld reader, scored on its held-out chapter.
     fl = work / "exp" / "fl_asr_train_asr_conformer_s_gn_seed1"
     for plan in ("none", "uniform", "targeted"):
-        res = json.loads((fl / "r0.5" / plan / "results.json").read_text())
+        res = json.loads((fl / "r0.5" / plan / "seed1" / "results.json").read_text())
         assert res["rounds"] == 1 and set(res["scores"]["final"]) == {"fl_adapt_test", "test_clean"}
 
 

@@ -20,7 +20,7 @@ TINY_CORPUS = (
 )
 TINY_FL = [
     "--fl_data_opts", "--num_speakers 2 --train_per_speaker 3 --dev_per_speaker 1 --test_per_speaker 1",
-    "--fl_rates", "0.5", "--fl_args", "--rounds 1 --clients_per_round 2 --backend local",
+    "--fl_rates", "0.5", "--fl_args", "--rounds 1 --clients_per_round 2 --backend local", "--fl_seeds", "1 2",
 ]
 
 
@@ -68,7 +68,8 @@ def test_tiny_recipe_end_to_end_and_rerun_is_noop(tmp_path):
     assert (work / "exp" / "asr_train_asr_conformer_gn_seed1" / "checkpoints" / "2epoch.pth").exists()
     exp = work / "exp" / "asr_train_asr_conformer_seed1"
     assert sorted(p.name for p in (exp / "checkpoints").iterdir()) == [
-        "0epoch.pth", "1epoch.pth", "2epoch.pth"]
+        "0epoch.json", "0epoch.pth", "1epoch.pth", "2epoch.pth"]
+    assert json.loads((exp / "checkpoints/0epoch.json").read_text())["seed"] == 1  # its run's identity
     ck0 = torch.load(exp / "checkpoints/0epoch.pth", weights_only=True)
     ck2 = torch.load(exp / "checkpoints/2epoch.pth", weights_only=True)
     assert any(not torch.equal(ck0[k], ck2[k]) for k in ck0 if ck0[k].is_floating_point())
@@ -97,11 +98,13 @@ def test_tiny_recipe_end_to_end_and_rerun_is_noop(tmp_path):
     # Stage 8: federated adaptation of the group-norm model, three plans side by side, plotted.
     fl = work / "exp" / "fl_asr_train_asr_conformer_gn_seed1"
     for plan in ("none", "uniform", "targeted"):
-        res = json.loads((fl / "r0.5" / plan / "results.json").read_text())
-        assert res["rounds"] == 1 and set(res["scores"]["final"]) == {"fl_adapt_test", "test"}
-        assert res["cost"]["updates"] == 2
+        for seed in (1, 2):  # --fl_seeds "1 2": each plan once per seed
+            res = json.loads((fl / "r0.5" / plan / f"seed{seed}" / "results.json").read_text())
+            assert res["rounds"] == 1 and set(res["scores"]["final"]) == {"fl_adapt_test", "test"}
+            assert res["cost"]["updates"] == 2 and res["seed"] == seed
     fl_table = (fl / "results.md").read_text()
     assert all(f"|{plan}|{plan}|1|" in fl_table for plan in ("none", "uniform", "targeted"))
+    assert "|targeted - uniform|fl_adapt_test|CER|" in fl_table and "|targeted - none|test|WER|" in fl_table
     assert (fl / "cer_vs_client_size.png").stat().st_size > 1000
     assert "## Federated adaptation (stage 8)" in results
 

@@ -123,3 +123,36 @@ def test_weight_swap_restores_the_model_bit_for_bit(run):
     with pytest.raises(ArchitectureMismatchError, match="w_1.weight"):
         with swap.swapped({key: torch.zeros(3)}):
             pass
+
+
+def test_sampler_builds_as_espnets_trainer_dtype_and_init_param(run, caplog, tmp_path):
+    exp, config = run
+    ckpt0 = _ckpt(exp, 0)
+    # train_dtype: ESPnet casts the model before training; so does every sample.
+    wide = InitialWeightSampler.from_train_args(dict(config, train_dtype="float64")).sample(config["seed"])
+    assert wide["encoder.encoders.0.feed_forward.w_1.weight"].dtype == torch.float64
+    assert torch.equal(wide["encoder.encoders.0.feed_forward.w_1.weight"].float(),
+                       ckpt0["encoder.encoders.0.feed_forward.w_1.weight"])
+    # init_param: the named parts come from the file (here: the trained encoder).
+    pretrained = exp / "checkpoints" / "2epoch.pth"
+    with_init = InitialWeightSampler.from_train_args(
+        dict(config, init_param=[f"{pretrained}:encoder:encoder"])).sample(config["seed"])
+    trained = _ckpt(exp, 2)
+    for k in ckpt0:
+        assert torch.equal(with_init[k], trained[k] if k.startswith("encoder.") else ckpt0[k]), k
+    # A missing init_param file: the architecture's own initialization, and a warning saying so.
+    gone = dict(config, init_param=["gone/pretrained.pth:encoder:encoder"])
+    with caplog.at_level("WARNING"):
+        sample = InitialWeightSampler.from_train_args(gone).sample(config["seed"])
+    assert "gone/pretrained.pth not found" in caplog.text and "no seed reproduces checkpoint 0" in caplog.text
+    assert all(torch.equal(sample[k], ckpt0[k]) for k in ckpt0)
+    with pytest.raises(FileNotFoundError, match="init_param file not found: gone/pretrained.pth"):
+        InitialWeightSampler.from_train_args(gone, apply_init_param=True).sample(1)
+    # An init_param file holding more than weights is refused before ESPnet unpickles it.
+    import argparse
+
+    unsafe = tmp_path / "unsafe.pth"
+    torch.save({"encoder.x": torch.zeros(1), "args": argparse.Namespace(a=1)}, unsafe)
+    with pytest.raises(ValueError, match=r"unsafe.pth \(init_param file\) holds pickled objects other "
+                                         r"than weights \(argparse.Namespace\)"):
+        InitialWeightSampler.from_train_args(dict(config, init_param=[str(unsafe)])).sample(1)

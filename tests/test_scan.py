@@ -70,7 +70,9 @@ def test_scan_outputs_exact_baseline_at_final_tau_and_labels(trained, tmp_path):
     names = ["encoder.embed", "encoder.encoders.0", "encoder.encoders.1", "encoder.after_norm", "ctc"]
     lines = (out / "scan.tsv").read_text().splitlines()
     assert lines[0].split("\t") == ["dataset", "group", "kind", "block", "depth", "mode", "tau", "seed",
-                                    "WER", "CER", "delta_WER", "delta_CER", "label"]
+                                    "WER", "CER", "delta_WER", "delta_CER", "label", "n_utts",
+                                    "delta_WER_lo", "delta_WER_hi", "delta_CER_lo", "delta_CER_hi",
+                                    "label_ci"]
     rows = [dict(zip(lines[0].split("\t"), line.split("\t"))) for line in lines[1:]]
     assert [r["group"] for r in rows] == [n for n in names for _ in range(3)]  # tau 0, tau 30, seed
     for r in rows:
@@ -206,7 +208,7 @@ def test_cli_prints_the_summary(trained, tmp_path, capsys):
 
 def test_clear_errors(trained, tmp_path, capsys):
     exp, data = trained
-    with pytest.raises(ExperimentError, match=r"tau=99 was not saved.*available taus: 0, 1, 2, .*, 30$"):
+    with pytest.raises(ExperimentError, match=r"tau=99 was not saved.*taus: 0, 1, 2, .*, 30\b"):
         run_scan(_opts(trained, tmp_path / "a", taus=["99"]))
     with pytest.raises(LayerMapError, match="unknown granularity 'layer'"):
         run_scan(_opts(trained, tmp_path / "b", granularity="layer"))
@@ -226,16 +228,20 @@ def test_clear_errors(trained, tmp_path, capsys):
     with pytest.raises(ArchitectureMismatchError,
                        match=r"1epoch.pth.*encoder.encoders.1.feed_forward.w_2.weight"):
         run_scan(_opts((copy, data), tmp_path / "f", taus=["1"], modes=["reinit"]))
+    # Checkpoint 0 neither saved nor reconstructable (config.yaml without its seed).
     (copy / "checkpoints" / "0epoch.pth").unlink()
+    config = yaml.safe_load((copy / "config.yaml").read_text())
+    del config["seed"]
+    (copy / "config.yaml").write_text(yaml.safe_dump(config))
     with pytest.raises(ExperimentError,
-                       match=r"checkpoint 0 .*stage 4 training via `python -m espnet_ext.bin.asr_train`"):
+                       match=r"checkpoint 0 .*cannot be reconstructed.*no seed.*python -m espnet_ext.bin.asr_train"):
         run_scan(_opts((copy, data), tmp_path / "g"))
 
     from espnet_ext.bin.layer_scan import main
 
     rc = main(["--exp_dir", str(copy), "--data_dir", str(data), "--model_file",
                f"checkpoints/{EPOCHS}epoch.pth", "--no_progress"])
-    assert rc == 1 and "checkpoint 0 (the initial weights) not found" in capsys.readouterr().err
+    assert rc == 1 and "checkpoint 0 (the initial weights) is not saved" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("encoder,conf,block_reuse", [

@@ -1,5 +1,6 @@
 """Stability statistics: known answers for Jaccard, Spearman (ties), depth bins, alignment."""
 
+import dataclasses
 import math
 
 import pytest
@@ -171,3 +172,30 @@ def test_pairs_carry_their_chance_level_and_are_pooled_by_what_differs():
     assert kinds["size"].pairs == 2 and kinds["norm and size"].pairs == 1
     stab = {s.variant: s for s in st.seed_stability(runs)}
     assert stab["batch_norm 4x8"].mean_chance_jaccard == pytest.approx(bn.chance_jaccard)
+
+
+def _with_uncertain(run, *groups):
+    layers = tuple(dataclasses.replace(g, uncertain=g.group in groups) for g in run.layers)
+    return dataclasses.replace(run, layers=layers)
+
+
+def test_jaccard_without_uncertain_labels():
+    a = _run("a", [5.0, 1.0, 1.5, 0.5])
+    b = _with_uncertain(_run("b", [5.0, 1.2, 3.5, 0.6], seed=2), "encoder.encoders.2")
+    c = st.compare_runs(a, b)
+    # All labels: ambient a {1, 2, 3}, b {1, 3} -> 2/3. Block 2 is uncertain in b: left out -> 1.
+    assert c.jaccard == pytest.approx(2 / 3)
+    assert (c.jaccard_decided, c.n_decided) == (1.0, 4)
+    (stab,) = st.seed_stability([a, b])
+    assert stab.mean_jaccard == pytest.approx(2 / 3) and stab.mean_jaccard_decided == 1.0
+    (kind,) = st.agreement_by_pair_kind([a, b], [c])
+    assert kind.mean_jaccard_decided == 1.0
+    # Without intervals every label counts as decided: the same number both ways.
+    plain = st.compare_runs(a, _run("b", [5.0, 1.2, 3.5, 0.6], seed=2))
+    assert plain.jaccard_decided == plain.jaccard and plain.n_decided == plain.n
+    # Other sizes: a depth cell whose groups are all uncertain is left out.
+    small = _run("small", [5.0, 1.0])
+    big = _with_uncertain(_run("big", [6.0, 4.0, 1.0, 3.0]), "encoder.encoders.2", "encoder.encoders.3")
+    d = st.compare_runs(small, big, n_bins=2)
+    assert (d.n, d.n_decided) == (3, 2)  # (enc_block, 1) has no decided group in big
+    assert d.jaccard == 1.0 and d.jaccard_decided == 1.0  # neither has a decided ambient cell left

@@ -90,14 +90,27 @@ def test_compute_from_checkpoints_streams_one_epoch_at_a_time(tmp_path, monkeypa
     assert wu.compute_weight_updates(exp).by_name()["encoder.encoders.0"].rel_update == pytest.approx(0.4)
 
 
-def test_missing_checkpoints_say_which_stage_writes_them(tmp_path):
+def test_missing_checkpoints_say_what_is_missing_and_how_to_get_it(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(wu.WeightUpdateError, match=r"no kept checkpoints.*stage 4.*asr_train"):
+    with pytest.raises(wu.WeightUpdateError, match=r"no epoch's weights are kept.*asr_train.*keep_nbest_models"):
         wu.compute_weight_updates(tmp_path / "empty")
     exp = _write_run(tmp_path, [1.0, 1.1], name="no_init")
     (exp / "checkpoints" / "0epoch.pth").unlink()
-    with pytest.raises(wu.WeightUpdateError, match=r"no initial weights \(checkpoint 0\).*stage 4"):
+    with pytest.raises(wu.WeightUpdateError, match=r"no initial weights: .*config.yaml not found"):
         wu.compute_weight_updates(exp)
+
+
+def test_espnet_own_epoch_files_are_the_trajectory(tmp_path):
+    """ESPnet's n-best {N}epoch.pth next to checkpoints/ count as epochs; gaps stay gaps."""
+    exp = _write_run(tmp_path, [1.0], name="espnet_nbest")  # checkpoint 0 only under checkpoints/
+    torch.save(_state(scale_block0=1.2), exp / "2epoch.pth")
+    torch.save(_state(scale_block0=1.5), exp / "5epoch.pth")
+    run = wu.compute_weight_updates(exp)
+    assert run.epochs == [0, 2, 5]
+    assert run.final_file == exp / "5epoch.pth"
+    b0 = run.by_name()["encoder.encoders.0"]
+    assert b0.from_init == pytest.approx([0.0, 0.2, 0.5])
+    assert run.for_reset("reinit", 2)["encoder.encoders.0"] == pytest.approx(0.3 / 1.2)
 
 
 def test_a_checkpoint_of_another_model_is_named(tmp_path):

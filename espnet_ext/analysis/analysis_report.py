@@ -84,9 +84,12 @@ def reading(
             out.append(f"{s.variant}: one run only, no seed comparison.")
             continue
         always = ", ".join(s.always_ambient) or "none"
+        decided = ""
+        if s.mean_jaccard_decided != s.mean_jaccard and not math.isnan(s.mean_jaccard_decided):
+            decided = f", {fmt(s.mean_jaccard_decided)} without uncertain labels"
         out.append(
             f"{s.variant}: across {len(s.runs)} seeds, mean pairwise Jaccard of ambient sets "
-            f"{fmt(s.mean_jaccard)} (chance {fmt(s.mean_chance_jaccard)}), mean Spearman of {m} "
+            f"{fmt(s.mean_jaccard)} (chance {fmt(s.mean_chance_jaccard)}{decided}), mean Spearman of {m} "
             f"{fmt(s.mean_spearman)}; "
             f"{len(s.always_ambient)} group(s) ambient in every seed ({always}), "
             f"{len(s.ever_ambient)} in at least one."

@@ -1,7 +1,8 @@
 """Several finished runs side by side: which run is which, and what its scan and weights say.
 
-A **run** is a trained experiment dir (``config.yaml``, ``checkpoints/{0..E}epoch.pth``, and
-the layer-reset scan of stage 6 in ``scan_<granularity>_<dataset>/``). Runs are told apart by
+A **run** is a trained experiment dir (read through
+:class:`~espnet_ext.analysis.experiment.ExperimentDir`: ``config.yaml``, the epochs that exist,
+checkpoint 0 saved or reconstructed from config.yaml, and the layer-reset scan of stage 6 in ``scan_<granularity>_<dataset>/``). Runs are told apart by
 their ``config.yaml``, not by their names: the conv-module norm (ESPnet's ``conformer`` encoder:
 batch norm; ``norm_conformer``: its ``conv_norm_type``), the size (encoder ``num_blocks`` x
 ``output_size``) and the training ``seed``. Runs that share norm and size are one **variant**
@@ -15,8 +16,8 @@ re-initialization to the smallest tau scanned) and computes the weight updates o
 
 Directories that are no training run (no ``config.yaml``, or ESPnet's statistics dir
 ``asr_stats_*``) are skipped with a note, so ``exp/asr_*`` can be given as is. A run without
-the scan or without kept checkpoints is an error that says which stage makes them (or, with
-``allow_missing``, a skipped run with that reason).
+the scan, or whose initial weights are neither saved nor reconstructable, is an error that says
+how to get them (or, with ``allow_missing``, a skipped run with that reason).
 """
 
 from __future__ import annotations
@@ -28,8 +29,6 @@ import math
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import yaml
-
 from espnet_ext.analysis.scan_report import MODES, REINIT, ScanRow, read_tsv, reference_variant
 from espnet_ext.analysis.stability import LayerOutcome, RunOutcome
 from espnet_ext.analysis.weight_updates import (
@@ -38,7 +37,7 @@ from espnet_ext.analysis.weight_updates import (
     WeightUpdateError,
     compute_weight_updates_for_maps,
 )
-from espnet_ext.checkpoints import saved_epochs
+from espnet_ext.analysis.experiment import ExperimentDir, ExperimentError
 
 SCAN_HINT = ("run stage 6 of the recipe (./run.sh --stage 6 --stop_stage 6) or "
              "python -m espnet_ext.bin.layer_scan --exp_dir {exp} --data_dir data/{dataset} "
@@ -107,19 +106,15 @@ def describe_run(exp_dir: Path) -> RunInfo:
     Raises:
         AnalysisInputError: No config.yaml, or not a YAML mapping.
     """
-    exp_dir = Path(exp_dir)
-    path = exp_dir / "config.yaml"
-    if not path.is_file():
-        raise AnalysisInputError(f"{path} not found: {exp_dir} is not a trained experiment dir "
-                                 "(train it with stage 4 / python -m espnet_ext.bin.asr_train)")
-    with open(path, encoding="utf-8") as f:
-        config = yaml.safe_load(f)
-    if not isinstance(config, dict):
-        raise AnalysisInputError(f"{path} is not a YAML mapping")
+    exp = ExperimentDir(exp_dir)
+    try:
+        config = exp.config
+    except ExperimentError as e:
+        raise AnalysisInputError(str(e)) from None
     conf = config.get("encoder_conf") or {}
     seed = config.get("seed")
     return RunInfo(
-        exp_dir=exp_dir, name=exp_dir.name, seed=int(seed) if seed is not None else None,
+        exp_dir=exp.path, name=exp.path.name, seed=int(seed) if seed is not None else None,
         encoder=str(config.get("encoder", "")), norm=conv_norm_of(config),
         num_blocks=int(conf["num_blocks"]) if "num_blocks" in conf else None,
         output_size=int(conf["output_size"]) if "output_size" in conf else None,
@@ -304,6 +299,22 @@ def _model_file(exp_dir: Path, recorded: Optional[str], meta_path: Path) -> Path
         "weight updates need the very weights that were scanned")
 
 
+def _initial_weights_problem(exp_dir: Path) -> Optional[str]:
+    """Why a run has no usable theta_0 (neither saved nor reconstructable), or None.
+
+    The weight updates need theta_0 whatever reset the scan made; it is reconstructed from
+    config.yaml when the training did not save it (ESPnet's own training never does).
+    """
+    exp = ExperimentDir(exp_dir)
+    try:
+        exp.initial_weights_file(reconstruct=False)  # a saved one must belong to this run
+        return None
+    except ExperimentError as e:
+        if 0 not in exp.saved_epochs() and exp.reconstruction_problem() is None:
+            return None  # reconstructed when the weight updates are computed
+        return f"{e}; {TRAIN_HINT}"
+
+
 @dataclasses.dataclass
 class AnalyzedRun:
     """One run with its scan, its weight updates and the outcome the statistics use."""
@@ -347,7 +358,7 @@ def outcome_of(info: RunInfo, scan: ScanData, updates: RunUpdates) -> RunOutcome
             group=r.group, kind=r.kind, block=r.block,
             num_blocks=updates.num_blocks.get(stack) if stack else None,
             delta=float(delta), ambient=r.label == "ambient",
-            update=measure.get(r.group, math.nan),
+            update=measure.get(r.group, math.nan), uncertain=r.label_ci == "uncertain",
         ))
     return RunOutcome(name=info.name, norm=info.norm, size=info.size, seed=info.seed,
                       layers=tuple(layers))
@@ -424,11 +435,10 @@ def collect_runs_multi(exp_dirs: Sequence[str], granularities: Sequence[str], da
     scans: Dict[str, Dict[str, ScanData]] = {g: {} for g in granularities}
     for info in infos:
         key = str(info.exp_dir)
-        epochs = saved_epochs(info.exp_dir)
-        if not epochs or epochs[0] != 0:
+        missing_init = _initial_weights_problem(info.exp_dir)
+        if missing_init is not None:
             for g in granularities:
-                problems[g][key] = (f"{info.exp_dir}: no initial weights (checkpoints/0epoch.pth); "
-                                    f"{TRAIN_HINT}")
+                problems[g][key] = missing_init
             continue
         for g in granularities:
             try:

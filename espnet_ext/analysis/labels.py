@@ -14,6 +14,9 @@ rule is configurable:
 
 Either allowance can be disabled (None); at least one must be set. An error below the baseline is
 always within the tolerance.
+
+With an interval on the error change (:mod:`espnet_ext.analysis.bootstrap`), a third label exists:
+**uncertain**, when the interval straddles the tolerance (:meth:`AmbientCriterion.label_interval`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ METRICS = ("cer", "wer")
 COMBINES = ("any", "all")
 AMBIENT = "ambient"
 CRITICAL = "critical"
+UNCERTAIN = "uncertain"
+CI_LABELS = (AMBIENT, CRITICAL, UNCERTAIN)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +68,13 @@ class AmbientCriterion:
     def label(self, baseline: float, error: float) -> str:
         """``ambient`` if `error` (percent) is within the tolerance of `baseline`, else ``critical``."""
         return AMBIENT if error - baseline <= self.tolerance(baseline) + 1e-9 else CRITICAL
+
+    def label_interval(self, baseline: float, lo: float, hi: float) -> str:
+        """Label of an interval [lo, hi] on the error change (points) at `baseline` (percent):
+        ``ambient`` (all within the tolerance), ``critical`` (all above it) or ``uncertain``."""
+        from espnet_ext.analysis.bootstrap import interval_label
+
+        return interval_label(lo, hi, self.tolerance(baseline))
 
     def describe(self) -> str:
         """Human-readable rule, e.g. ``CER within max(+2.0 points, +10% of baseline)``."""

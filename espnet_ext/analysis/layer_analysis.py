@@ -15,7 +15,8 @@ layer-reset scan; see :mod:`espnet_ext.analysis.cross_run`) and writes into ``ou
   (one row per run).
 
 Cheap next to a scan: only state dicts are loaded, one checkpoint at a time; no model is built
-and ESPnet's ASR task is not imported.
+and ESPnet's ASR task is not imported, except once per run whose checkpoint 0 is reconstructed
+from config.yaml (stored, so only the first analysis pays for it).
 """
 
 from __future__ import annotations
@@ -120,6 +121,13 @@ def _json_safe(obj):
     return obj
 
 
+def _uncertain_text(run: AnalyzedRun) -> str:
+    """Uncertain labels of a run (``-`` when its scan has no intervals)."""
+    if not any(r.label_ci for r in run.scan.reset_rows()):
+        return "-"
+    return str(len(run.outcome.uncertain_set()))
+
+
 def _reset_text(run: AnalyzedRun) -> str:
     mode, value = run.scan.reset
     return f"reinit tau={value}" if mode == REINIT else f"rerandomize seed={value}"
@@ -142,7 +150,7 @@ def _seed_heatmaps(coll: Collection, out_dir: Path) -> List[Path]:
         taus = sorted(set.intersection(*[{x.tau for x in m.scan.rows if x.mode == REINIT} for m in members]))
         with_rr = all(any(x.mode == RERANDOMIZE for x in m.scan.rows) for m in members)
         cols = [f"tau={t}" for t in taus] + (["rerand"] if with_rr else [])
-        panels = []
+        panels, uncertain = [], []
         for m in members:
             first_seed = min((x.seed for x in m.scan.rows if x.mode == RERANDOMIZE), default=None)
             cell = {}
@@ -154,14 +162,17 @@ def _seed_heatmaps(coll: Collection, out_dir: Path) -> List[Path]:
             values = [[(cell[(g, c)].delta_cer if metric == "cer" else cell[(g, c)].delta_wer)
                        if (g, c) in cell else math.nan for c in cols] for g in groups]
             frame = [[(g, c) in cell and cell[(g, c)].label == "ambient" for c in cols] for g in groups]
+            unsure = [[(g, c) in cell and cell[(g, c)].label_ci == "uncertain" for c in cols] for g in groups]
             panels.append((f"{m.info.name} (seed {m.info.seed})", values, frame))
+            uncertain.append(unsure)
         if not cols:
             continue
         paths.append(plot_heatmap_panels(
             panels, groups, cols, out_dir / f"heatmap_seeds_{_slug(variant)}.png",
             title=(f"{variant} on {coll.dataset}: {metric.upper()} change after reset "
-                   "(points; framed: ambient)"),
-            colorbar_label=f"Δ{metric.upper()} (points)", xlabel="reset"))
+                   "(points; framed: ambient" + ("; ?: uncertain)" if any(any(map(any, u)) for u in uncertain)
+                                                 else ")")),
+            colorbar_label=f"Δ{metric.upper()} (points)", xlabel="reset", uncertain=uncertain))
     return paths
 
 
@@ -383,31 +394,37 @@ def _markdown(opts, coll: Collection, seed_stab, pairs, norm_sizes, kind_table, 
 
     out += ["", "## Runs", ""]
     out += rep.table(
-        ["run", "variant", "seed", "groups", "ambient", f"baseline {m} %", "reset", "θT", "epochs"],
+        ["run", "variant", "seed", "groups", "ambient", "uncertain", f"baseline {m} %", "reset", "θT",
+         "epochs"],
         [[r.info.name, r.info.variant, r.info.seed, len(r.outcome.layers), len(r.outcome.ambient_set()),
-          rep.fmt(r.scan.baseline.get(m)), _reset_text(r), r.updates.final_file.name,
+          _uncertain_text(r), rep.fmt(r.scan.baseline.get(m)), _reset_text(r), r.updates.final_file.name,
           f"0..{r.updates.epochs[-1]}"] for r in coll.runs])
 
     out += ["", "## Stability across seeds", "",
             "Chance: the expected Jaccard of random ambient sets of the same sizes (module "
-            "espnet_ext.analysis.stability, chance_jaccard).", ""]
+            "espnet_ext.analysis.stability, chance_jaccard). Without uncertain: groups whose "
+            "bootstrap interval straddles the ambient threshold in either run left out (scan column "
+            "label_ci; scans without intervals count every label as decided).", ""]
     out += rep.table(
-        ["variant", "seeds", "mean Jaccard", "chance", f"mean Spearman Δ{m}", "ambient in every seed",
-         "ambient in any"],
+        ["variant", "seeds", "mean Jaccard", "chance", "mean Jaccard without uncertain",
+         f"mean Spearman Δ{m}", "ambient in every seed", "ambient in any"],
         [[s.variant, len(s.runs), rep.fmt(s.mean_jaccard), rep.fmt(s.mean_chance_jaccard),
-          rep.fmt(s.mean_spearman), ", ".join(s.always_ambient) or "-", ", ".join(s.ever_ambient) or "-"]
+          rep.fmt(s.mean_jaccard_decided), rep.fmt(s.mean_spearman), ", ".join(s.always_ambient) or "-",
+          ", ".join(s.ever_ambient) or "-"]
          for s in seed_stab])
     if pair_kinds:
         out += ["", "### Agreement by what differs between two runs", ""]
-        out += rep.table(["differs in", "pairs", "mean Jaccard", "chance", f"mean Spearman Δ{m}"],
+        out += rep.table(["differs in", "pairs", "mean Jaccard", "chance", "mean Jaccard without uncertain",
+                          f"mean Spearman Δ{m}"],
                          [[k.kind, k.pairs, rep.fmt(k.mean_jaccard), rep.fmt(k.mean_chance_jaccard),
-                           rep.fmt(k.mean_spearman)] for k in pair_kinds])
+                           rep.fmt(k.mean_jaccard_decided), rep.fmt(k.mean_spearman)] for k in pair_kinds])
     if pairs:
         out += ["", "### Every pair of runs", ""]
         out += rep.table(["run a", "run b", "same variant", "aligned by", "n", "Jaccard", "chance",
-                          f"Spearman Δ{m}"],
+                          "Jaccard without uncertain (n)", f"Spearman Δ{m}"],
                          [[p.a, p.b, "yes" if run_variant[p.a] == run_variant[p.b] else "no",
                            p.aligned_by, p.n, rep.fmt(p.jaccard), rep.fmt(p.chance_jaccard),
+                           f"{rep.fmt(p.jaccard_decided)} ({p.n_decided})",
                            rep.fmt_corr(p.spearman)] for p in pairs])
 
     for size, vs in norm_sizes.items():

@@ -9,14 +9,26 @@ bit-identical). Features and the encoder prefix before the first changed block a
 (:mod:`espnet_ext.analysis.evaluator`).
 
 Outputs in ``out_dir`` (see :mod:`espnet_ext.analysis.scan_report`): ``scan.tsv``,
-``scan.json`` (baseline, options, summary), ``scan.md``, ``heatmap_<mode>_<dataset>.png`` and
+``scan.json`` (baseline, options, summary, rows with intervals), ``scan.md``,
+``heatmap_<mode>_<dataset>.png``, ``utt_errors.jsonl`` (per-utterance error counts) and
 ``baseline/<dataset>/text`` (the trained model's hypotheses).
+
+Error bars: every variant's per-utterance error counts (and the baseline's) are kept in
+``utt_errors.jsonl``; each delta gets a paired utterance-level bootstrap interval
+(:mod:`espnet_ext.analysis.bootstrap`) and a second label at the chosen confidence: ambient,
+critical or **uncertain** (the interval straddles the tolerance).
+
+Adaptive scan (``adaptive=True``): utterances are visited in a seeded random order; the baseline
+is scored on all of them once, each variant on growing prefixes (16, 32, 64, ..., all) until its
+interval decides the label at the Bonferroni-corrected confidence of the planned looks, else on
+all. Rows record the utterances scored (``n_utts``).
 
 Resumable: each finished variant is appended to ``scan.tsv`` at once; a re-run skips variants
 already there, and a re-run of a finished scan computes nothing (it only rewrites the reports,
-relabelled with the current thresholds). Asking for more taus, seeds or modes later extends the
-scan. Options that change scores (model file, data, scoring, batch size, device, granularity)
-must match the scan already in ``out_dir``.
+relabelled with the current thresholds and confidence; a variant that the adaptive scan stopped
+early and that the new rule leaves undecided is scored again). Asking for more taus, seeds or
+modes later extends the scan. Options that change scores (model file, data, scoring, batch size,
+device, granularity, adaptive utterance order) must match the scan already in ``out_dir``.
 """
 
 from __future__ import annotations
@@ -31,6 +43,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
+from espnet_ext.analysis import bootstrap as boot
 from espnet_ext.analysis import scan_report as report
 from espnet_ext.analysis.encoder_stages import LEVEL_AUDIO, LEVEL_FEATS
 from espnet_ext.analysis.experiment import (
@@ -43,9 +56,9 @@ from espnet_ext.analysis.experiment import (
 from espnet_ext.analysis.labels import AmbientCriterion
 from espnet_ext.analysis.scan_report import MODES, REINIT, RERANDOMIZE, ScanRow
 from espnet_ext.layers.layer_map import LayerGroup, LayerMap, build_layer_map
-from espnet_ext.layers.reset import InitialWeightSampler, group_values, load_state_dict_file
+from espnet_ext.layers.reset import group_values, load_state_dict_file
 
-SCAN_FILES = ("scan.tsv", "scan.json", "scan.md")
+SCAN_FILES = ("scan.tsv", "scan.json", "scan.md", "utt_errors.jsonl")
 _INPUT_MODULES = ("frontend", "normalize", "specaug", "preencoder")
 
 
@@ -79,6 +92,15 @@ class ScanOptions:
             for comparisons; part of a scan's identity only through its scores).
         max_cached_checkpoints: Checkpoints kept in memory at once.
         progress: Show a progress bar.
+        confidence: Two-sided confidence of the delta intervals and of the ambient / critical /
+            uncertain label.
+        bootstrap_samples: Bootstrap resamples per interval.
+        bootstrap_seed: Seed of the bootstrap resampling.
+        adaptive: Score variants on growing prefixes of a seeded utterance order and stop once
+            the label is decided (see the module doc); False scores every variant on every
+            utterance.
+        adaptive_first: Utterances in the adaptive scan's first look (then doubled).
+        order_seed: Seed of the adaptive scan's utterance order.
     """
 
     exp_dir: Path
@@ -99,6 +121,12 @@ class ScanOptions:
     reuse: str = "prefix"
     max_cached_checkpoints: int = 4
     progress: bool = True
+    confidence: float = boot.DEFAULT_CONFIDENCE
+    bootstrap_samples: int = boot.DEFAULT_SAMPLES
+    bootstrap_seed: int = boot.DEFAULT_SEED
+    adaptive: bool = False
+    adaptive_first: int = boot.DEFAULT_FIRST_LOOK
+    order_seed: int = 0
 
 
 @dataclasses.dataclass
@@ -113,6 +141,8 @@ class ScanResult:
         summary: One summary line per dataset.
         computed: Number of variants evaluated in this call (0 for a finished scan).
         seconds: Wall time of this call.
+        utterance_evaluations: Utterances decoded for variants in this call (sum over variants
+            and datasets; the baseline not counted).
     """
 
     out_dir: Path
@@ -122,6 +152,7 @@ class ScanResult:
     summary: List[str]
     computed: int
     seconds: float
+    utterance_evaluations: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,6 +253,9 @@ def _identity(opts: ScanOptions, model_path: Path, decode_options, layer_map: La
         "device": "cuda" if str(opts.device).startswith("cuda") else "cpu",
         "granularity": layer_map.granularity,
         "patterns": list(layer_map.patterns),
+        # Batches are formed per look of the adaptive order, which can change padded scores.
+        "utterance_order": ({"seed": opts.order_seed, "first_look": opts.adaptive_first}
+                            if opts.adaptive else None),
     }
 
 
@@ -230,8 +264,10 @@ def _check_identity(out_dir: Path, stored: Optional[dict], identity: dict) -> No
         return
     for k, v in identity.items():
         if stored.get(k) != v:
+            hint = (" (--adaptive true and false order utterances differently)"
+                    if k == "utterance_order" else "")
             raise ScanError(
-                f"{out_dir} holds a scan with another {k} ({stored.get(k)!r}, now {v!r}); its "
+                f"{out_dir} holds a scan with another {k} ({stored.get(k)!r}, now {v!r}){hint}; its "
                 f"scores would not be comparable: use another --out_dir, or delete "
                 f"{', '.join(SCAN_FILES)} there to start over"
             )
@@ -281,19 +317,103 @@ def _plan(opts: ScanOptions, layer_map: LayerMap, store: CheckpointStore, train_
     return variants, excluded
 
 
-def _score(refs, hyps) -> Dict[str, float]:
-    from espnet_ext.scoring import score_texts
-
-    return {"WER": round(score_texts(refs, hyps, "word").error_rate, report.DECIMALS),
-            "CER": round(score_texts(refs, hyps, "char").error_rate, report.DECIMALS)}
-
-
 def _write_kaldi_text(path: Path, hyps: Dict[str, str]) -> None:
     from espnet_ext.data.kaldi import kaldi_sort_key
 
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = [f"{k} {hyps[k]}".rstrip() for k in sorted(hyps, key=kaldi_sort_key)]
     report.write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+COUNTS_FILE = "utt_errors.jsonl"
+
+
+class _UttErrors:
+    """Per-utterance error counts of the baseline and of every scored variant.
+
+    ``utt_errors.jsonl``, one JSON object per line, appended as the scan goes (the last record of
+    a key wins): baseline records ``{"dataset", "baseline": true, "utts": [ids], "words": [..],
+    "chars": [..], "w": [word errors], "c": [char errors]}`` (reference lengths and errors per
+    utterance, in the data dir's order) and variant records ``{"dataset", "group", "mode",
+    "value", "idx": [utterance positions in the baseline's list], "w": [..], "c": [..]}``.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.baseline: Dict[str, dict] = {}
+        self.variants: Dict[tuple, dict] = {}
+        if path.is_file():
+            lines = path.read_text(encoding="utf-8").splitlines()
+            for n, line in enumerate(lines, start=1):
+                try:
+                    self._add(json.loads(line))
+                except (json.JSONDecodeError, KeyError):
+                    if n == len(lines):
+                        break  # cut by an interruption: that variant is scored again
+                    raise ScanError(f"{path} line {n} is not a counts record; delete "
+                                    f"{', '.join(SCAN_FILES)} in {path.parent} to start over") from None
+
+    def _add(self, rec: dict) -> None:
+        if rec.get("baseline"):
+            self.baseline[rec["dataset"]] = rec
+        else:
+            self.variants[(rec["dataset"], rec["group"], rec["mode"], str(rec["value"]))] = rec
+
+    def append(self, rec: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec, separators=(",", ":")) + "\n")
+        self._add(rec)
+
+
+def _baseline_rates(base: dict) -> Dict[str, float]:
+    """{"WER", "CER"} in percent of a baseline counts record."""
+    return {"WER": round(100.0 * sum(base["w"]) / max(sum(base["words"]), 1), report.DECIMALS),
+            "CER": round(100.0 * sum(base["c"]) / max(sum(base["chars"]), 1), report.DECIMALS)}
+
+
+def _row_confidence(opts: ScanOptions, n: int, n_total: int) -> float:
+    """Confidence of a row's interval: the scan's, or its look's (Bonferroni) when stopped early."""
+    if n >= n_total:
+        return opts.confidence
+    return boot.look_confidence(opts.confidence, len(boot.look_sizes(n_total, opts.adaptive_first)))
+
+
+def _intervals(base: dict, idx: Sequence[int], w: Sequence[int], c: Sequence[int],
+               opts: ScanOptions, confidence: float) -> Dict[str, boot.DeltaInterval]:
+    """Paired bootstrap intervals of a variant's WER and CER change on utterances `idx`."""
+    # Sorted by utterance: the interval depends on the counts, not on the order they were scored in.
+    order = sorted(range(len(idx)), key=lambda j: idx[j])
+    ix = [idx[j] for j in order]
+    return boot.paired_bootstrap(
+        {"WER": ([base["w"][i] for i in ix], [w[j] for j in order], [base["words"][i] for i in ix]),
+         "CER": ([base["c"][i] for i in ix], [c[j] for j in order], [base["chars"][i] for i in ix])},
+        samples=opts.bootstrap_samples, seed=opts.bootstrap_seed, confidence=confidence)
+
+
+def _stored_intervals(counts: _UttErrors, key: tuple, opts: ScanOptions):
+    """(intervals, utterances scored, utterances in the set) of a stored variant, or None."""
+    base, var = counts.baseline.get(key[0]), counts.variants.get(key)
+    if base is None or var is None:
+        return None
+    n, n_total = len(var["idx"]), len(base["utts"])
+    conf = _row_confidence(opts, n, n_total)
+    return _intervals(base, var["idx"], var["w"], var["c"], opts, conf), n, n_total
+
+
+def _settled(counts: _UttErrors, key: tuple, opts: ScanOptions) -> bool:
+    """Whether a stored variant needs no more scoring under the current options."""
+    base, var = counts.baseline.get(key[0]), counts.variants.get(key)
+    if base is None or var is None:
+        return False  # no per-utterance counts (a scan from before error bars): score again
+    if len(var["idx"]) >= len(base["utts"]):
+        return True
+    if not opts.adaptive:
+        return False
+    intervals, _, _ = _stored_intervals(counts, key, opts)
+    base = _baseline_rates(counts.baseline[key[0]])[opts.criterion.metric.upper()]
+    iv = intervals[opts.criterion.metric.upper()]
+    return opts.criterion.label_interval(base, iv.lo, iv.hi) != report.UNCERTAIN
 
 
 class _ScanState:
@@ -312,6 +432,11 @@ class _ScanState:
 
     def append(self, rows: Sequence[ScanRow]) -> None:
         new_file = not self.tsv_path.is_file()
+        if not new_file:
+            with open(self.tsv_path, encoding="utf-8") as f:
+                header = f.readline().rstrip("\n")
+            if header != report.tsv_header():  # a scan.tsv from before error bars: new columns
+                report.write_tsv(self.tsv_path, self.rows)
         with open(self.tsv_path, "a", encoding="utf-8") as f:
             if new_file:
                 f.write(report.tsv_header() + "\n")
@@ -347,6 +472,13 @@ def run_scan(opts: ScanOptions) -> ScanResult:
     decode_options = _load_decode_options(opts)
     if opts.batch_size < 1:
         raise ScanError(f"batch_size must be >= 1, got {opts.batch_size}")
+    try:
+        boot.check_bootstrap_options(opts.confidence, opts.bootstrap_samples)
+    except ValueError as e:
+        raise ScanError(str(e)) from None
+    if opts.adaptive_first < 1:
+        raise ScanError(f"--adaptive_first (utterances in the adaptive scan's first look) must be >= 1, "
+                        f"got {opts.adaptive_first}")
 
     trained_state = load_state_dict_file(model_path)
     layer_map = build_layer_map(trained_state, opts.granularity, list(opts.patterns) or None)
@@ -356,10 +488,13 @@ def run_scan(opts: ScanOptions) -> ScanResult:
     state = _ScanState(out_dir)
     identity = _identity(opts, model_path, decode_options, layer_map)
     _check_identity(out_dir, state.meta.get("identity"), identity)
-    done = {(r.dataset, *r.variant_key) for r in state.rows}
-    pending = [v for v in variants if any((ds, *v.key) not in done for ds in datasets)]
+    counts = _UttErrors(out_dir / COUNTS_FILE)
+    in_tsv = {(r.dataset, *r.variant_key) for r in state.rows}
+    pending = [v for v in variants
+               if any((ds, *v.key) not in in_tsv or not _settled(counts, (ds, *v.key), opts)
+                      for ds in datasets)]
     baseline = state.meta.get("baseline")
-    if baseline is not None and any(ds not in baseline for ds in datasets):
+    if baseline is not None and any(ds not in baseline or ds not in counts.baseline for ds in datasets):
         baseline = None
     state.meta.update({
         "identity": identity,
@@ -368,18 +503,21 @@ def run_scan(opts: ScanOptions) -> ScanResult:
             "seeds": sorted({v.value for v in variants if v.mode == RERANDOMIZE}),
             "groups": list(opts.groups) if opts.groups else None,
             "criterion": dataclasses.asdict(opts.criterion), "reuse": opts.reuse,
+            "confidence": opts.confidence, "bootstrap_samples": opts.bootstrap_samples,
+            "bootstrap_seed": opts.bootstrap_seed, "adaptive": opts.adaptive,
+            "adaptive_first": opts.adaptive_first,
         },
         "groups": [_group_dict(g) for g in layer_map.groups],
         "unassigned_keys": list(layer_map.unassigned),
         "excluded_groups": excluded,
     })
 
-    computed = 0
+    computed = evaluations = 0
     if pending or baseline is None:
         check_config_paths(train_config, exp_dir / "config.yaml")
-        baseline, computed = _evaluate(opts, exp_dir, train_config, model_path, trained_state,
-                                       decode_options, store, datasets, pending, state, baseline,
-                                       out_dir)
+        baseline, computed, evaluations = _evaluate(
+            opts, exp_dir, train_config, model_path, trained_state, decode_options, store, datasets,
+            pending, state, baseline, out_dir, counts)
     state.meta["baseline"] = baseline
 
     # Reports: every row of this scan's plan, relabelled with the current rule, in layer order.
@@ -392,36 +530,66 @@ def run_scan(opts: ScanOptions) -> ScanResult:
     # Rows of other groups/variants already in the file (e.g. an earlier, larger plan) are kept.
     extra = [r for k, r in rows_by_key.items() if k not in wanted]
     for r in rows + extra:
-        r.relabel(baseline[r.dataset], opts.criterion)
+        stored = _stored_intervals(counts, (r.dataset, *r.variant_key), opts)
+        r.relabel(baseline[r.dataset], opts.criterion, stored[0] if stored else None)
     report.write_tsv(state.tsv_path, rows + extra)
     group_order = [g.name for g in layer_map.groups]
-    summary = [report.summary_line(rows, ds, group_order, baseline[ds], opts.criterion) for ds in datasets]
+    summary = [report.summary_line(rows, ds, group_order, baseline[ds], opts.criterion, opts.confidence)
+               for ds in datasets]
     heatmaps = report.write_heatmaps(out_dir, rows, datasets, group_order, baseline, opts.criterion)
     notes = [
         f"Model: `{model_path}` ({sum(g.numel for g in layer_map.groups):,} parameters in groups)",
         f"Granularity: {layer_map.granularity}"
         + (f" (patterns {', '.join(layer_map.patterns)})" if layer_map.patterns else ""),
         f"Scoring: {opts.scoring}" + (f" {decode_options}" if decode_options else ""),
+        f"Intervals: paired utterance-level bootstrap, {opts.bootstrap_samples} resamples, seed "
+        f"{opts.bootstrap_seed}, {100 * opts.confidence:g}% confidence",
     ]
+    if any(r.mode == REINIT and r.tau == 0 for r in rows):
+        # Provenance of tau 0: saved by the training, or rebuilt from config.yaml.
+        init_file, reconstructed = store.exp.initial_weights_file()
+        state.meta["checkpoint0"] = {"file": str(init_file), "reconstructed": reconstructed}
+        if reconstructed:
+            notes.append(f"Checkpoint 0 (tau=0): not saved by the training; reconstructed from "
+                         f"config.yaml (seed {train_config.get('seed')}): `{init_file}`")
+    if opts.adaptive:
+        n_total = baseline[datasets[0]].get("utterances", 1)
+        looks = boot.look_sizes(n_total, opts.adaptive_first)
+        notes.append(f"Adaptive scan: looks at {', '.join(map(str, looks))} utterances of "
+                     f"{datasets[0]} (seeded order), each at "
+                     f"{100 * boot.look_confidence(opts.confidence, len(looks)):.4g}% confidence "
+                     "(Bonferroni over the looks); a variant stops at the first decided look")
     md = report.markdown(str(exp_dir), rows, datasets, layer_map.groups, baseline, opts.criterion,
-                         excluded, heatmaps, notes)
+                         excluded, heatmaps, notes, opts.confidence)
     report.write_text_atomic(out_dir / "scan.md", md)
     state.meta["summary"] = summary
+    # Every row with its interval, for readers of JSON (NaN, i.e. no interval, as null).
+    state.meta["rows"] = [{k: (None if isinstance(v, float) and math.isnan(v) else v)
+                           for k, v in dataclasses.asdict(r).items()} for r in rows]
     state.meta["status"] = "done"
     state.save_meta()
     seconds = time.perf_counter() - t0
-    return ScanResult(out_dir, layer_map, baseline, rows, summary, computed, seconds)
+    return ScanResult(out_dir, layer_map, baseline, rows, summary, computed, seconds, evaluations)
 
 
 def _evaluate(opts, exp_dir, train_config, model_path, trained_state, decode_options, store,
-              datasets, pending, state: _ScanState, baseline, out_dir) -> Tuple[dict, int]:
-    """Load model and data once, score the baseline and every pending variant."""
+              datasets, pending, state: _ScanState, baseline, out_dir,
+              counts: _UttErrors) -> Tuple[dict, int, int]:
+    """Load model and data once, score the baseline and every pending variant.
+
+    Returns:
+        (baseline, variants scored, utterances decoded for variants).
+    """
     from tqdm import tqdm
 
     from espnet_ext.analysis.decoders import BeamSearchDecoder, CtcGreedyDecoder
     from espnet_ext.analysis.eval_data import load_eval_set
     from espnet_ext.analysis.evaluator import Evaluator
+    from espnet_ext.data.audio_rate import check_sample_rate
+    from espnet_ext.scoring import utterance_counts
 
+    for d in opts.data_dirs:  # audio at another rate than the front end's would score nonsense
+        check_sample_rate(Path(d), train_config, str(exp_dir / "config.yaml"))
     model, speech2text = build_model(exp_dir / "config.yaml", trained_state, str(model_path),
                                      opts.device, decode_options)
     if speech2text is not None:
@@ -433,16 +601,33 @@ def _evaluate(opts, exp_dir, train_config, model_path, trained_state, decode_opt
     by_name = {g.name: g for g in layer_map.groups}
     sets = [load_eval_set(Path(d), name) for d, name in zip(opts.data_dirs, datasets)]
     t_setup = time.perf_counter()
+    chunks = None
+    if opts.adaptive:
+        # Looks at prefixes of one seeded order; each look's new utterances are batched apart.
+        chunks = []
+        for st in sets:
+            order = boot.utterance_order(len(st.keys), opts.order_seed)
+            sizes = [0] + boot.look_sizes(len(st.keys), opts.adaptive_first)
+            chunks.append([order[a:b] for a, b in zip(sizes, sizes[1:])])
     evaluator = Evaluator(model, sets, decoder, batch_size=opts.batch_size, device=opts.device,
-                          reuse=opts.reuse)
-    refs = {s.name: s.refs for s in sets}
+                          reuse=opts.reuse, chunks=chunks)
+    refs = {st.name: st.refs for st in sets}
 
     hyps = evaluator.hypotheses(LEVEL_FEATS)
-    fresh = {ds: _score(refs[ds], hyps[ds]) for ds in datasets}
-    for ds in datasets:
-        _write_kaldi_text(out_dir / "baseline" / ds / "text", hyps[ds])
+    fresh = {}
+    for st in sets:
+        words = utterance_counts(st.refs, hyps[st.name], "word")
+        chars = utterance_counts(st.refs, hyps[st.name], "char")
+        rec = {"dataset": st.name, "baseline": True, "utts": list(st.keys),
+               "words": [words[u].ref_tokens for u in st.keys],
+               "chars": [chars[u].ref_tokens for u in st.keys],
+               "w": [words[u].errors for u in st.keys], "c": [chars[u].errors for u in st.keys]}
+        counts.append(rec)
+        fresh[st.name] = {**_baseline_rates(rec), "utterances": len(st.keys)}
+        _write_kaldi_text(out_dir / "baseline" / st.name / "text", hyps[st.name])
     if baseline is not None and any(
-        not math.isclose(baseline[ds][m], fresh[ds][m], abs_tol=1e-6) for ds in datasets for m in fresh[ds]
+        not math.isclose(baseline[ds][m], fresh[ds][m], abs_tol=1e-6)
+        for ds in datasets for m in ("WER", "CER")
     ):
         logging.warning(f"baseline differs from the one stored in {state.json_path}: {baseline} vs {fresh}")
     baseline = fresh
@@ -454,10 +639,12 @@ def _evaluate(opts, exp_dir, train_config, model_path, trained_state, decode_opt
 
     sampler = None
     if any(v.mode == RERANDOMIZE for v in pending):
-        sampler = InitialWeightSampler.from_train_args(train_config)
+        sampler = store.exp.weight_sampler()  # built as ESPnet's trainer builds it
     # Increasing start level: the prefix cache only moves forward; then by tau to reuse loads.
     pending = sorted(pending, key=lambda v: (evaluator.effective_level(v.level), v.mode, v.value))
     live = evaluator.swap.trained
+    metric = opts.criterion.metric.upper()
+    evaluations = 0
     t_variants = time.perf_counter()
     for v in tqdm(pending, desc="layer-reset scan", unit="variant", disable=not opts.progress):
         group = by_name.get(v.group.name, v.group)
@@ -466,14 +653,40 @@ def _evaluate(opts, exp_dir, train_config, model_path, trained_state, decode_opt
         else:
             values = group_values(group, sampler.sample(v.value),
                                   f"the model built with seed {v.value}", reference=live)
-        hyps = evaluator.hypotheses(v.level, values)
         rows = []
-        for ds in datasets:
-            s = _score(refs[ds], hyps[ds])
+        for s_idx, ds in enumerate(datasets):
+            base = counts.baseline[ds]
+            position = {u: i for i, u in enumerate(base["utts"])}
+            looks = evaluator.chunk_batches[s_idx]
+            look_conf = boot.look_confidence(opts.confidence, len(looks))
+            idx: List[int] = []
+            w: List[int] = []
+            c: List[int] = []
+            for k, batches in enumerate(looks):
+                hyps = evaluator.hypotheses(v.level, values, {ds: batches})[ds]
+                sub_refs = {u: refs[ds][u] for u in hyps}
+                words = utterance_counts(sub_refs, hyps, "word")
+                chars = utterance_counts(sub_refs, hyps, "char")
+                for u in hyps:
+                    idx.append(position[u])
+                    w.append(words[u].errors)
+                    c.append(chars[u].errors)
+                if opts.adaptive and k < len(looks) - 1:
+                    iv = _intervals(base, idx, w, c, opts, look_conf)[metric]
+                    if opts.criterion.label_interval(baseline[ds][metric], iv.lo, iv.hi) != report.UNCERTAIN:
+                        break  # decided at this look: the rest of the set is not needed
+            counts.append({"dataset": ds, "group": group.name, "mode": v.mode, "value": str(v.value),
+                           "idx": idx, "w": w, "c": c})
+            evaluations += len(idx)
+            n_words = sum(base["words"][i] for i in idx)
+            n_chars = sum(base["chars"][i] for i in idx)
             row = ScanRow(ds, group.name, group.kind, group.block, group.depth, v.mode,
                           v.value if v.mode == REINIT else None,
-                          v.value if v.mode == RERANDOMIZE else None, s["WER"], s["CER"])
-            row.relabel(baseline[ds], opts.criterion)
+                          v.value if v.mode == RERANDOMIZE else None,
+                          round(100.0 * sum(w) / max(n_words, 1), report.DECIMALS),
+                          round(100.0 * sum(c) / max(n_chars, 1), report.DECIMALS))
+            conf = _row_confidence(opts, len(idx), len(base["utts"]))
+            row.relabel(baseline[ds], opts.criterion, _intervals(base, idx, w, c, opts, conf))
             rows.append(row)
         state.append(rows)
     n = len(pending)
@@ -481,5 +694,6 @@ def _evaluate(opts, exp_dir, train_config, model_path, trained_state, decode_opt
         "features_and_baseline_s": round(t_variants - t_setup, 3),
         "variants": n,
         "variants_s": round(time.perf_counter() - t_variants, 3),
+        "utterance_evaluations": evaluations,
     }
-    return baseline, n
+    return baseline, n, evaluations

@@ -14,7 +14,9 @@ Comparing two runs (:func:`compare_runs`):
   ``ctc``, ...) are cells of their own. A cell's delta is the mean over its groups, and a cell is
   ambient when at least half of its groups are.
 
-Statistics: Jaccard index of the ambient sets (two empty sets count as identical: 1.0) and
+Statistics: Jaccard index of the ambient sets (two empty sets count as identical: 1.0), also
+**without uncertain labels** (groups whose bootstrap interval straddles the ambient threshold in
+either run are left out: the agreement of the labels the scans could decide), and
 Spearman's rank correlation (ties get average ranks; NaN when fewer than 3 aligned values or a
 constant input) of the reset deltas, and of weight update vs reset delta.
 """
@@ -45,6 +47,8 @@ class LayerOutcome:
         delta: Error change after the reset, percentage points.
         ambient: The scan's label.
         update: The weight update that matches the reset (relative; NaN if unknown).
+        uncertain: The delta's interval straddles the ambient threshold (scan column
+            ``label_ci``; False for scans without intervals).
     """
 
     group: str
@@ -54,6 +58,7 @@ class LayerOutcome:
     delta: float
     ambient: bool
     update: float = math.nan
+    uncertain: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +87,9 @@ class RunOutcome:
     def ambient_set(self) -> Set[str]:
         return {g.group for g in self.layers if g.ambient}
 
+    def uncertain_set(self) -> Set[str]:
+        return {g.group for g in self.layers if g.uncertain}
+
 
 @dataclasses.dataclass(frozen=True)
 class Correlation:
@@ -105,6 +113,9 @@ class PairComparison:
     # Expected Jaccard of two random sets of the same sizes over the same n items: agreement that
     # says nothing about the layers (see chance_jaccard).
     chance_jaccard: float = math.nan
+    # The same over the groups (cells) decided in both runs: uncertain labels left out.
+    jaccard_decided: float = math.nan
+    n_decided: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,6 +230,8 @@ def compare_runs(a: RunOutcome, b: RunOutcome, n_bins: int = 4) -> PairCompariso
         xb = [db[k].delta for k in keys]
         amb_a = a.ambient_set()
         amb_b = b.ambient_set()
+        decided = [k for k in keys if k not in a.uncertain_set() | b.uncertain_set()]
+        dec_a, dec_b = amb_a & set(decided), amb_b & set(decided)
         aligned = ALIGN_GROUP
     else:
         pa, pb = depth_profile(a.layers, n_bins), depth_profile(b.layers, n_bins)
@@ -227,10 +240,16 @@ def compare_runs(a: RunOutcome, b: RunOutcome, n_bins: int = 4) -> PairCompariso
         xb = [pb[c].mean_delta for c in keys]
         amb_a = {c for c in keys if pa[c].ambient_fraction >= 0.5}
         amb_b = {c for c in keys if pb[c].ambient_fraction >= 0.5}
+        # Cells from the decided groups only; a cell with no decided group is left out.
+        qa = depth_profile([g for g in a.layers if not g.uncertain], n_bins)
+        qb = depth_profile([g for g in b.layers if not g.uncertain], n_bins)
+        decided = [c for c in keys if c in qa and c in qb]
+        dec_a = {c for c in decided if qa[c].ambient_fraction >= 0.5}
+        dec_b = {c for c in decided if qb[c].ambient_fraction >= 0.5}
         aligned = ALIGN_DEPTH
     chance = chance_jaccard(len(keys), len(amb_a), len(amb_b))
     return PairComparison(a.name, b.name, aligned, len(keys), jaccard(amb_a, amb_b), spearman(xa, xb),
-                          chance)
+                          chance, jaccard(dec_a, dec_b) if decided else math.nan, len(decided))
 
 
 def pairwise(runs: Sequence[RunOutcome], n_bins: int = 4) -> List[PairComparison]:
@@ -251,6 +270,7 @@ class SeedStability:
         always_ambient: Groups ambient in every run.
         ever_ambient: Groups ambient in at least one run.
         mean_chance_jaccard: Mean over the pairs of :func:`chance_jaccard`.
+        mean_jaccard_decided: Mean pairwise Jaccard without uncertain labels.
     """
 
     variant: str
@@ -261,6 +281,7 @@ class SeedStability:
     always_ambient: Tuple[str, ...]
     ever_ambient: Tuple[str, ...]
     mean_chance_jaccard: float = math.nan
+    mean_jaccard_decided: float = math.nan
 
 
 def _mean(values: Iterable[float]) -> float:
@@ -297,6 +318,7 @@ def seed_stability(runs: Sequence[RunOutcome], n_bins: int = 4) -> List[SeedStab
             ever_ambient=tuple(g for g in order if g in ever)
             + tuple(sorted(ever - set(order))),
             mean_chance_jaccard=_mean(p.chance_jaccard for p in pairs),
+            mean_jaccard_decided=_mean(p.jaccard_decided for p in pairs),
         ))
     return out
 
@@ -372,6 +394,7 @@ class PairKindStats:
     mean_jaccard: float
     mean_chance_jaccard: float
     mean_spearman: float
+    mean_jaccard_decided: float = math.nan
 
 
 def pair_kind(a: RunOutcome, b: RunOutcome) -> str:
@@ -391,5 +414,6 @@ def agreement_by_pair_kind(runs: Sequence[RunOutcome], pairs: Sequence[PairCompa
         grouped.setdefault(pair_kind(by_name[p.a], by_name[p.b]), []).append(p)
     return [PairKindStats(k, len(grouped[k]), _mean(p.jaccard for p in grouped[k]),
                           _mean(p.chance_jaccard for p in grouped[k]),
-                          _mean(p.spearman.rho for p in grouped[k]))
+                          _mean(p.spearman.rho for p in grouped[k]),
+                          _mean(p.jaccard_decided for p in grouped[k]))
             for k in PAIR_KINDS if k in grouped]

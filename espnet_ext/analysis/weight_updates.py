@@ -1,7 +1,10 @@
 """How far each layer group's weights moved in training, from a run's kept checkpoints.
 
-A run trained with ``python -m espnet_ext.bin.asr_train`` keeps ``checkpoints/0epoch.pth``
-(theta_0, the initial weights) and ``checkpoints/{tau}epoch.pth`` for every epoch tau; theta_T
+theta_0, the initial weights, is a run's checkpoint 0: saved by ``python -m
+espnet_ext.bin.asr_train`` as ``checkpoints/0epoch.pth``, or reconstructed from ``config.yaml``
+(:class:`espnet_ext.analysis.experiment.ExperimentDir`). theta_tau are the epochs that exist:
+``checkpoints/{tau}epoch.pth`` (every epoch, with espnet_ext's training) or ESPnet's own
+``{tau}epoch.pth`` (its n-best); theta_T
 is the model whose layers the reset scan resets (its model file, e.g. ``valid.acc.ave.pth``;
 by default the last epoch's checkpoint). For every group of a layer map
 (:mod:`espnet_ext.layers.layer_map`), with ||.|| the Frobenius norm over all of the group's
@@ -18,8 +21,8 @@ Zero norms: a relative value whose denominator is <= ``eps`` (a group whose para
 start at zero, e.g. a group made only of biases) is undefined and reported as NaN; the absolute
 value is still reported, and NaN values are left out of rank correlations.
 
-Only state dicts are read (``torch.load(weights_only=True, map_location="cpu")``), never a
-model, and one epoch checkpoint at a time: at most three state dicts (theta_0, theta_T and the
+Only state dicts are read (``torch.load(weights_only=True, map_location="cpu")``), one epoch
+checkpoint at a time (a model is built once only to reconstruct a theta_0 that was not saved): at most three state dicts (theta_0, theta_T and the
 current theta_tau) are in memory at once. Squared norms are kept per parameter tensor, so one
 pass over the checkpoints serves several layer maps (e.g. ``block`` and ``submodule``).
 """
@@ -33,16 +36,17 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
-from espnet_ext.checkpoints import CHECKPOINT_DIR, checkpoint_path, saved_epochs
+from espnet_ext.checkpoints import epoch_file, saved_epochs
 from espnet_ext.layers.layer_map import LayerMap, build_layer_map
 from espnet_ext.layers.reset import check_compatible, load_state_dict_file
 
 #: Relative values with a denominator at or below this norm are undefined (NaN).
 DEFAULT_EPS = 1e-8
 
-TRAIN_HINT = ("checkpoints/0epoch.pth (initial weights) and checkpoints/<N>epoch.pth are written "
-              "by training stage 4 (python -m espnet_ext.bin.asr_train); ESPnet's own training "
-              "keeps neither")
+TRAIN_HINT = ("the initial weights come from checkpoints/0epoch.pth (saved by training stage 4, "
+              "python -m espnet_ext.bin.asr_train) or are reconstructed from config.yaml; epochs "
+              "from checkpoints/<N>epoch.pth or ESPnet's own <N>epoch.pth (ESPnet keeps the "
+              "n-best: --keep_nbest_models max_epoch keeps all)")
 
 
 class WeightUpdateError(ValueError):
@@ -94,6 +98,7 @@ class RunUpdates:
         groups: One entry per layer group, in layer order.
         encoder_output_size: Encoder dimension (size of ``encoder.after_norm.weight``), or
             None when the model has no such entry.
+        init_file: The weights taken as theta_0 (saved or reconstructed checkpoint 0).
     """
 
     exp_dir: Path
@@ -103,6 +108,7 @@ class RunUpdates:
     num_blocks: Dict[str, int]
     groups: List[GroupUpdate]
     encoder_output_size: Optional[int] = None
+    init_file: Optional[Path] = None
 
     def by_name(self) -> Dict[str, GroupUpdate]:
         return {g.group: g for g in self.groups}
@@ -255,23 +261,29 @@ def compute_weight_updates_for_maps(
     Raises:
         As :func:`compute_weight_updates`.
     """
-    exp_dir = Path(exp_dir)
-    epochs = saved_epochs(exp_dir)
-    if not epochs or epochs[0] != 0:
-        what = "no kept checkpoints" if not epochs else "no initial weights (checkpoint 0)"
-        raise WeightUpdateError(f"{exp_dir}: {what} in {exp_dir / CHECKPOINT_DIR}; {TRAIN_HINT}")
-    final_path = Path(final_file) if final_file is not None else checkpoint_path(exp_dir, epochs[-1])
+    from espnet_ext.analysis.experiment import ExperimentDir, ExperimentError
+
+    exp = ExperimentDir(exp_dir)
+    exp_dir = exp.path
+    epochs = [e for e in saved_epochs(exp_dir) if e > 0]
+    if final_file is None and not epochs:
+        raise WeightUpdateError(f"{exp_dir}: no epoch's weights are kept and no final model file "
+                                f"was given; {TRAIN_HINT}")
+    try:
+        init_path, _ = exp.initial_weights_file()
+    except ExperimentError as e:
+        raise WeightUpdateError(f"{exp_dir}: no initial weights: {e}") from None
+    final_path = Path(final_file) if final_file is not None else epoch_file(exp_dir, epochs[-1])
     if not final_path.is_file():
         raise WeightUpdateError(f"{exp_dir}: final weights {final_path} not found")
     final = load_state_dict_file(final_path)
     maps = [build_layer_map(final, g, list(p) if p else None) for g, p in layer_specs]
     keys = _param_keys(maps)
-    init_path = checkpoint_path(exp_dir, 0)
     init = load_state_dict_file(init_path)
     check_compatible(final, init, str(init_path), keys=keys)
     trajectory = [_KeyStats(keys, init, init, final)]
-    for tau in epochs[1:]:  # one checkpoint in memory at a time, beside theta_0 and theta_T
-        path = checkpoint_path(exp_dir, tau)
+    for tau in epochs:  # one checkpoint in memory at a time, beside theta_0 and theta_T
+        path = epoch_file(exp_dir, tau)
         state = load_state_dict_file(path)
         check_compatible(final, state, str(path), keys=keys)
         trajectory.append(_KeyStats(keys, state, init, final))
@@ -279,7 +291,8 @@ def compute_weight_updates_for_maps(
     last = _KeyStats(keys, final, init, final)
     after_norm = final.get("encoder.after_norm.weight")
     output_size = int(after_norm.shape[0]) if after_norm is not None else None
-    return [RunUpdates(exp_dir=exp_dir, final_file=final_path, granularity=m.granularity, epochs=epochs,
+    return [RunUpdates(exp_dir=exp_dir, final_file=final_path, granularity=m.granularity, epochs=[0] + epochs,
+                       init_file=init_path,
                        num_blocks=dict(m.num_blocks),
                        groups=_updates_of_map(m, trajectory[0], trajectory, last, eps),
                        encoder_output_size=output_size) for m in maps]

@@ -3,7 +3,8 @@
 Subcommands:
   split    split a data dir into a central domain and a withheld (adaptation) domain
   run      federated simulations from a centrally trained model, one per plan, side by side
-  compare  one table from finished runs
+  compare  one table from finished runs (plan directories with seed<N>/ runs: mean ± spread and
+           paired bootstrap intervals)
 
 Run from the recipe directory (config.yaml paths are relative to it).
 
@@ -15,7 +16,10 @@ Examples:
         --eval_data adapt=data/fl_test/withheld --eval_data orig=data/fl_test/central \\
         --plans none,uniform,targeted --rate 0.5 --match_cost params \\
         --scan_tsv exp/asr_gn_seed1/scan_block_dev/scan.tsv \\
-        --rounds 20 --clients_per_round 4 --out_dir exp/fl_gn_seed1
+        --rounds 20 --clients_per_round 4 --seeds 1,2,3 --out_dir exp/fl_gn_seed1
+
+Exit status: 0 on success, 2 for bad input (one line naming what and how to fix), 1 when a run
+merged no client update in any round (recorded in its results.json / results.md).
 """
 
 import argparse
@@ -30,6 +34,13 @@ def _csv(value: str):
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _int_csv(value: str):
+    try:
+        return [int(v) for v in _csv(value)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {value!r}") from None
+
+
 def _none_or(value: str):
     return None if value.lower() in ("none", "off", "") else value
 
@@ -37,7 +48,7 @@ def _none_or(value: str):
 def get_parser() -> argparse.ArgumentParser:
     from espnet_ext.federated.partition import SPLIT_METHODS
     from espnet_ext.federated.plan import COST_METRICS, TARGET_MODES
-    from espnet_ext.federated.units import GROUP_NORM_POLICIES
+    from espnet_ext.federated.units import GROUP_NORM_POLICIES, UNIT_KINDS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -55,9 +66,13 @@ def get_parser() -> argparse.ArgumentParser:
     s.add_argument("--speakers", type=_csv, default=[], help="withheld speaker ids, comma-separated")
 
     r = sub.add_parser("run", help="federated simulations, one per plan")
-    r.add_argument("--exp_dir", type=Path, required=True, help="centrally trained experiment dir")
-    r.add_argument("--model_file", default="valid.acc.best.pth",
-                   help="its weights, relative to --exp_dir or a path (default: %(default)s)")
+    r.add_argument("--exp_dir", type=Path, default=None, help="centrally trained experiment dir")
+    r.add_argument("--packed_model", type=Path, default=None,
+                   help="instead of --exp_dir: an ESPnet packed model (archive or model dir), "
+                        "unpacked into <out_dir>/packed_model")
+    r.add_argument("--model_file", default=None,
+                   help="its weights, relative to --exp_dir or a path (default: valid.acc.best.pth; "
+                        "with --packed_model its packed weights)")
     r.add_argument("--adapt_data", type=Path, required=True,
                    help="adaptation-domain Kaldi data dir; each speaker is a client")
     r.add_argument("--eval_data", action="append", default=[],
@@ -76,8 +91,10 @@ def get_parser() -> argparse.ArgumentParser:
     r.add_argument("--uniform_stacks", type=_csv, default=["encoder", "decoder"],
                    help="blocks the uniform plan drops from (default: encoder,decoder; a CTC-scored "
                         "scan targets the encoder only)")
-    r.add_argument("--unit_kinds", type=_csv, default=["ff", "heads", "conv"],
-                   help="units that may be dropped (default: ff,heads,conv)")
+    r.add_argument("--unit_kinds", type=_csv, default=list(UNIT_KINDS),
+                   help="units that may be dropped: feed-forward units, attention heads, conv-module "
+                        "channels, cgMLP channels, (E-)Branchformer merge channels "
+                        f"(default: {','.join(UNIT_KINDS)})")
     r.add_argument("--group_norm_policy", default="auto", choices=GROUP_NORM_POLICIES,
                    help="how conv channels under group norm are dropped (default: %(default)s)")
     r.add_argument("--plan_file", type=Path, default=None, help="plan JSON for plan 'file'")
@@ -92,7 +109,14 @@ def get_parser() -> argparse.ArgumentParser:
     r.add_argument("--client_momentum", type=float, default=0.0)
     r.add_argument("--grad_clip", type=float, default=5.0)
     r.add_argument("--server_lr", type=float, default=1.0)
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--seed", type=int, default=None,
+                   help="one federated seed: runs go to <out_dir>/<plan> (default: 0)")
+    r.add_argument("--seeds", type=_int_csv, default=None,
+                   help="several federated seeds, comma-separated (e.g. 1,2,3): runs go to "
+                        "<out_dir>/<plan>/seed<N>; the table gives mean ± std (min-max) per plan "
+                        "and paired bootstrap intervals of targeted minus uniform / no dropout")
+    r.add_argument("--bootstrap_resamples", type=int, default=2000,
+                   help="resamples of each paired bootstrap interval (default: %(default)s)")
     r.add_argument("--failure_prob", type=float, default=0.0, help="injected client failure probability")
     r.add_argument("--backend", default="ray", choices=["ray", "local"],
                    help="ray: Flower simulation runtime; local: in this process (default: %(default)s)")
@@ -108,7 +132,15 @@ def get_parser() -> argparse.ArgumentParser:
     r.add_argument("--no_progress", action="store_true", help="no progress bar")
 
     c = sub.add_parser("compare", help="one table from finished runs")
-    c.add_argument("run_dirs", type=Path, nargs="+", help="run directories (with results.json)")
+    c.add_argument("run_dirs", type=Path, nargs="+",
+                   help="one table row each: a run directory (with results.json) or a plan directory "
+                        "with seed<N>/ run directories (mean and spread over them)")
+    c.add_argument("--seeds", type=_int_csv, default=None,
+                   help="use only these seed<N>/ runs of each directory (default: all it holds)")
+    c.add_argument("--bootstrap_resamples", type=int, default=2000,
+                   help="resamples of each paired bootstrap interval (default: %(default)s)")
+    c.add_argument("--bootstrap_seed", type=int, default=0,
+                   help="seed of the resampling (default: %(default)s)")
     c.add_argument("--out", type=Path, required=True, help="markdown file to write")
     c.add_argument("--plot", type=Path, default=None, help="PNG: error rate vs client model size")
     return p
@@ -118,10 +150,13 @@ def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     setup_logging()
     from espnet_ext.data.kaldi import DataDirError
+    from espnet_ext.federated import FederatedExtraMissing, require_flower
     from espnet_ext.federated.modelio import ModelSetupError
     from espnet_ext.federated.options import OptionsError, parse_eval_data
     from espnet_ext.federated.partition import PartitionError
     from espnet_ext.federated.plan import PlanError
+    from espnet_ext.federated.results import ResultsError
+    from espnet_ext.federated.simulation import NoUpdateError
 
     try:
         if args.command == "split":
@@ -134,15 +169,27 @@ def main(argv=None) -> int:
             print(f"{split.rule}: {len(split.withheld.utt2spk)} utterances withheld -> {withheld}, "
                   f"{len(split.central.utt2spk)} central -> {central}")
         elif args.command == "run":
+            require_flower(ray=args.backend == "ray")  # one clear error before anything is written
             from espnet_ext.federated.client import LocalTraining
             from espnet_ext.federated.simulation import run_plans
 
+            seed_options = {"seeds": args.seeds} if args.seeds is not None else {}
+            if args.seed is not None or args.seeds is None:
+                seed_options["seed"] = 0 if args.seed is None else args.seed
             local = LocalTraining(epochs=args.local_epochs, steps=args.local_steps,
                                   batch_size=args.batch_size, optim=args.client_optim,
                                   lr=args.client_lr, momentum=args.client_momentum,
                                   grad_clip=args.grad_clip)
+            if (args.exp_dir is None) == (args.packed_model is None):
+                raise OptionsError("give one of --exp_dir and --packed_model")
+            if args.packed_model is not None:
+                from espnet_ext.packed_model import open_packed_model
+
+                packed = open_packed_model(args.packed_model, args.out_dir / "packed_model")
+                args.exp_dir = packed.exp.path
+                args.model_file = args.model_file or str(packed.model_file)
             table = run_plans(
-                args.exp_dir, args.model_file, args.adapt_data, parse_eval_data(args.eval_data),
+                args.exp_dir, args.model_file or "valid.acc.best.pth", args.adapt_data, parse_eval_data(args.eval_data),
                 args.out_dir, args.plans, rate=args.rate, scan_tsv=args.scan_tsv,
                 scan_dataset=args.scan_dataset, target_mode=args.target_mode,
                 match_cost=args.match_cost, unit_kinds=tuple(args.unit_kinds),
@@ -150,7 +197,8 @@ def main(argv=None) -> int:
                 uniform_stacks=tuple(args.uniform_stacks),
                 ray_address=args.ray_address, rounds=args.rounds,
                 clients_per_round=args.clients_per_round, min_utts=args.min_utts, local=local,
-                server_lr=args.server_lr, seed=args.seed, failure_prob=args.failure_prob,
+                server_lr=args.server_lr, failure_prob=args.failure_prob,
+                bootstrap_resamples=args.bootstrap_resamples, **seed_options,
                 backend=args.backend, num_workers=args.num_workers,
                 client_threads=args.client_threads, client_gpus=args.client_gpus,
                 device=args.device, eval_every=args.eval_every,
@@ -160,10 +208,17 @@ def main(argv=None) -> int:
         else:
             from espnet_ext.federated.results import write_comparison
 
-            print(write_comparison(args.run_dirs, args.out, plot=args.plot))
-    except (OptionsError, PlanError, PartitionError, ModelSetupError, DataDirError, FileNotFoundError) as e:
+            rows = (args.run_dirs if args.seeds is None else
+                    [[d / f"seed{s}" for s in args.seeds] for d in args.run_dirs])
+            print(write_comparison(rows, args.out, plot=args.plot,
+                                   resamples=args.bootstrap_resamples, bootstrap_seed=args.bootstrap_seed))
+    except (OptionsError, PlanError, PartitionError, ModelSetupError, DataDirError, FileNotFoundError,
+            ResultsError, FederatedExtraMissing) as e:
         print(f"fl_simulate: error: {e}", file=sys.stderr)
         return 2
+    except NoUpdateError as e:
+        print(f"fl_simulate: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

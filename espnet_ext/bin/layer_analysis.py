@@ -17,14 +17,19 @@ Examples (from the recipe directory):
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 import espnet_ext  # noqa: F401  (registers espnet_ext's encoders; imports nothing heavy)
 
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--exp_dirs", nargs="+", required=True,
+    p.add_argument("--exp_dirs", nargs="+", default=[],
                    help="experiment dirs or glob patterns (quoted globs are expanded too)")
+    p.add_argument("--packed_model", type=Path, action="append", default=[],
+                   help="an ESPnet packed model (archive or model dir) scanned with layer_scan "
+                        "--packed_model; repeatable; read from its unpack dir (default "
+                        "exp/packed_<name>, as layer_scan's)")
     p.add_argument("--granularity", nargs="+", default=["block"],
                    help="granularity of the scans to read; several (e.g. block submodule) share "
                         "one pass over the checkpoints (default: block)")
@@ -63,6 +68,17 @@ def main(argv=None) -> int:
         parser.error("--depth_bins must be >= 1")
     if args.num_threads < 1:
         parser.error("--num_threads must be >= 1")
+    if not args.exp_dirs and not args.packed_model:
+        parser.error("give --exp_dirs and/or --packed_model")
+    for source in args.packed_model:
+        from espnet_ext.analysis.experiment import ExperimentError
+        from espnet_ext.packed_model import open_packed_model
+
+        try:
+            args.exp_dirs.append(str(open_packed_model(source).exp.path))
+        except ExperimentError as e:
+            print(f"layer_analysis: error: {e}", file=sys.stderr)
+            return 1
     import torch
 
     torch.set_num_threads(args.num_threads)
@@ -77,12 +93,14 @@ def main(argv=None) -> int:
         value=args.tau if args.mode == "reinit" else args.reset_seed,
         depth_bins=args.depth_bins, allow_missing=args.allow_missing,
     )
-    try:
-        results = run_layer_analysis(opts)
-    except (ValueError, FileNotFoundError) as e:
-        # Bad input: one clear message, no traceback.
-        print(f"layer_analysis: error: {e}", file=sys.stderr)
-        return 1
+    from espnet_ext.bin.cli import run_guarded
+
+    # Bad input: one clear message, no traceback.
+    results = []
+    status = run_guarded("layer_analysis", lambda: results.extend(run_layer_analysis(opts)),
+                         (ValueError, FileNotFoundError))
+    if status:
+        return status
     for result in results:
         print(f"== {result.granularity}")
         for path, why in result.skipped.items():

@@ -18,9 +18,19 @@ from pathlib import Path
 
 import espnet_ext  # noqa: F401  (registers espnet_ext's encoders into ESPnet)
 
+ADAPTIVE_DEFAULT = False
+
 
 def _floats_or_none(value: str):
     return None if value.lower() in ("none", "off", "") else float(value)
+
+
+def _bool(value: str) -> bool:
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
 def _csv(value: str):
@@ -31,7 +41,13 @@ def get_parser() -> argparse.ArgumentParser:
     from espnet_ext.layers.layer_map import GRANULARITIES
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--exp_dir", type=Path, required=True, help="trained experiment dir")
+    p.add_argument("--exp_dir", type=Path, default=None,
+                   help="trained experiment dir (espnet_ext's or ESPnet's own training)")
+    p.add_argument("--packed_model", type=Path, default=None,
+                   help="instead of --exp_dir: an ESPnet packed model (espnet2.bin.pack archive) or "
+                        "model dir; unpacked into --unpack_dir, never in place")
+    p.add_argument("--unpack_dir", type=Path, default=None,
+                   help="where --packed_model is unpacked (default: exp/packed_<name>)")
     p.add_argument("--data_dir", type=Path, action="append", required=True,
                    help="Kaldi data dir to score on; repeat for several (scored separately)")
     p.add_argument("--out_dir", type=Path, default=None,
@@ -54,8 +70,9 @@ def get_parser() -> argparse.ArgumentParser:
                         "beam search (default: %(default)s)")
     p.add_argument("--decode_config", type=Path, default=None,
                    help="YAML decoding options for --scoring beam (e.g. conf/decode_asr.yaml)")
-    p.add_argument("--model_file", default="valid.acc.ave.pth",
-                   help="weights to scan, relative to --exp_dir or a path (default: %(default)s)")
+    p.add_argument("--model_file", default=None,
+                   help="weights to scan, relative to --exp_dir or a path (default: "
+                        "valid.acc.ave.pth; with --packed_model its packed weights)")
     p.add_argument("--batch_size", type=int, default=16, help="utterances per batch (default: %(default)s)")
     p.add_argument("--metric", default="cer", choices=["cer", "wer"],
                    help="error rate that labels layers (default: %(default)s)")
@@ -67,6 +84,20 @@ def get_parser() -> argparse.ArgumentParser:
                         "default: %(default)s)")
     p.add_argument("--threshold_combine", default="any", choices=["any", "all"],
                    help="any: within either threshold; all: within both (default: %(default)s)")
+    p.add_argument("--confidence", type=float, default=0.95,
+                   help="confidence of the paired bootstrap intervals on the deltas; a layer whose "
+                        "interval straddles the threshold is labelled uncertain (default: %(default)s)")
+    p.add_argument("--bootstrap_samples", type=int, default=1000,
+                   help="bootstrap resamples per interval (default: %(default)s)")
+    p.add_argument("--bootstrap_seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
+    p.add_argument("--adaptive", type=_bool, default=ADAPTIVE_DEFAULT,
+                   help="true: score each variant on growing prefixes of a seeded utterance order "
+                        "(16, 32, 64, ..., all) and stop once its label is decided at the "
+                        "Bonferroni-corrected confidence; false: every variant on every utterance "
+                        "(default: %(default)s)")
+    p.add_argument("--adaptive_first", type=int, default=16,
+                   help="utterances in the adaptive scan's first look, doubled at each further look "
+                        "(default: %(default)s)")
     p.add_argument("--ngpu", type=int, default=0, choices=[0, 1], help="0: CPU, 1: one GPU")
     p.add_argument("--num_threads", type=int, default=0,
                    help="CPU threads for torch (0: torch's default); 1 avoids contention on busy "
@@ -90,10 +121,30 @@ def main(argv=None) -> int:
                                      args.threshold_combine)
     except ValueError as e:
         get_parser().error(str(e))
+    from espnet_ext.analysis.bootstrap import check_bootstrap_options
+
+    try:
+        check_bootstrap_options(args.confidence, args.bootstrap_samples)
+    except ValueError as e:
+        get_parser().error(str(e))
     if args.granularity == "pattern" and not args.pattern:
         get_parser().error("--granularity pattern needs at least one --pattern")
     if args.pattern and args.granularity != "pattern":
         get_parser().error("--pattern needs --granularity pattern")
+    if (args.exp_dir is None) == (args.packed_model is None):
+        get_parser().error("give one of --exp_dir and --packed_model")
+    model_file = args.model_file or "valid.acc.ave.pth"
+    if args.packed_model is not None:
+        from espnet_ext.analysis.experiment import ExperimentError
+        from espnet_ext.packed_model import open_packed_model
+
+        try:
+            packed = open_packed_model(args.packed_model, args.unpack_dir)
+        except ExperimentError as e:
+            print(f"layer_scan: error: {e}", file=sys.stderr)
+            return 1
+        args.exp_dir = packed.exp.path
+        model_file = args.model_file or str(packed.model_file)
     out_dir = args.out_dir or args.exp_dir / f"scan_{args.granularity}_{args.data_dir[0].name}"
     import torch
 
@@ -106,17 +157,22 @@ def main(argv=None) -> int:
         exp_dir=args.exp_dir, data_dirs=args.data_dir, out_dir=out_dir,
         granularity=args.granularity, patterns=args.pattern, groups=args.groups,
         modes=args.modes, taus=args.taus, seeds=args.seeds, scoring=args.scoring,
-        decode_config=args.decode_config, model_file=args.model_file,
+        decode_config=args.decode_config, model_file=model_file,
         batch_size=args.batch_size, device="cuda" if args.ngpu > 0 else "cpu",
         criterion=criterion, max_cached_checkpoints=args.max_cached_checkpoints,
-        progress=not args.no_progress,
+        progress=not args.no_progress, confidence=args.confidence,
+        bootstrap_samples=args.bootstrap_samples, bootstrap_seed=args.bootstrap_seed,
+        adaptive=args.adaptive, adaptive_first=args.adaptive_first,
     )
-    try:
-        result = run_scan(opts)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        # Bad input: one clear line, no traceback.
-        print(f"layer_scan: error: {e}", file=sys.stderr)
-        return 1
+    from espnet_ext.bin.cli import run_guarded
+
+    # Bad input (and a config ESPnet cannot build): one clear line, no traceback.
+    results = []
+    status = run_guarded("layer_scan", lambda: results.append(run_scan(opts)),
+                         (ValueError, FileNotFoundError, KeyError))
+    if status:
+        return status
+    result = results[0]
     for line in result.summary:
         print(line)
     print(f"{result.out_dir}/scan.md ({result.computed} variants computed in {result.seconds:.1f} s)")

@@ -25,7 +25,7 @@ import math
 import os
 import threading
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
 import torch
 
@@ -58,19 +58,19 @@ def submodel_numels(
     Returns:
         {key: number of elements in the sub-model}.
     """
-    sliced_len: Dict[str, Tuple[int, int]] = {}
+    sliced_len: Dict[str, Dict[int, int]] = {}  # a key may be cut along two dims by two units
     for m in modules:
         r = float(rates.get(m.name, 0.0))
         if r <= 0:
             continue
         k = kept_units(m, r, group_norm_policy)
-        for key, (dim, idx) in m.index_map(torch.arange(k)).items():
-            sliced_len[key] = (dim, len(idx))
+        for key, slices in m.index_map(m.first_units(k)).items():
+            for dim, idx in slices:
+                sliced_len.setdefault(key, {})[dim] = len(idx)
     out = {}
     for key, shape in shapes.items():
         shape = list(shape)
-        if key in sliced_len:
-            dim, n = sliced_len[key]
+        for dim, n in sliced_len.get(key, {}).items():
             shape[dim] = n
         out[key] = math.prod(shape)
     return out

@@ -5,19 +5,76 @@ global model's tensors into the model (:class:`espnet_ext.layers.reset.WeightSwa
 scan's :class:`espnet_ext.analysis.evaluator.Evaluator`) and decodes with greedy CTC, the
 scan's fast scoring mode. Features are reused across evaluations because federated training
 changes no frontend or normalization parameters (they are fixed buffers).
+
+The final model's per-utterance error counts go to ``per_utt.tsv`` next to ``results.json``
+(:func:`write_per_utterance`): paired comparisons of runs on the same test utterances
+(:mod:`espnet_ext.federated.bootstrap`) need them, not only the corpus-level rates.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
 from espnet_ext.data.kaldi import kaldi_sort_key
 
 Scores = Dict[str, Dict[str, float]]
+PER_UTT_FILE = "per_utt.tsv"
+PER_UTT_COLUMNS = ("set", "utt", "ref_words", "word_errors", "ref_chars", "char_errors")
+
+
+def per_utterance_counts(refs: Mapping[str, str], hyps: Mapping[str, str]) -> List[Tuple[str, int, int, int, int]]:
+    """(utterance, reference words, word errors, reference characters, character errors) per
+    utterance, in Kaldi order, counted as :func:`espnet_ext.scoring.score_texts` counts them (so
+    the sums give the set's WER and CER exactly); a missing hypothesis is empty."""
+    from espnet_ext.scoring import utterance_counts
+
+    words, chars = utterance_counts(refs, hyps, "word"), utterance_counts(refs, hyps, "char")
+    return [(k, words[k].ref_tokens, words[k].errors, chars[k].ref_tokens, chars[k].errors)
+            for k in sorted(refs, key=kaldi_sort_key)]
+
+
+def write_per_utterance(path: Path, counts: Mapping[str, List[Tuple[str, int, int, int, int]]]) -> Path:
+    """Write ``per_utt.tsv`` (columns :data:`PER_UTT_COLUMNS`; counts in words and characters)
+    atomically from {set: :func:`per_utterance_counts`}."""
+    path = Path(path)
+    lines = ["\t".join(PER_UTT_COLUMNS)]
+    for name, rows in counts.items():
+        lines += ["\t".join([name] + [str(v) for v in row]) for row in rows]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def read_per_utterance(path: Path) -> Dict[str, Dict[str, Tuple[int, int, int, int]]]:
+    """{set: {utterance: (reference words, word errors, reference characters, character errors)}}
+    from a ``per_utt.tsv``.
+
+    Raises:
+        FileNotFoundError: No such file.
+        ValueError: Another header or a malformed line (named with its line number).
+    """
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if not lines or tuple(lines[0].split("\t")) != PER_UTT_COLUMNS:
+        raise ValueError(f"{path}: not a per-utterance error file (header must be "
+                         f"{' '.join(PER_UTT_COLUMNS)})")
+    out: Dict[str, Dict[str, Tuple[int, int, int, int]]] = {}
+    for n, line in enumerate(lines[1:], start=2):
+        cells = line.split("\t")
+        try:
+            if len(cells) != len(PER_UTT_COLUMNS):
+                raise ValueError
+            out.setdefault(cells[0], {})[cells[1]] = tuple(int(v) for v in cells[2:])
+        except ValueError:
+            raise ValueError(f"{path}:{n}: expected {len(PER_UTT_COLUMNS)} tab-separated fields "
+                             f"({' '.join(PER_UTT_COLUMNS)}), got {line!r}") from None
+    return out
 
 
 class GlobalModelEvaluator:
@@ -56,21 +113,27 @@ class GlobalModelEvaluator:
         with torch.no_grad():
             return self.evaluator.hypotheses(LEVEL_FEATS, values)
 
-    def evaluate(self, state: Mapping[str, torch.Tensor],
-                 hyp_dir: Optional[Path] = None) -> Scores:
-        """{set: {"WER": %, "CER": %}}; hypotheses written to ``<hyp_dir>/<set>/text`` if given."""
+    def evaluate(self, state: Mapping[str, torch.Tensor], hyp_dir: Optional[Path] = None,
+                 per_utt: Optional[Path] = None) -> Scores:
+        """{set: {"WER": %, "CER": %}}; hypotheses written to ``<hyp_dir>/<set>/text`` and
+        per-utterance error counts to `per_utt` (:func:`write_per_utterance`) if given."""
         from espnet_ext.scoring import score_texts
 
         hyps = self.hypotheses(state)
         out: Scores = {}
+        counts = {}
         for s in self.sets:
             h = hyps[s.name]
             out[s.name] = {"WER": round(score_texts(s.refs, h, "word").error_rate, 2),
                            "CER": round(score_texts(s.refs, h, "char").error_rate, 2)}
+            if per_utt is not None:
+                counts[s.name] = per_utterance_counts(s.refs, h)
             if hyp_dir is not None:
                 path = Path(hyp_dir) / s.name / "text"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text("".join(f"{k} {h[k]}".rstrip() + "\n"
                                         for k in sorted(h, key=kaldi_sort_key)), encoding="utf-8")
+        if per_utt is not None:
+            write_per_utterance(per_utt, counts)
         logging.info(f"evaluation: {out}")
         return out

@@ -3,7 +3,8 @@
 A plan gives a dropout rate to layer groups named as in the layer map
 (:mod:`espnet_ext.layers.layer_map`): a block (``encoder.encoders.3``) or a sub-module
 (``encoder.encoders.3.self_attn``). A block's rate applies to every droppable module in it
-(feed-forward units, heads, conv channels); a sub-module's rate overrides its block's. Groups
+(feed-forward units, heads, conv channels, cgMLP channels, merge channels); a sub-module's rate
+overrides its block's. Groups
 without droppable units (embeddings, norms, CTC, output layer) are always sent whole.
 
 Plans:
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -39,6 +41,8 @@ from espnet_ext.federated.units import (
 )
 
 PLAN_KINDS = ("none", "uniform", "targeted")
+# Keys of a plan JSON (DropoutPlan.to_dict); any other key is refused.
+PLAN_KEYS = ("name", "group_rates", "unit_kinds", "group_norm_policy", "note")
 TARGET_MODES = ("label", "scaled")
 COST_METRICS = ("params", "bytes")
 _BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
@@ -163,7 +167,7 @@ class DropoutPlan:
                 raise PlanError(
                     f"plan {self.name!r}: group {g!r} has no droppable units of kinds "
                     f"{', '.join(self.unit_kinds)} (feed-forward units, attention heads, conv "
-                    "channels); give it rate 0 or leave it out")
+                    "channels, cgMLP channels, merge channels); give it rate 0 or leave it out")
 
     def cost(self, info: ModelInfo) -> Dict[str, float]:
         """Per-client cost of this plan: trained parameters and bytes each way.
@@ -185,8 +189,40 @@ class DropoutPlan:
                 "note": self.note}
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> "DropoutPlan":
-        return cls(name=d["name"], group_rates=dict(d.get("group_rates", {})),
+    def from_dict(cls, d: Mapping, source: str = "plan") -> "DropoutPlan":
+        """A plan from its :meth:`to_dict` form.
+
+        ``name`` and ``group_rates`` are required (``{}`` is an explicit no-dropout plan); the
+        other keys default as in the constructor.
+
+        Args:
+            d: The dict (e.g. parsed plan JSON).
+            source: Where `d` came from, named in errors (e.g. the JSON file).
+
+        Raises:
+            PlanError: Not a dict, an unknown key (a misspelt key would otherwise silently mean
+                "no dropout"), a missing required key, or a value of the wrong type.
+        """
+        allowed = ", ".join(PLAN_KEYS)
+        if not isinstance(d, Mapping):
+            raise PlanError(f"{source}: a dropout plan is a JSON object with keys {allowed}, "
+                            f"got {type(d).__name__}")
+        unknown = [k for k in d if k not in PLAN_KEYS]
+        if unknown:
+            raise PlanError(f"{source}: unknown key {unknown[0]!r} in the dropout plan; allowed keys: "
+                            f"{allowed} (fix the key's spelling)")
+        missing = [k for k in ("name", "group_rates") if k not in d]
+        if missing:
+            raise PlanError(f"{source}: the dropout plan has no {missing[0]!r}; a plan needs 'name' "
+                            "and 'group_rates' ({} for no dropout)")
+        types = {"name": str, "group_rates": Mapping, "unit_kinds": (list, tuple),
+                 "group_norm_policy": str, "note": str}
+        for key, kind in types.items():
+            if key in d and not isinstance(d[key], kind):
+                wanted = {"group_rates": "an object {group: rate}", "unit_kinds": "a list of strings"}
+                raise PlanError(f"{source}: {key!r} must be {wanted.get(key, 'a string')}, "
+                                f"got {json.dumps(d[key])}")
+        return cls(name=d["name"], group_rates=dict(d["group_rates"]),
                    unit_kinds=tuple(d.get("unit_kinds", UNIT_KINDS)),
                    group_norm_policy=d.get("group_norm_policy", "auto"), note=d.get("note", ""))
 
@@ -195,10 +231,20 @@ class DropoutPlan:
 
     @classmethod
     def read(cls, path: Path) -> "DropoutPlan":
+        """A plan from a JSON file written by :meth:`write` (or by hand).
+
+        Raises:
+            PlanError: A missing or unreadable file, invalid JSON, or a dict that is not a plan
+                (:meth:`from_dict`); the message names the file.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise PlanError(f"plan file {path} not found")
         try:
-            return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise PlanError(f"{path}: not a dropout plan JSON ({e})") from None
+        return cls.from_dict(data, source=str(path))
 
 
 def no_dropout_plan() -> DropoutPlan:
@@ -275,6 +321,12 @@ def read_scan_importance(scan_tsv: Path, dataset: Optional[str] = None) -> Tuple
     return [GroupImportance(r.group, r.label, r.delta_cer) for r in chosen], desc
 
 
+def _listing(names: Sequence[str], limit: int = 8) -> str:
+    """Names joined by commas, the first `limit` of them and how many more."""
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
 def targeted_plan(info: ModelInfo, importance: Sequence[GroupImportance], rate: float,
                   mode: str = "label", unit_kinds: Sequence[str] = UNIT_KINDS,
                   group_norm_policy: str = "auto", source: str = "") -> DropoutPlan:
@@ -289,9 +341,15 @@ def targeted_plan(info: ModelInfo, importance: Sequence[GroupImportance], rate: 
         group_norm_policy: As in the units module.
         source: Where the importance came from (kept in the plan's note).
 
+    Ambient groups without droppable units of `unit_kinds` (a block's norms, the input layer,
+    the CTC layer, E-Branchformer's depthwise fusion, whose channels are merge units of the
+    block's ``merge_proj``) cannot be made smaller: they are sent whole, named in a warning and
+    in the plan's note.
+
     Raises:
         PlanError: Bad rate or mode, scan groups unknown to the model (a scan of another
-            architecture), or no droppable group to drop.
+            architecture), no group labelled ambient (``label``), ambient groups none of which
+            has droppable units (``label``), or no droppable group to drop.
     """
     _check_rate(rate, "targeted plan")
     if mode not in TARGET_MODES:
@@ -306,11 +364,25 @@ def targeted_plan(info: ModelInfo, importance: Sequence[GroupImportance], rate: 
     if not usable:
         raise PlanError("the scan has no group with droppable units (scan blocks or sub-modules)")
     if mode == "label":
-        rates = {i.group: float(rate) for i in usable if i.label == "ambient"}
+        ambient = [i.group for i in importance if i.label == "ambient"]
+        rates = {g: float(rate) for g in ambient if g in droppable}
+        whole = [g for g in ambient if g not in droppable]
+        kinds = ", ".join(unit_kinds)
+        if not ambient:
+            raise PlanError(f"the scan labels no group ambient ({source}); nothing to drop in a "
+                            "targeted plan: relax the ambient threshold or use the scaled mode")
         if not rates:
-            raise PlanError(f"the scan labels no droppable group ambient ({source}); nothing to drop "
-                            "in a targeted plan: relax the ambient threshold or use the scaled mode")
+            raise PlanError(
+                f"the scan labels {len(whole)} groups ambient ({source}), but none has droppable "
+                f"units of kinds {kinds}: {_listing(whole)}; nothing to drop in a targeted plan: "
+                "allow more unit kinds (--unit_kinds), scan at block granularity, or use the "
+                "scaled mode")
         note = f"rate {rate:g} on {len(rates)} ambient groups, critical whole; {source}"
+        if whole:
+            logging.warning(
+                f"targeted plan: {len(whole)} ambient groups have no droppable units of kinds "
+                f"{kinds} and are sent whole: {_listing(whole)}")
+            note += f"; ambient but sent whole (no droppable units): {_listing(whole)}"
     else:
         d = {i.group: max(float(i.delta_cer), 0.0) for i in usable}
         d_max = max(d.values())

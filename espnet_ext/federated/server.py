@@ -14,7 +14,10 @@ round, client), and the checkpoint holds the whole server state (the global mode
 
 At the end: ``model.pth`` (the full ESPnet state dict; with the run's ``config.yaml`` it decodes
 like any ESPnet model), ``decode/round<N>/<set>/text`` hypotheses of the pre-trained and the
-final model, and ``results.json`` / ``results.md`` (:mod:`espnet_ext.federated.results`).
+final model, the final model's per-utterance error counts (``per_utt.tsv``), and
+``results.json`` / ``results.md`` (:mod:`espnet_ext.federated.results`). Rounds in which no client
+update arrived keep the global model; ``results.json`` counts the rounds that had one
+(``rounds_with_updates``).
 """
 
 from __future__ import annotations
@@ -138,7 +141,7 @@ def run_server(grid, setup) -> dict:
     from flwr.app import ArrayRecord, ConfigRecord
     from tqdm import tqdm
 
-    from espnet_ext.federated.evaluate import GlobalModelEvaluator
+    from espnet_ext.federated.evaluate import PER_UTT_FILE, GlobalModelEvaluator
     from espnet_ext.federated.modelio import build_asr_model, load_weights
     from espnet_ext.federated.partition import ClientSampler, speaker_clients
     from espnet_ext.federated.plan import ModelInfo
@@ -202,7 +205,8 @@ def run_server(grid, setup) -> dict:
         scores, eval_seconds = {}, 0.0
         if evaluator and (last or (setup.eval_every and server_round % setup.eval_every == 0)):
             t1 = time.perf_counter()
-            scores = evaluator.evaluate(state, out / "decode" / f"round{server_round}" if last else None)
+            scores = (evaluator.evaluate(state, out / "decode" / f"round{server_round}", out / PER_UTT_FILE)
+                      if last else evaluator.evaluate(state))
             eval_seconds = time.perf_counter() - t1
         history.add({
             "round": server_round, "seconds": seconds, "eval_seconds": eval_seconds,
@@ -221,6 +225,9 @@ def run_server(grid, setup) -> dict:
             logger.info(f"round {server_round}/{setup.rounds} ({setup.plan.name}): loss {row['loss']:.3g}, "
                         f"{row['failures']} failed, {seconds:.1f} s {done}".rstrip())
     bar.close()
+    if evaluator and not (out / PER_UTT_FILE).is_file():
+        # A run finished before per-utterance counts were kept gets them from its final model.
+        evaluator.evaluate(state, per_utt=out / PER_UTT_FILE)
 
     final = {k: v.clone() for k, v in pretrained.items()}
     final.update(state)

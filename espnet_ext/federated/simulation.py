@@ -127,6 +127,10 @@ def prepare_run(exp_dir: Path, model_file: str, adapt_data: Path,
         eval_data=tuple((n, Path(p).resolve()) for n, p in eval_data),
         plan=plan, **options)
     try:
+        from espnet_ext.data.audio_rate import check_sample_rate
+
+        for _, d in [("adapt", adapt_data)] + list(eval_data):  # before any client count check
+            check_sample_rate(Path(d), staged, str(Path(exp_dir) / "config.yaml"))
         setup.validate()
         _check_clients(setup)
         _check_stored_run(setup)
@@ -287,37 +291,76 @@ class LocalGrid:
         return replies
 
 
+class NoUpdateError(RuntimeError):
+    """A finished run merged no client update at all: its final model is the pre-trained one."""
+
+
+def run_dirs_of(out_dir: Path, plans: Sequence[str], seeds: Optional[Sequence[int]]) -> List[List[Path]]:
+    """Run directories per plan: ``<out_dir>/<plan>`` (one seed, `seeds` None) or
+    ``<out_dir>/<plan>/seed<N>`` for each of `seeds`."""
+    out_dir = Path(out_dir)
+    if seeds is None:
+        return [[out_dir / kind] for kind in plans]
+    return [[out_dir / kind / f"seed{s}" for s in seeds] for kind in plans]
+
+
 def run_plans(exp_dir: Path, model_file: str, adapt_data: Path,
               eval_data: Sequence[Tuple[str, Path]], out_dir: Path, plans: Sequence[str],
               rate: float = 0.0, scan_tsv: Optional[Path] = None, scan_dataset: Optional[str] = None,
               target_mode: str = "label", match_cost: Optional[str] = "params",
               unit_kinds: Sequence[str] = UNIT_KINDS, group_norm_policy: str = "auto",
               plan_file: Optional[Path] = None, uniform_stacks: Sequence[str] = ("encoder", "decoder"),
-              ray_address: Optional[str] = None, **options) -> str:
-    """Run one simulation per plan into ``<out_dir>/<plan>`` and compare them.
+              ray_address: Optional[str] = None, seeds: Optional[Sequence[int]] = None,
+              bootstrap_resamples: int = 2000, **options) -> str:
+    """Run one simulation per plan (and seed) and compare them.
 
     With `match_cost` (``params`` or ``bytes``) and a scan, the ``uniform`` plan is the uniform
     rate whose client cost matches the ``targeted`` plan's (Cheng et al.: compare at equal
     cost); without it, ``uniform`` uses `rate` on every block.
 
+    One seed (`seeds` None, ``seed`` in `options`, default 0): runs go to ``<out_dir>/<plan>``.
+    Several seeds: ``<out_dir>/<plan>/seed<N>``, run seed by seed (every plan at the first seed,
+    then the next seed), each resumable on its own; the table gives each plan's mean and spread
+    over the seeds and paired bootstrap intervals of targeted minus uniform and minus no dropout
+    (:func:`espnet_ext.federated.results.write_comparison`). The seed drives client sampling,
+    sub-model draws, local training order and injected failures; the plans themselves do not
+    depend on it.
+
     Args:
         plans: Plan kinds in run order, e.g. ``["none", "uniform", "targeted"]``.
+        seeds: Federated seeds (non-negative, distinct), or None for one run per plan.
+        bootstrap_resamples: Resamples of each paired bootstrap interval.
         Others: As :func:`make_plan` and :func:`prepare_run`.
 
     Returns:
         The comparison table (also written to ``<out_dir>/results.md``).
 
     Raises:
-        OptionsError / PlanError: Bad plans or options (checked for every plan before the first
-            simulation starts).
+        OptionsError / PlanError: Bad plans, seeds or options (checked for every plan and seed
+            before the first simulation starts).
+        NoUpdateError: After every run finished and the table was written: some run merged no
+            client update in any round (e.g. every client failed); the table records it.
     """
     from espnet_ext.federated.modelio import resolve_train_config
-    from espnet_ext.federated.results import write_comparison
+    from espnet_ext.federated.results import rounds_with_updates, write_comparison
 
     if not plans:
         raise OptionsError("no plan to run: give at least one of none, uniform, targeted, file")
     if len(set(plans)) != len(plans):
         raise OptionsError(f"each plan once, got {list(plans)}")
+    if bootstrap_resamples < 1:
+        raise OptionsError(f"bootstrap resamples must be >= 1, got {bootstrap_resamples}")
+    if seeds is not None:
+        seeds = list(seeds)
+        if "seed" in options:
+            raise OptionsError("give one seed (--seed) or several (--seeds), not both")
+        if not seeds:
+            raise OptionsError("--seeds is empty: give at least one seed, e.g. --seeds 1,2,3")
+        bad = [s for s in seeds if not isinstance(s, int) or s < 0]
+        if bad:
+            raise OptionsError(f"seeds must be non-negative integers, got {bad[0]!r}")
+        if len(set(seeds)) != len(seeds):
+            raise OptionsError(f"each seed once, got {seeds}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     info = model_info(resolve_train_config(Path(exp_dir), out_dir / "config.yaml"))
@@ -332,10 +375,28 @@ def run_plans(exp_dir: Path, model_file: str, adapt_data: Path,
     for kind in plans:
         if kind not in built:
             built[kind] = make_plan(kind, info, **common)
-    setups = [prepare_run(exp_dir, model_file, adapt_data, eval_data, out_dir / kind, built[kind],
-                          **options) for kind in plans]
+    groups = run_dirs_of(out_dir, plans, seeds)
+    # Every run directory is prepared (and checked against what it holds) before any runs.
+    setups = []
+    for k in range(len(seeds) if seeds is not None else 1):
+        for kind, dirs in zip(plans, groups):
+            extra = {"seed": seeds[k]} if seeds is not None else {}
+            setups.append(prepare_run(exp_dir, model_file, adapt_data, eval_data, dirs[k], built[kind],
+                                      **options, **extra))
+    idle = []
     for setup in setups:
-        logger.info(f"plan {setup.plan.name}: {setup.plan.note}; per client "
+        logger.info(f"plan {setup.plan.name}, seed {setup.seed}: {setup.plan.note}; per client "
                     f"{setup.plan.cost(info)['params_fraction']:.3f} of the parameters")
-        run_federated(setup, ray_address=ray_address)
-    return write_comparison([s.out_dir for s in setups], out_dir / "results.md")
+        results = run_federated(setup, ray_address=ray_address)
+        if rounds_with_updates(results) == 0:
+            idle.append((setup, results))
+    # Exactly the runs of this call, not other seed<N>/ runs an earlier call left in a plan dir.
+    table = write_comparison(groups, out_dir / "results.md", resamples=bootstrap_resamples)
+    if idle:
+        setup, results = idle[0]
+        raise NoUpdateError(
+            f"{len(idle)} run(s) merged no client update: {setup.out_dir} had no client update in any "
+            f"of its {results['rounds']} rounds ({results['cost']['failures']} client updates failed); "
+            "global model unchanged. Recorded in its results.json (rounds_with_updates: 0) and in "
+            f"{out_dir / 'results.md'}; lower --failure_prob or see the reasons in its costs.tsv")
+    return table

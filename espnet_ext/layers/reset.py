@@ -9,7 +9,9 @@ Definitions (Zhang, Bengio, Singer, "Are All Layers Created Equal?"):
 A fresh sample is taken the way ESPnet initializes a model: the whole model is built again from
 its training config (``ASRTask.build_model``: each module's constructor initialization, then the
 config's ``init:`` scheme such as ``xavier_uniform`` if set) after seeding every generator with
-the given seed, exactly as ESPnet's trainer does before it builds the model. Rebuilding the
+the given seed, exactly as ESPnet's trainer does before it builds the model, then cast to the
+training dtype and given the config's ``init_param`` weights as ESPnet's trainer does
+(:func:`build_initial_model`). Rebuilding the
 model, rather than calling ``reset_parameters()`` on the group's modules, also covers parameters
 that ESPnet initializes in constructors only (e.g. ``pos_bias_u``/``pos_bias_v`` of relative
 self-attention) and the draw order of ``init:``; with the run's own training seed the sample
@@ -27,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
+import pickle
 import random
 from pathlib import Path
 from typing import Callable, Dict, Iterator, Mapping, Optional, Union
@@ -133,10 +137,57 @@ def reset_to_checkpoint(
 
 
 def _seed_everything(seed: int) -> None:
-    # What espnet2.torch_utils.set_all_random_seed does before ESPnet builds a model.
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.random.manual_seed(seed)
+    # ESPnet's own seeding (Python, NumPy, torch), as its trainer does right before build_model.
+    from espnet2.torch_utils.set_all_random_seed import set_all_random_seed
+
+    set_all_random_seed(seed)
+
+
+def init_param_path(init_param: str) -> str:
+    """The file of an ESPnet ``--init_param`` spec (``<file>:<src_key>:<dst_key>:<exclude>``)."""
+    # ESPnet's load_pretrained_model splits the same way.
+    return init_param.split(":", 4)[0]
+
+
+def build_initial_model(train_args: argparse.Namespace, task=None,
+                        apply_init_param: bool = True) -> torch.nn.Module:
+    """The model exactly as ESPnet's trainer has it before the first update (CPU).
+
+    The steps of ``AbsTask.main_worker`` after ``set_all_random_seed(seed)`` (the caller seeds):
+    ``build_model``, the cast to ``train_dtype``, adapters (``use_adapter``), then every
+    ``init_param`` through ESPnet's own ``load_pretrained_model``. Nothing else between them
+    draws random numbers, so under the run's seed this reproduces its checkpoint 0 exactly.
+
+    Args:
+        train_args: The training config (``config.yaml`` contents) as a Namespace; paths in it
+            must resolve from the current directory.
+        task: ESPnet task class (default ``espnet2.tasks.asr.ASRTask``).
+        apply_init_param: Load the ``init_param`` files (False: the architecture's own
+            initialization everywhere).
+
+    Raises:
+        ValueError: An ``init_param`` file is missing or holds more than weights (it is opened
+            with ``torch.load(weights_only=True)`` before ESPnet unpickles it).
+    """
+    if task is None:
+        import espnet_ext  # noqa: F401  (registers espnet_ext's encoders before ESPnet builds)
+        from espnet2.tasks.asr import ASRTask as task  # noqa: N813
+    model = task.build_model(train_args)
+    model = model.to(dtype=getattr(torch, getattr(train_args, "train_dtype", None) or "float32"))
+    if getattr(train_args, "use_adapter", False):
+        from espnet2.layers.create_adapter import create_adapter
+
+        create_adapter(model, train_args.adapter, train_args.adapter_conf)
+    if apply_init_param:
+        from espnet2.torch_utils.load_pretrained_model import load_pretrained_model
+
+        for spec in getattr(train_args, "init_param", None) or []:
+            # ESPnet unpickles the file without restrictions: check that it is weights only first.
+            load_state_dict_file(init_param_path(spec), what="init_param file")
+            load_pretrained_model(init_param=spec, model=model,
+                                  ignore_init_mismatch=bool(getattr(train_args, "ignore_init_mismatch", False)),
+                                  map_location="cpu")
+    return model
 
 
 class InitialWeightSampler:
@@ -144,7 +195,7 @@ class InitialWeightSampler:
 
     Args:
         build_model: Builds the (CPU) model from scratch, e.g.
-            ``lambda: ASRTask.build_model(train_args)``; called after seeding.
+            ``lambda: build_initial_model(train_args)``; called after seeding.
 
     The random generators' states (Python, NumPy, torch) are restored after each build, so
     drawing a sample does not change any other random stream of the process. Samples are cached
@@ -156,18 +207,32 @@ class InitialWeightSampler:
         self._cache: Dict[int, Dict[str, torch.Tensor]] = {}
 
     @classmethod
-    def from_train_args(cls, train_args: Union[argparse.Namespace, dict],
-                        task=None) -> "InitialWeightSampler":
+    def from_train_args(cls, train_args: Union[argparse.Namespace, dict], task=None,
+                        apply_init_param: Optional[bool] = None) -> "InitialWeightSampler":
         """Sampler for the model of an ESPnet training config (``config.yaml`` contents).
+
+        Built as ESPnet's trainer builds it (:func:`build_initial_model`), so the sample under
+        the training seed equals checkpoint 0, and groups loaded from ``init_param`` files come
+        back to those pre-trained values (their initialization in this run).
 
         Args:
             train_args: The training config as a Namespace or dict.
             task: ESPnet task class (default ``espnet2.tasks.asr.ASRTask``).
+            apply_init_param: Load the config's ``init_param`` files. None: load them when all
+                exist; otherwise sample the architecture's own initialization for those parts
+                too (logged: then no seed reproduces checkpoint 0).
         """
-        if task is None:
-            from espnet2.tasks.asr import ASRTask as task  # noqa: N813
         args = argparse.Namespace(**train_args) if isinstance(train_args, dict) else train_args
-        return cls(lambda: task.build_model(args))
+        if apply_init_param is None:
+            missing = [init_param_path(s) for s in (getattr(args, "init_param", None) or [])
+                       if not Path(init_param_path(s)).is_file()]
+            apply_init_param = not missing
+            if missing:
+                logging.warning(
+                    f"init_param file(s) {', '.join(missing)} not found from {Path.cwd()}: fresh "
+                    "samples use the architecture's own initialization for those parts too, so "
+                    "no seed reproduces checkpoint 0")
+        return cls(lambda: build_initial_model(args, task, apply_init_param))
 
     def sample(self, seed: int) -> Dict[str, torch.Tensor]:
         """State dict of a freshly initialized model under `seed` (CPU tensors, cached)."""
@@ -217,21 +282,58 @@ def rerandomize(
     return out
 
 
-def load_state_dict_file(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
-    """Load a state dict written by ESPnet (``*.pth``) onto the CPU.
+def _resume_file_globals():
+    """Types ESPnet's ``checkpoint.pth`` pickles besides tensors (its reporter's statistics)."""
+    import datetime
+
+    types = [np.dtype, datetime.timedelta]
+    core = getattr(np, "_core", None) or getattr(np, "core")
+    types.append(core.multiarray.scalar)
+    # numpy >= 1.25 pickles dtypes by their classes (numpy.dtypes.Float64DType, ...).
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        types += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")]
+    return types
+
+
+def load_state_dict_file(path: Union[str, Path], what: str = "model file") -> Dict[str, torch.Tensor]:
+    """Load a state dict written by ESPnet (``*.pth``) onto the CPU, as weights only.
+
+    Nothing is unpickled beyond tensors and plain containers (``torch.load(weights_only=True)``).
+    ESPnet's resume file ``checkpoint.pth`` (model, optimizer and scheduler states, reporter
+    statistics) is read the same way, with NumPy scalars/dtypes and ``timedelta`` allowed for
+    its statistics, and its ``"model"`` entry returned.
+
+    Args:
+        path: The file.
+        what: How to name it in errors (``model file``, ``init_param file``...).
 
     Raises:
         FileNotFoundError: The file does not exist.
-        ValueError: The file holds no state dict.
+        ValueError: The file holds no state dict, or objects other than weights (names them).
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"model file not found: {path}")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+        allowed = {f"{t.__module__}.{t.__qualname__}" for t in _resume_file_globals()}
+        if not unsafe or not unsafe <= allowed:
+            raise ValueError(
+                f"{path} ({what}) holds pickled objects other than weights "
+                f"({', '.join(sorted(unsafe - allowed)) or 'unknown'}); espnet_ext loads weights "
+                "only: save the model's state dict alone (torch.save(model.state_dict(), path)) "
+                "and pass that file") from None
+        with torch.serialization.safe_globals(_resume_file_globals()):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError) as e:
+        raise ValueError(f"{path} ({what}) is not a readable torch file: {e}") from None
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
         obj = obj["model"]  # ESPnet's checkpoint.pth (model + optimizer states)
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path} does not hold a model state dict")
+        raise ValueError(f"{path} ({what}) does not hold a model state dict")
     return obj
 
 

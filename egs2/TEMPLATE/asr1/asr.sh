@@ -54,6 +54,8 @@ scan_modes=reinit,rerandomize  # Reset modes.
 scan_taus=all         # Checkpoints for re-initialization: comma-separated epochs, last, all.
 scan_scoring=ctc_greedy  # ctc_greedy (fast) or beam (joint CTC/attention).
 scan_model=valid.acc.ave.pth  # Weights to scan.
+scan_adaptive=false   # true: each variant on growing utterance prefixes until its label is decided.
+scan_confidence=0.95  # Confidence of the reset deltas' bootstrap intervals (uncertain labels).
 scan_args=            # Extra arguments for espnet_ext.bin.layer_scan.
 
 # Federated adaptation options (stage 8)
@@ -68,6 +70,9 @@ fl_scan=submodule     # Granularity of the stage-6 scan that targets the dropout
 fl_rates="0.25 0.5"   # Ambient-group dropout rates of the targeted plans, one client size each; every
                       # rate also runs uniform dropout at the same client cost (no dropout runs once).
 fl_args=              # Extra arguments for espnet_ext.bin.fl_simulate run (--rounds, --client_lr, ...).
+fl_seeds="1 2 3"      # Federated seeds: every plan runs once per seed (client sampling, sub-models, local
+                      # training); results give mean ± std (min-max) and paired bootstrap intervals.
+                      # Empty: one run per plan with seed 0 (the single-seed layout <plan>/).
 
 help_message=$(cat <<EOF
 Usage: $0 --train_set <name> --valid_set <name> --test_sets "<names>" --asr_configs "<yamls>" [options]
@@ -103,6 +108,8 @@ Options (defaults in brackets):
   --scan_granularities     layer granularities [${scan_granularities}]
   --scan_modes / --scan_taus / --scan_scoring   [${scan_modes} / ${scan_taus} / ${scan_scoring}]
   --scan_model             weights to scan [${scan_model}]
+  --scan_adaptive          adaptive scan: stop a variant once its label is decided [${scan_adaptive}]
+  --scan_confidence        confidence of the delta intervals [${scan_confidence}]
   --scan_args              extra arguments for espnet_ext.bin.layer_scan
   --fl_adapt_set           withheld-domain data dir (clients = speakers) [${fl_adapt_set:-none}]
   --fl_test_sets           data dirs scored before/after adaptation [test sets]
@@ -111,6 +118,7 @@ Options (defaults in brackets):
   --fl_scan                scan granularity that targets the dropout [${fl_scan}]
   --fl_rates               targeted dropout rates, one client size each [${fl_rates}]
   --fl_args                extra arguments for espnet_ext.bin.fl_simulate run
+  --fl_seeds               federated seeds, each plan once per seed [${fl_seeds:-none}]
 EOF
 )
 
@@ -328,6 +336,12 @@ train_one() {
 
 if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ]; then
     [ -f "${stats_dir}/.done" ] || die "${stats_dir} is incomplete: run stage 3 first"
+    # Stage 6 resets layers to saved epochs: a tau no run saves is an error now, not after training.
+    if [ ${stop_stage} -ge 6 ]; then
+        # shellcheck disable=SC2086
+        "${python}" -m espnet_ext.bin.check_scan_taus --taus "${scan_taus}" --configs ${asr_configs} \
+            --train_args="${asr_args}" || exit 1
+    fi
     normalize_args=()
     if [ "${feats_normalize}" = global_mvn ]; then
         normalize_args=(--normalize global_mvn --normalize_conf
@@ -427,6 +441,7 @@ if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ]; then
                         --data_dir "data/${dset}" --out_dir "${out}" \
                         --granularity "${granularity}" --modes "${scan_modes}" --taus "${scan_taus}" \
                         --scoring "${scan_scoring}" --model_file "${scan_model}" \
+                        --adaptive "${scan_adaptive}" --confidence "${scan_confidence}" \
                         --ngpu "${infer_ngpu}" --no_progress ${scan_args}
                     tail -n 2 "${out}/scan.log"
                     touch "${out}/.done"
@@ -488,15 +503,19 @@ if [ ${stage} -le 8 ] && [ ${stop_stage} -ge 8 ]; then
         stacks=encoder
         [ "${scan_scoring}" = beam ] && stacks=encoder,decoder
         fl_root="${expdir}/fl_${dir##*/}"
+        # Runs go to <plan>/seed<N>/ (several seeds) or <plan>/ (no --fl_seeds); .done records which.
+        fl_seed_list=$(echo ${fl_seeds} | tr -s ' ' ',')
+        seed_args=()
+        [ -n "${fl_seed_list}" ] && seed_args=(--seeds "${fl_seed_list}")
         run_dirs=()
         plans=none,uniform,targeted
         for rate in ${fl_rates}; do
             out="${fl_root}/r${rate}"
             for p in ${plans//,/ }; do run_dirs+=("${out}/${p}"); done
-            if [ -f "${out}/.done" ]; then
-                log "Skip: ${out} is complete"; plans=uniform,targeted; continue
+            if [ -f "${out}/.done" ] && [ "$(cat "${out}/.done")" = "seeds ${fl_seed_list:-0}" ]; then
+                log "Skip: ${out} is complete (seeds ${fl_seed_list:-0})"; plans=uniform,targeted; continue
             fi
-            log "Federated runs [${plans}] at rate ${rate} from ${dir}/${fl_model} (log: ${out}/fl.log)"
+            log "Federated runs [${plans}] x seeds [${fl_seed_list:-0}] at rate ${rate} from ${dir}/${fl_model} (log: ${out}/fl.log)"
             # shellcheck disable=SC2086
             progress_pattern="plan |round [0-9]+/|Traceback|Error" progress_prefix="[fl r${rate}] " \
             run_logged "${out}/fl.log" "${out}/fl.sh" \
@@ -504,11 +523,13 @@ if [ ${stage} -le 8 ] && [ ${stop_stage} -ge 8 ]; then
                 --adapt_data "data/${fl_adapt_set}" "${eval_args[@]}" --out_dir "${out}" \
                 --plans "${plans}" --rate "${rate}" --scan_tsv "${scan_tsv}" --match_cost params \
                 --uniform_stacks "${stacks}" --device "$([ "${ngpu}" -gt 0 ] && echo cuda || echo cpu)" \
-                --no_progress ${fl_args}
-            touch "${out}/.done"
+                "${seed_args[@]}" --no_progress ${fl_args}
+            echo "seeds ${fl_seed_list:-0}" > "${out}/.done"
             plans=uniform,targeted   # no dropout does not depend on the rate: it runs once
         done
-        "${python}" -m espnet_ext.bin.fl_simulate compare "${run_dirs[@]}" \
+        # One row per plan and rate: mean ± spread over the seeds, paired intervals of targeted
+        # minus uniform (same rate) and minus no dropout.
+        "${python}" -m espnet_ext.bin.fl_simulate compare "${run_dirs[@]}" "${seed_args[@]}" \
             --out "${fl_root}/results.md" --plot "${fl_root}/cer_vs_client_size.png" >/dev/null
         log "Federated results: ${fl_root}/results.md"
         if compgen -G "${expdir}/*/decode_*/*/scores.json" >/dev/null; then
