@@ -93,6 +93,18 @@ def _normalize(text: str) -> str:
     return " ".join(text.split())
 
 
+def _check_scoring_inputs(refs: Mapping[str, str], hyps: Mapping[str, str], unit: str) -> None:
+    """Raise ValueError for an unknown unit or hypothesis keys that have no reference."""
+    if unit not in ("word", "char"):
+        raise ValueError(f"unit must be 'word' or 'char', got {unit!r}")
+    unknown = sorted(set(hyps) - set(refs))
+    if unknown:
+        raise ValueError(
+            f"{len(unknown)} hypothesis keys have no reference (first: {unknown[0]!r}); "
+            "score against the data dir that was decoded"
+        )
+
+
 def score_texts(
     refs: Mapping[str, str], hyps: Mapping[str, str], unit: str = "word"
 ) -> ErrorCounts:
@@ -107,14 +119,7 @@ def score_texts(
     Raises:
         ValueError: for an unknown unit, or hypothesis keys that are not in refs.
     """
-    if unit not in ("word", "char"):
-        raise ValueError(f"unit must be 'word' or 'char', got {unit!r}")
-    unknown = sorted(set(hyps) - set(refs))
-    if unknown:
-        raise ValueError(
-            f"{len(unknown)} hypothesis keys have no reference (first: {unknown[0]!r}); "
-            "score against the data dir that was decoded"
-        )
+    _check_scoring_inputs(refs, hyps, unit)
     keys = sorted(refs)
     return _count(
         [_normalize(refs[k]) for k in keys], [_normalize(hyps.get(k, "")) for k in keys], unit
@@ -134,14 +139,7 @@ def utterance_counts(
     Raises:
         ValueError: for an unknown unit, or hypothesis keys that are not in refs.
     """
-    if unit not in ("word", "char"):
-        raise ValueError(f"unit must be 'word' or 'char', got {unit!r}")
-    unknown = sorted(set(hyps) - set(refs))
-    if unknown:
-        raise ValueError(
-            f"{len(unknown)} hypothesis keys have no reference (first: {unknown[0]!r}); "
-            "score against the data dir that was decoded"
-        )
+    _check_scoring_inputs(refs, hyps, unit)
     return {k: _count_one(_normalize(refs[k]), _normalize(hyps.get(k, "")), unit) for k in refs}
 
 

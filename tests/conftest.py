@@ -185,3 +185,15 @@ def build_family_model(tmp_path: Path, family: str):
         ["--config", str(path), "--token_type", "char", "--token_list", str(tokens)])
     torch.manual_seed(0)
     return ASRTask.build_model(args)
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test with one torch thread: on tiny tensors, thread hand-offs cost more than the
+    work on a busy 2-core machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 import yaml
 
 from conftest import make_tone_data_dir, train_tiny_model
@@ -15,12 +14,7 @@ from espnet_ext.analysis.scan import ScanOptions, run_scan  # noqa: E402
 EPOCHS = 30
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,7 @@ from espnet_ext.layers import ArchitectureMismatchError, LayerMapError  # noqa: 
 EPOCHS = 30
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny tensors: thread hand-offs would cost more than the work on a busy 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
