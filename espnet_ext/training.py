@@ -93,6 +93,13 @@ def save_initial_weights(model: torch.nn.Module, output_dir: Path, resuming: boo
             )
         logging.warning(f"{dst} is from an earlier attempt with other options ({why}); "
                         "replacing it with this training's initial weights")
+        # The earlier attempt's kept epochs (written here by keep_epoch_checkpoints) would pair
+        # with the new checkpoint 0 as if they were one run's trajectory.
+        for stale in sorted(dst.parent.iterdir()):
+            m = EPOCH_FILE.match(stale.name)
+            if m and int(m.group(1)) >= 1:
+                logging.warning(f"removing {stale}: an epoch of that earlier attempt")
+                stale.unlink()
     elif resuming:
         logging.warning(
             f"{dst} is missing but training resumes from {output_dir}/checkpoint.pth: the "

@@ -182,6 +182,12 @@ def test_a_file_the_tool_did_not_write_is_never_overwritten(espnet_run):
     with _cwd(root), pytest.raises(ExperimentError, match=r"mine.pth exists and is not a reconstruction"):
         ExperimentDir(exp_dir).reconstruct_initial_weights(user_file)
     assert user_file.read_bytes() == b"precious"
+    # Nor the record that would sit next to the output (e.g. a saved checkpoint 0's 0epoch.json).
+    user_record = root / "theirs.json"
+    user_record.write_text('{"seed": 1}')
+    with _cwd(root), pytest.raises(ExperimentError, match=r"theirs.json exists and is not the record"):
+        ExperimentDir(exp_dir).reconstruct_initial_weights(root / "theirs.pth")
+    assert user_record.read_text() == '{"seed": 1}' and not (root / "theirs.pth").exists()
 
 
 def test_checkpoint0_carries_the_identity_of_its_run(tmp_path):
@@ -204,9 +210,14 @@ def test_checkpoint0_carries_the_identity_of_its_run(tmp_path):
     assert json.loads((out / "checkpoints" / "0epoch.json").read_text())["seed"] == 3
     seed3 = _load(ckpt0)
     # Killed during epoch 1: no checkpoint.pth, no epoch file; re-run with another seed.
-    for p in [out / "checkpoint.pth", *out.glob("*epoch.pth"), out / "checkpoints" / "1epoch.pth"]:
+    for p in [out / "checkpoint.pth", *out.glob("*epoch.pth")]:
         p.unlink()
+    kept_epoch1 = out / "checkpoints" / "1epoch.pth"  # still the seed-3 attempt's
+    seed3_epoch1 = _load(kept_epoch1)
     _train(args(max_epoch=1, seed=4))
+    # The seed-3 attempt's kept epoch gave way to the new training's epoch 1.
+    assert _equal(_load(kept_epoch1), _load(out / "1epoch.pth"))
+    assert not _equal(_load(kept_epoch1), seed3_epoch1)
     record = json.loads((out / "checkpoints" / "0epoch.json").read_text())
     assert record["seed"] == 4 and record["reconstructed"] is False
     config = yaml.safe_load((out / "config.yaml").read_text())

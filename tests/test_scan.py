@@ -267,3 +267,17 @@ def test_prefix_reuse_on_other_encoders(tmp_path, encoder, conf, block_reuse):
     for utt in a:
         torch.testing.assert_close(a[utt], b[utt], rtol=1e-5, atol=1e-6)
     assert cached.hypotheses(1, values) == uncached.hypotheses(1, values)
+
+
+def test_counts_file_cut_by_an_interruption_resumes_without_losing_the_next_record(tmp_path):
+    """A kill mid-write leaves a cut last line in utt_errors.jsonl: it is dropped on load, and the
+    next record starts a line of its own (it used to be glued to the cut line and lost)."""
+    import json
+
+    from espnet_ext.analysis.scan import _UttErrors
+
+    path = tmp_path / "utt_errors.jsonl"
+    rec = {"dataset": "dev", "group": "g", "mode": "reinit", "value": 0, "idx": [0], "w": [1], "c": [2]}
+    path.write_text(json.dumps(rec) + "\n" + '{"dataset": "dev", "gro', encoding="utf-8")
+    _UttErrors(path).append({**rec, "group": "h"})
+    assert sorted(k[1] for k in _UttErrors(path).variants) == ["g", "h"]

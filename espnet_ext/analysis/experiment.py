@@ -353,7 +353,13 @@ class ExperimentDir:
         self.check_config_paths(("stats_file", "token_list", "init_param"))
         out_path = Path(out_path) if out_path is not None else ckpt.reconstructed_init_path(self.path)
         record = ckpt.read_identity(out_path)
-        if out_path.exists() and not (record or {}).get("reconstructed"):
+        ours = bool((record or {}).get("reconstructed"))
+        if ckpt.identity_path(out_path).exists() and not ours:
+            # The record of a saved checkpoint 0 (or a user's file of that name) stays as it is.
+            raise ExperimentError(
+                f"{ckpt.identity_path(out_path)} exists and is not the record of a reconstruction "
+                "written by espnet_ext; it is left alone: choose another output path")
+        if out_path.exists() and not ours:
             raise ExperimentError(
                 f"{out_path} exists and is not a reconstruction written by espnet_ext (no "
                 f"{ckpt.identity_path(out_path).name} saying so); it is left alone: choose "

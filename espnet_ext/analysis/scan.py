@@ -349,7 +349,11 @@ class _UttErrors:
                     self._add(json.loads(line))
                 except (json.JSONDecodeError, KeyError):
                     if n == len(lines):
-                        break  # cut by an interruption: that variant is scored again
+                        # Cut by an interruption: that variant is scored again. Drop the cut
+                        # line so that the next record starts a line of its own.
+                        with open(path, "r+b") as f:
+                            f.truncate(len("".join(l + "\n" for l in lines[:-1]).encode("utf-8")))
+                        break
                     raise ScanError(f"{path} line {n} is not a counts record; delete "
                                     f"{', '.join(SCAN_FILES)} in {path.parent} to start over") from None
 

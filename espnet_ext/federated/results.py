@@ -420,10 +420,13 @@ def write_comparison(run_dirs: Sequence[Union[Path, Sequence[Path]]], out: Path,
 
     Raises:
         FileNotFoundError: A run that has not finished.
-        ResultsError: Runs that cannot share a row, or `resamples` < 1.
+        ResultsError: Runs that cannot share a row, or `resamples` < 10.
     """
-    if resamples < 1:
-        raise ResultsError(f"bootstrap resamples must be >= 1, got {resamples}")
+    from espnet_ext.analysis.bootstrap import MIN_SAMPLES
+
+    if resamples < MIN_SAMPLES:
+        raise ResultsError(f"--bootstrap_resamples must be >= {MIN_SAMPLES} for a percentile interval, "
+                           f"got {resamples}")
     groups = load_labelled(run_dirs)
     labels = [g[0]["label"] for g in groups]
     differences, notes = paired_differences(groups, labels, resamples, bootstrap_seed)

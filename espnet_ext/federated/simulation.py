@@ -342,14 +342,16 @@ def run_plans(exp_dir: Path, model_file: str, adapt_data: Path,
             client update in any round (e.g. every client failed); the table records it.
     """
     from espnet_ext.federated.modelio import resolve_train_config
+    from espnet_ext.analysis.bootstrap import MIN_SAMPLES
     from espnet_ext.federated.results import rounds_with_updates, write_comparison
 
     if not plans:
         raise OptionsError("no plan to run: give at least one of none, uniform, targeted, file")
     if len(set(plans)) != len(plans):
         raise OptionsError(f"each plan once, got {list(plans)}")
-    if bootstrap_resamples < 1:
-        raise OptionsError(f"bootstrap resamples must be >= 1, got {bootstrap_resamples}")
+    if bootstrap_resamples < MIN_SAMPLES:
+        raise OptionsError(f"--bootstrap_resamples must be >= {MIN_SAMPLES} for a percentile interval, "
+                           f"got {bootstrap_resamples}")
     if seeds is not None:
         seeds = list(seeds)
         if "seed" in options:
