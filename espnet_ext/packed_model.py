@@ -103,17 +103,16 @@ def open_packed_model(source: Union[str, Path], dest: Optional[Union[str, Path]]
             exp_rel, model_rel = _import_dir(source, staging, model_file)
         else:
             exp_rel, model_rel = _extract_archive(source, staging)
+        # The config was rewritten with paths under the staging dir's name: point them at dest
+        # before dest exists, so that a published dir (which later calls reuse) is always whole.
+        _rebase_config(staging / exp_rel / "config.yaml", str(staging.resolve()), str(dest.resolve()))
         record = {**identity, "exp_dir": exp_rel, "model_path": model_rel}
         (staging / MARKER).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         os.replace(staging, dest)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    # The config was rewritten with paths under the staging dir's name: point them at dest.
-    opened = _opened(dest, json.loads((dest / MARKER).read_text(encoding="utf-8")))
-    _rebase_config(opened.exp.config_path, str(staging.resolve()), str(dest.resolve()))
-    opened.exp = ExperimentDir(opened.exp.path)
-    return opened
+    return _opened(dest, record)
 
 
 def _opened(dest: Path, record: dict) -> PackedModel:

@@ -107,8 +107,11 @@ def site_hook_dir(user: bool = False) -> Path:
 
 
 def _is_ours(path: Path) -> bool:
-    with open(path, encoding="utf-8", errors="replace") as f:
-        return f.readline().startswith(SITE_HOOK_MARKER)
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.readline().startswith(SITE_HOOK_MARKER)
+    except OSError as e:
+        raise SiteHookError(f"cannot read {path}: {e.strerror}; left it unchanged") from None
 
 
 def install_site_hook(site_dir: Path, create: bool = False) -> bool:

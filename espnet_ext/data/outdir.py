@@ -49,7 +49,8 @@ def _written_files(dst: Path, record: dict) -> Set[str]:
     listed = record.get(FILES_KEY)
     if isinstance(listed, list):
         return {str(f) for f in listed}
-    return {
+    # The required files count as written even when gone, so that a dir missing one is not complete.
+    return set(REQUIRED_FILES) | {
         p.name for p in dst.iterdir()
         if p.name in REQUIRED_FILES or p.name == "segments" or p.name.startswith(("utt2", "spk2"))
     }
