@@ -21,7 +21,6 @@ utterances followed by unseen ones, so that variants differ in how clearly they 
 """
 
 import argparse
-import logging
 import shutil
 import sys
 import tempfile
@@ -32,6 +31,8 @@ import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from scan_bench_inputs import scan_inputs  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -87,18 +88,9 @@ def main():
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="bench_adaptive_scan_"))
     work.mkdir(parents=True, exist_ok=True)
     from espnet_ext.analysis.scan import ScanOptions, run_scan
-    from espnet_ext.training import saved_epochs
 
-    t0 = time.perf_counter()
-    if args.exp_dir is None:
-        exp_dir, data_dir = train_small_model(work / "model", args.utts, args.epochs, args.conv_norm)
-        logging.getLogger().setLevel(logging.WARNING)  # ESPnet's training set INFO
-        print(f"trained the bench model in {time.perf_counter() - t0:.1f} s")
-    else:
-        if args.data_dir is None:
-            sys.exit("--data_dir is required with --exp_dir")
-        exp_dir, data_dir = args.exp_dir, args.data_dir
-    model_file = args.model_file or f"checkpoints/{max(saved_epochs(exp_dir))}epoch.pth"
+    exp_dir, data_dir, model_file = scan_inputs(
+        args, lambda: train_small_model(work / "model", args.utts, args.epochs, args.conv_norm))
 
     def scan(adaptive: bool, out: Path, groups=None):
         shutil.rmtree(out, ignore_errors=True)

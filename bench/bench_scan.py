@@ -19,7 +19,6 @@ not depend on the quality of the model.
 
 import argparse
 import json
-import logging
 import os
 import shutil
 import statistics
@@ -33,6 +32,8 @@ import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from scan_bench_inputs import scan_inputs  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -102,18 +103,9 @@ def main():
     work.mkdir(parents=True, exist_ok=True)
     from espnet_ext.analysis.scan import ScanOptions, run_scan
     from espnet_ext.layers import build_layer_map, load_state_dict_file
-    from espnet_ext.training import saved_epochs
 
-    t0 = time.perf_counter()
-    if args.exp_dir is None:
-        exp_dir, data_dir = train_small_model(work / "model", args.blocks)
-        logging.getLogger().setLevel(logging.WARNING)  # ESPnet's training set INFO
-        print(f"trained the bench model in {time.perf_counter() - t0:.1f} s")
-    else:
-        if args.data_dir is None:
-            sys.exit("--data_dir is required with --exp_dir")
-        exp_dir, data_dir = args.exp_dir, args.data_dir
-    model_file = args.model_file or f"checkpoints/{max(saved_epochs(exp_dir))}epoch.pth"
+    exp_dir, data_dir, model_file = scan_inputs(
+        args, lambda: train_small_model(work / "model", args.blocks))
     model_path = Path(model_file) if Path(model_file).is_file() else exp_dir / model_file
     trained = load_state_dict_file(model_path)
 
