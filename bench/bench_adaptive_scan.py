@@ -59,9 +59,9 @@ def parse_args() -> argparse.Namespace:
 def train_small_model(root: Path, utts: int, epochs: int, conv_norm: str = "batch_norm"):
     """Train the bench's own model: (exp dir, scan data dir). Uses the tests' data helpers."""
     sys.path.insert(0, str(REPO / "tests"))
-    from conftest import make_tone_data_dir, tiny_asr_config, train_args, write_char_token_list
+    from helpers import make_tone_data_dir, tiny_asr_config, train_args, write_char_token_list
 
-    from espnet_ext.training import CheckpointKeepingASRTask
+    from espnet_ext.experiment.training import CheckpointKeepingASRTask
 
     n_train = utts // 2
     train = make_tone_data_dir(root / "data", "train", n_utts=n_train, seed=0)
@@ -87,7 +87,7 @@ def main():
         torch.set_num_threads(args.threads)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="bench_adaptive_scan_"))
     work.mkdir(parents=True, exist_ok=True)
-    from espnet_ext.analysis.scan import ScanOptions, run_scan
+    from espnet_ext.scan.scanner import ScanOptions, run_scan
 
     exp_dir, data_dir, model_file = scan_inputs(
         args, lambda: train_small_model(work / "model", args.utts, args.epochs, args.conv_norm))

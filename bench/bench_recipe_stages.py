@@ -19,8 +19,8 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from espnet_ext.recipe_workdir import make_recipe_workdir  # noqa: E402
+sys.path.insert(0, str(REPO / "tests"))
+from helpers import make_recipe_workdir  # noqa: E402
 
 STAGE_NAMES = {1: "data", 2: "tokens", 3: "stats", 4: "training", 5: "decoding+scoring",
                6: "layer-reset scan", 7: "analysis", 8: "federated adaptation"}

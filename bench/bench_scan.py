@@ -55,9 +55,9 @@ def parse_args() -> argparse.Namespace:
 def train_small_model(root: Path, blocks: int):
     """Train the bench's own model: (exp dir, dev data dir). Uses the tests' data helpers."""
     sys.path.insert(0, str(REPO / "tests"))
-    from conftest import make_tone_data_dir, tiny_asr_config, train_args, write_char_token_list
+    from helpers import make_tone_data_dir, tiny_asr_config, train_args, write_char_token_list
 
-    from espnet_ext.training import CheckpointKeepingASRTask
+    from espnet_ext.experiment.training import CheckpointKeepingASRTask
 
     train = make_tone_data_dir(root / "data", "train", n_utts=24, seed=0)
     dev = make_tone_data_dir(root / "data", "dev", n_utts=24, seed=1)
@@ -74,7 +74,7 @@ def train_small_model(root: Path, blocks: int):
 def cli_variant_seconds(exp_dir: Path, trained, data_dir: Path, variants, work: Path, threads: int):
     """Per-variant seconds of the CLI loop (write weights, decode with the CLI, score)."""
     from espnet_ext.layers import load_state_dict_file, reset_to_checkpoint
-    from espnet_ext.scoring import score_files
+    from espnet_ext.evaluation.scoring import score_files
 
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     times = []
@@ -101,7 +101,7 @@ def main():
         torch.set_num_threads(args.threads)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="bench_scan_"))
     work.mkdir(parents=True, exist_ok=True)
-    from espnet_ext.analysis.scan import ScanOptions, run_scan
+    from espnet_ext.scan.scanner import ScanOptions, run_scan
     from espnet_ext.layers import build_layer_map, load_state_dict_file
 
     exp_dir, data_dir, model_file = scan_inputs(

@@ -15,7 +15,7 @@ two modules, whoever imports them later in the process:
 
 ESPnet's own entry points (``python -m espnet2.bin.asr_train`` ...) never import this package;
 ``python -m espnet_ext.bin.install_hook`` makes every Python process of an environment do it
-(see :mod:`espnet_ext.registration`).
+(see :mod:`espnet_ext.asr.registration`).
 """
 
 import importlib.abc
@@ -49,7 +49,7 @@ class _RegisterAfterExecLoader(_WrappingLoader):
 
     def exec_module(self, module) -> None:
         self._loader.exec_module(module)
-        from espnet_ext.registration import register_encoders
+        from espnet_ext.asr.registration import register_encoders
 
         register_encoders()
 
@@ -106,7 +106,7 @@ class _ImportHook(importlib.abc.MetaPathFinder):
 
 def _install_import_hook() -> None:
     if _ASR_TASK_MODULE in sys.modules:
-        from espnet_ext.registration import register_encoders
+        from espnet_ext.asr.registration import register_encoders
 
         register_encoders()
     if not any(getattr(f, "is_espnet_ext_import_hook", False) for f in sys.meta_path):

@@ -1,7 +1,8 @@
-"""Analyses of trained models: the layer-reset scan (ambient/critical layers).
+"""Analyses across layer-reset scans and training runs: labels per run, weight updates, stability
+across seeds, norms and sizes.
 
-Entry point: :func:`espnet_ext.analysis.scan.run_scan` (CLI: ``python -m espnet_ext.bin.layer_scan``).
-Modules: ``eval_data`` (data in memory), ``encoder_stages`` (staged forward), ``evaluator``
-(features and prefix cache), ``ctc_greedy``/``decoders`` (scoring modes), ``experiment``
-(experiment dir, checkpoints), ``labels`` (ambient rule), ``scan_report`` (outputs).
+Modules: `layer_analysis` (one run's labels over taus and its weight updates;
+``python -m espnet_ext.bin.layer_analysis``), `cross_run` (collecting several runs' scans),
+`stability` (agreement across runs), `weight_updates` (update size per layer), `analysis_report`
+(its tables and JSON).
 """

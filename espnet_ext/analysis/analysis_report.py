@@ -47,7 +47,7 @@ def table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> List[str]:
 
 def describe_rule(criterion: dict) -> str:
     """The scans' ambient rule in words (``CER within max(+2 points, +10% of baseline)``)."""
-    from espnet_ext.analysis.labels import AmbientCriterion
+    from espnet_ext.scan.labels import AmbientCriterion
 
     try:
         return AmbientCriterion(**criterion).describe()

@@ -1,7 +1,7 @@
 """Several finished runs side by side: which run is which, and what its scan and weights say.
 
 A **run** is a trained experiment dir (read through
-:class:`~espnet_ext.analysis.experiment.ExperimentDir`: ``config.yaml``, the epochs that exist,
+:class:`~espnet_ext.experiment.experiment_dir.ExperimentDir`: ``config.yaml``, the epochs that exist,
 checkpoint 0 saved or reconstructed from config.yaml, and the layer-reset scan of stage 6 in ``scan_<granularity>_<dataset>/``). Runs are told apart by
 their ``config.yaml``, not by their names: the conv-module norm (ESPnet's ``conformer`` encoder:
 batch norm; ``norm_conformer``: its ``conv_norm_type``), the size (encoder ``num_blocks`` x
@@ -29,7 +29,7 @@ import math
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from espnet_ext.analysis.scan_report import MODES, REINIT, ScanRow, read_tsv, reference_variant
+from espnet_ext.scan.report import MODES, REINIT, ScanRow, read_tsv, reference_variant
 from espnet_ext.analysis.stability import LayerOutcome, RunOutcome
 from espnet_ext.analysis.weight_updates import (
     TRAIN_HINT,
@@ -37,7 +37,7 @@ from espnet_ext.analysis.weight_updates import (
     WeightUpdateError,
     compute_weight_updates_for_maps,
 )
-from espnet_ext.analysis.experiment import ExperimentDir, ExperimentError
+from espnet_ext.experiment.experiment_dir import ExperimentDir, ExperimentError
 
 SCAN_HINT = ("run stage 6 of the recipe (./run.sh --stage 6 --stop_stage 6) or "
              "python -m espnet_ext.bin.layer_scan --exp_dir {exp} --data_dir data/{dataset} "

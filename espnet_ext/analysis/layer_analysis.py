@@ -32,7 +32,7 @@ from typing import Dict, List, Optional, Sequence, Union
 from espnet_ext.analysis import analysis_report as rep
 from espnet_ext.analysis import stability as st
 from espnet_ext.analysis.cross_run import AnalyzedRun, Collection, collect_runs_multi
-from espnet_ext.analysis.scan_report import REINIT, RERANDOMIZE, write_text_atomic
+from espnet_ext.scan.report import REINIT, RERANDOMIZE, write_text_atomic
 
 
 @dataclasses.dataclass
@@ -136,7 +136,7 @@ def _reset_text(run: AnalyzedRun) -> str:
 # ----------------------------------------------------------------------------------- figures
 def _seed_heatmaps(coll: Collection, out_dir: Path) -> List[Path]:
     """Per variant with several seeds, one panel per seed: groups x resets, colour = error change."""
-    from espnet_ext.plots_analysis import plot_heatmap_panels
+    from espnet_ext.reporting.plots_analysis import plot_heatmap_panels
 
     metric = coll.metric
     paths = []
@@ -291,8 +291,8 @@ def analyse_collection(coll: Collection, out_dir: Path, opts: AnalysisOptions,
                           per_run_update, pooled_update, median_updates, nb, pair_kinds)
 
     # Figures.
-    from espnet_ext.plots_analysis import plot_matrix, plot_trajectories, plot_update_vs_delta
-    from espnet_ext.plots import plot_heatmap
+    from espnet_ext.reporting.plots_analysis import plot_matrix, plot_trajectories, plot_update_vs_delta
+    from espnet_ext.reporting.plots import plot_heatmap
 
     t_fig = time.perf_counter()
     metric_up = coll.metric.upper()

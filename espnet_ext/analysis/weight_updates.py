@@ -2,7 +2,7 @@
 
 theta_0, the initial weights, is a run's checkpoint 0: saved by ``python -m
 espnet_ext.bin.asr_train`` as ``checkpoints/0epoch.pth``, or reconstructed from ``config.yaml``
-(:class:`espnet_ext.analysis.experiment.ExperimentDir`). theta_tau are the epochs that exist:
+(:class:`espnet_ext.experiment.experiment_dir.ExperimentDir`). theta_tau are the epochs that exist:
 ``checkpoints/{tau}epoch.pth`` (every epoch, with espnet_ext's training) or ESPnet's own
 ``{tau}epoch.pth`` (its n-best); theta_T
 is the model whose layers the reset scan resets (its model file, e.g. ``valid.acc.ave.pth``;
@@ -36,7 +36,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
-from espnet_ext.checkpoints import epoch_file, saved_epochs
+from espnet_ext.experiment.checkpoints import epoch_file, saved_epochs
 from espnet_ext.layers.layer_map import LayerMap, build_layer_map
 from espnet_ext.layers.reset import check_compatible, load_state_dict_file
 
@@ -261,7 +261,7 @@ def compute_weight_updates_for_maps(
     Raises:
         As :func:`compute_weight_updates`.
     """
-    from espnet_ext.analysis.experiment import ExperimentDir, ExperimentError
+    from espnet_ext.experiment.experiment_dir import ExperimentDir, ExperimentError
 
     exp = ExperimentDir(exp_dir)
     exp_dir = exp.path

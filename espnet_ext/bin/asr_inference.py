@@ -35,7 +35,7 @@ def check_inputs(args) -> None:
         SampleRateError: Audio at another rate (names the data dir, both rates, the fix).
         DataDirError: Unreadable audio.
     """
-    from espnet_ext.data.audio_rate import check_sample_rate
+    from espnet_ext.data.audio import check_sample_rate
     from espnet_ext.data.kaldi import read_kaldi_map
 
     config = model_config_of(args)

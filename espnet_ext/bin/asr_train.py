@@ -10,7 +10,7 @@ import sys
 
 import espnet_ext  # noqa: F401  (registers espnet_ext's encoders into ESPnet)
 from espnet_ext.bin.cli import run_guarded
-from espnet_ext.training import CheckpointKeepingASRTask
+from espnet_ext.experiment.training import CheckpointKeepingASRTask
 
 
 def main(cmd=None) -> int:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from espnet_ext.bin.cli import run_guarded
-from espnet_ext.scan_taus import ScanTausError, check_scan_taus
+from espnet_ext.experiment.scan_taus import ScanTausError, check_scan_taus
 
 
 def main(argv=None) -> int:

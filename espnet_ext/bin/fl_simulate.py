@@ -183,7 +183,7 @@ def main(argv=None) -> int:
             if (args.exp_dir is None) == (args.packed_model is None):
                 raise OptionsError("give one of --exp_dir and --packed_model")
             if args.packed_model is not None:
-                from espnet_ext.packed_model import open_packed_model
+                from espnet_ext.experiment.packed_model import open_packed_model
 
                 packed = open_packed_model(args.packed_model, args.out_dir / "packed_model")
                 args.exp_dir = packed.exp.path

@@ -36,7 +36,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
-    from espnet_ext.registration import (
+    from espnet_ext.asr.registration import (
         SITE_HOOK_FILE,
         SiteHookError,
         install_site_hook,

@@ -71,8 +71,8 @@ def main(argv=None) -> int:
     if not args.exp_dirs and not args.packed_model:
         parser.error("give --exp_dirs and/or --packed_model")
     for source in args.packed_model:
-        from espnet_ext.analysis.experiment import ExperimentError
-        from espnet_ext.packed_model import open_packed_model
+        from espnet_ext.experiment.experiment_dir import ExperimentError
+        from espnet_ext.experiment.packed_model import open_packed_model
 
         try:
             args.exp_dirs.append(str(open_packed_model(source).exp.path))

@@ -113,15 +113,15 @@ def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
-    from espnet_ext.analysis.labels import AmbientCriterion
-    from espnet_ext.analysis.scan import ScanOptions, run_scan
+    from espnet_ext.scan.labels import AmbientCriterion
+    from espnet_ext.scan.scanner import ScanOptions, run_scan
 
     try:
         criterion = AmbientCriterion(args.metric, args.threshold_abs, args.threshold_rel,
                                      args.threshold_combine)
     except ValueError as e:
         get_parser().error(str(e))
-    from espnet_ext.analysis.bootstrap import check_bootstrap_options
+    from espnet_ext.evaluation.bootstrap import check_bootstrap_options
 
     try:
         check_bootstrap_options(args.confidence, args.bootstrap_samples)
@@ -135,8 +135,8 @@ def main(argv=None) -> int:
         get_parser().error("give one of --exp_dir and --packed_model")
     model_file = args.model_file or "valid.acc.ave.pth"
     if args.packed_model is not None:
-        from espnet_ext.analysis.experiment import ExperimentError
-        from espnet_ext.packed_model import open_packed_model
+        from espnet_ext.experiment.experiment_dir import ExperimentError
+        from espnet_ext.experiment.packed_model import open_packed_model
 
         try:
             packed = open_packed_model(args.packed_model, args.unpack_dir)

@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from espnet_ext.report import write_results_md
+from espnet_ext.reporting.recipe_results import write_results_md
 
 
 def main(argv=None):

@@ -10,9 +10,9 @@ import argparse
 import sys
 from typing import List, Optional
 
-from espnet_ext.data.sentences import SentenceSourceError
-from espnet_ext.data.synth_corpus import CorpusOptionsError, build_synth_corpus
-from espnet_ext.data.tts import TTSError
+from espnet_ext.corpora.sentences import SentenceSourceError
+from espnet_ext.corpora.synth_corpus import CorpusOptionsError, build_synth_corpus
+from espnet_ext.corpora.tts import TTSError
 from espnet_ext.bin.cli import setup_logging
 
 

@@ -13,7 +13,7 @@ import sys
 from typing import Dict, List, Optional
 
 from espnet_ext.bin.cli import print_summaries, setup_logging
-from espnet_ext.data.librispeech import ALL_PARTS, PARTS_100H, SPEAKER_UNITS, prepare_librispeech
+from espnet_ext.corpora.librispeech import ALL_PARTS, PARTS_100H, SPEAKER_UNITS, prepare_librispeech
 
 
 def _csv(value: str) -> List[str]:

@@ -35,10 +35,10 @@ def main(argv=None) -> int:
     setup_logging()
 
     def run() -> int:
-        from espnet_ext.analysis.experiment import ExperimentDir, ExperimentError  # noqa: F401
+        from espnet_ext.experiment.experiment_dir import ExperimentDir, ExperimentError  # noqa: F401
 
         if args.packed_model is not None:
-            from espnet_ext.packed_model import open_packed_model
+            from espnet_ext.experiment.packed_model import open_packed_model
 
             exp = open_packed_model(args.packed_model, args.unpack_dir).exp
         else:
@@ -46,7 +46,7 @@ def main(argv=None) -> int:
         print(exp.reconstruct_initial_weights(args.out))
         return 0
 
-    from espnet_ext.analysis.experiment import ExperimentError
+    from espnet_ext.experiment.experiment_dir import ExperimentError
 
     return run_guarded("reconstruct_init", run, (ExperimentError,))
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from espnet_ext.bin.cli import fail, run_guarded
-from espnet_ext.scoring import write_scores
+from espnet_ext.evaluation.scoring import write_scores
 
 
 def main(argv=None) -> int:

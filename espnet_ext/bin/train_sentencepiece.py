@@ -1,4 +1,4 @@
-"""Train a sentencepiece model on a Kaldi `text` file (see espnet_ext.tokens).
+"""Train a sentencepiece model on a Kaldi `text` file (see espnet_ext.evaluation.tokens).
 
 A vocabulary size the transcripts cannot give (e.g. 500 pieces from a few sentences) ends in one
 line naming the largest (or smallest) size allowed, and exit status 1.
@@ -10,7 +10,7 @@ from pathlib import Path
 
 from espnet_ext.bin.cli import fail, run_guarded
 from espnet_ext.data.kaldi import DataDirError
-from espnet_ext.tokens import VocabularySizeError, train_sentencepiece
+from espnet_ext.evaluation.tokens import VocabularySizeError, train_sentencepiece
 
 
 def main(argv=None) -> int:

@@ -24,7 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
-from espnet_ext.analysis.bootstrap import paired_bootstrap as _paired_bootstrap
+from espnet_ext.evaluation.bootstrap import paired_bootstrap as _paired_bootstrap
 
 
 @dataclasses.dataclass(frozen=True)

@@ -101,7 +101,7 @@ def load_utterances(data, utterances: Sequence[str],
     Raises:
         DataDirError: A piped or unreadable recording, or multi-channel audio.
     """
-    from espnet_ext.analysis.eval_data import read_recording
+    from espnet_ext.evaluation.eval_data import read_recording
 
     cache: Dict[str, Tuple[np.ndarray, int]] = {}
     out = []

@@ -2,7 +2,7 @@
 
 The model is built and the audio and features are loaded once; each evaluation swaps the
 global model's tensors into the model (:class:`espnet_ext.layers.reset.WeightSwap` through the
-scan's :class:`espnet_ext.analysis.evaluator.Evaluator`) and decodes with greedy CTC, the
+scan's :class:`espnet_ext.evaluation.evaluator.Evaluator`) and decodes with greedy CTC, the
 scan's fast scoring mode. Features are reused across evaluations because federated training
 changes no frontend or normalization parameters (they are fixed buffers).
 
@@ -29,9 +29,9 @@ PER_UTT_COLUMNS = ("set", "utt", "ref_words", "word_errors", "ref_chars", "char_
 
 def per_utterance_counts(refs: Mapping[str, str], hyps: Mapping[str, str]) -> List[Tuple[str, int, int, int, int]]:
     """(utterance, reference words, word errors, reference characters, character errors) per
-    utterance, in Kaldi order, counted as :func:`espnet_ext.scoring.score_texts` counts them (so
+    utterance, in Kaldi order, counted as :func:`espnet_ext.evaluation.scoring.score_texts` counts them (so
     the sums give the set's WER and CER exactly); a missing hypothesis is empty."""
-    from espnet_ext.scoring import utterance_counts
+    from espnet_ext.evaluation.scoring import utterance_counts
 
     words, chars = utterance_counts(refs, hyps, "word"), utterance_counts(refs, hyps, "char")
     return [(k, words[k].ref_tokens, words[k].errors, chars[k].ref_tokens, chars[k].errors)
@@ -90,9 +90,9 @@ class GlobalModelEvaluator:
 
     def __init__(self, config_path: Path, weights: Mapping[str, torch.Tensor],
                  eval_data: Sequence[Tuple[str, Path]], device: str = "cpu", batch_size: int = 16):
-        from espnet_ext.analysis.decoders import CtcGreedyDecoder
-        from espnet_ext.analysis.eval_data import load_eval_set
-        from espnet_ext.analysis.evaluator import Evaluator
+        from espnet_ext.evaluation.decoders import CtcGreedyDecoder
+        from espnet_ext.evaluation.eval_data import load_eval_set
+        from espnet_ext.evaluation.evaluator import Evaluator
         from espnet_ext.federated.modelio import build_asr_model, read_config
 
         config = read_config(config_path)
@@ -107,7 +107,7 @@ class GlobalModelEvaluator:
 
     def hypotheses(self, state: Mapping[str, torch.Tensor]) -> Dict[str, Dict[str, str]]:
         """{set: {utterance: hypothesis}} of the model holding `state` (sent entries)."""
-        from espnet_ext.analysis.encoder_stages import LEVEL_FEATS
+        from espnet_ext.evaluation.encoder_stages import LEVEL_FEATS
 
         values = {k: v.to(self.device) for k, v in state.items()}
         with torch.no_grad():
@@ -117,7 +117,7 @@ class GlobalModelEvaluator:
                  per_utt: Optional[Path] = None) -> Scores:
         """{set: {"WER": %, "CER": %}}; hypotheses written to ``<hyp_dir>/<set>/text`` and
         per-utterance error counts to `per_utt` (:func:`write_per_utterance`) if given."""
-        from espnet_ext.scoring import score_texts
+        from espnet_ext.evaluation.scoring import score_texts
 
         hyps = self.hypotheses(state)
         out: Scores = {}

@@ -1,7 +1,7 @@
 """The pre-trained ESPnet model of a federated run: config, weights, data pipeline.
 
 A federated run starts from a centrally trained experiment dir (read through
-:class:`espnet_ext.analysis.experiment.ExperimentDir`, like every other tool here). Paths inside
+:class:`espnet_ext.experiment.experiment_dir.ExperimentDir`, like every other tool here). Paths inside
 ``config.yaml`` (sentencepiece model, global-MVN statistics) are relative to the recipe directory
 the training ran in, and client processes (Ray workers) may run elsewhere, so the run keeps its
 own copy of the config with those paths made absolute.
@@ -16,7 +16,7 @@ from typing import Callable, Dict, Tuple
 import torch
 import yaml
 
-from espnet_ext.analysis.experiment import ExperimentDir, ExperimentError
+from espnet_ext.experiment.experiment_dir import ExperimentDir, ExperimentError
 
 #: The pre-trained model or its config cannot be used for a federated run. The one error type of
 #: experiment dirs: catching either name catches both.

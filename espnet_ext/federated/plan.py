@@ -299,7 +299,7 @@ def read_scan_importance(scan_tsv: Path, dataset: Optional[str] = None) -> Tuple
     Raises:
         PlanError: Missing/empty file or unknown dataset.
     """
-    from espnet_ext.analysis.scan_report import REINIT, read_tsv, reference_variant
+    from espnet_ext.scan.report import REINIT, read_tsv, reference_variant
 
     scan_tsv = Path(scan_tsv)
     if not scan_tsv.is_file():

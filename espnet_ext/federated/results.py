@@ -422,7 +422,7 @@ def write_comparison(run_dirs: Sequence[Union[Path, Sequence[Path]]], out: Path,
         FileNotFoundError: A run that has not finished.
         ResultsError: Runs that cannot share a row, or `resamples` < 10.
     """
-    from espnet_ext.analysis.bootstrap import MIN_SAMPLES
+    from espnet_ext.evaluation.bootstrap import MIN_SAMPLES
 
     if resamples < MIN_SAMPLES:
         raise ResultsError(f"--bootstrap_resamples must be >= {MIN_SAMPLES} for a percentile interval, "

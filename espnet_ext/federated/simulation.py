@@ -127,7 +127,7 @@ def prepare_run(exp_dir: Path, model_file: str, adapt_data: Path,
         eval_data=tuple((n, Path(p).resolve()) for n, p in eval_data),
         plan=plan, **options)
     try:
-        from espnet_ext.data.audio_rate import check_sample_rate
+        from espnet_ext.data.audio import check_sample_rate
 
         for _, d in [("adapt", adapt_data)] + list(eval_data):  # before any client count check
             check_sample_rate(Path(d), staged, str(Path(exp_dir) / "config.yaml"))
@@ -342,7 +342,7 @@ def run_plans(exp_dir: Path, model_file: str, adapt_data: Path,
             client update in any round (e.g. every client failed); the table records it.
     """
     from espnet_ext.federated.modelio import resolve_train_config
-    from espnet_ext.analysis.bootstrap import MIN_SAMPLES
+    from espnet_ext.evaluation.bootstrap import MIN_SAMPLES
     from espnet_ext.federated.results import rounds_with_updates, write_comparison
 
     if not plans:

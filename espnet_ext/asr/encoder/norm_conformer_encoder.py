@@ -1,6 +1,6 @@
 """ESPnet's Conformer encoder with a selectable convolution-module norm, padding-aware.
 
-Registered in ESPnet as `encoder: norm_conformer` (see espnet_ext.registration). Example config:
+Registered in ESPnet as `encoder: norm_conformer` (see espnet_ext.asr.registration). Example config:
 
     encoder: norm_conformer
     encoder_conf:

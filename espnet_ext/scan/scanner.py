@@ -1,0 +1,703 @@
+"""The layer-reset scan: score a trained model with each layer group reset, in one process.
+
+For a trained experiment dir, every group of a layer map (:mod:`espnet_ext.layers.layer_map`)
+is reset in turn, by re-initialization to each requested checkpoint tau and by re-randomization
+with each requested seed (:mod:`espnet_ext.layers.reset`), and the model is scored on dev/test
+data. The model is loaded once; the trained weights are kept on the side, each variant's tensors
+are swapped in for its evaluation and the trained values copied back (the model ends
+bit-identical). Features and the encoder prefix before the first changed block are reused
+(:mod:`espnet_ext.evaluation.evaluator`).
+
+Outputs in ``out_dir`` (see :mod:`espnet_ext.scan.report`): ``scan.tsv``,
+``scan.json`` (baseline, options, summary, rows with intervals), ``scan.md``,
+``heatmap_<mode>_<dataset>.png``, ``utt_errors.jsonl`` (per-utterance error counts) and
+``baseline/<dataset>/text`` (the trained model's hypotheses).
+
+Error bars: every variant's per-utterance error counts (and the baseline's) are kept in
+``utt_errors.jsonl``; each delta gets a paired utterance-level bootstrap interval
+(:mod:`espnet_ext.evaluation.bootstrap`) and a second label at the chosen confidence: ambient,
+critical or **uncertain** (the interval straddles the tolerance).
+
+Adaptive scan (``adaptive=True``): utterances are visited in a seeded random order; the baseline
+is scored on all of them once, each variant on growing prefixes (16, 32, 64, ..., all) until its
+interval decides the label at the Bonferroni-corrected confidence of the planned looks, else on
+all. Rows record the utterances scored (``n_utts``).
+
+Resumable: each finished variant is appended to ``scan.tsv`` at once; a re-run skips variants
+already there, and a re-run of a finished scan computes nothing (it only rewrites the reports,
+relabelled with the current thresholds and confidence; a variant that the adaptive scan stopped
+early and that the new rule leaves undecided is scored again). Asking for more taus, seeds or
+modes later extends the scan. Options that change scores (model file, data, scoring, batch size,
+device, granularity, adaptive utterance order) must match the scan already in ``out_dir``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import yaml
+
+from espnet_ext.evaluation import bootstrap as boot
+from espnet_ext.scan import report as report
+from espnet_ext.evaluation.encoder_stages import LEVEL_AUDIO, LEVEL_FEATS
+from espnet_ext.experiment.experiment_dir import (
+    CheckpointStore,
+    build_model,
+    check_config_paths,
+    read_train_config,
+    resolve_model_file,
+)
+from espnet_ext.scan.labels import AmbientCriterion
+from espnet_ext.scan.report import MODES, REINIT, RERANDOMIZE, ScanRow
+from espnet_ext.layers.layer_map import LayerGroup, LayerMap, build_layer_map
+from espnet_ext.layers.reset import group_values, load_state_dict_file
+
+SCAN_FILES = ("scan.tsv", "scan.json", "scan.md", "utt_errors.jsonl")
+_INPUT_MODULES = ("frontend", "normalize", "specaug", "preencoder")
+
+
+class ScanError(ValueError):
+    """A scan cannot run as asked (bad option, an out_dir holding a different scan, ...)."""
+
+
+@dataclasses.dataclass
+class ScanOptions:
+    """What to scan and how.
+
+    Attributes:
+        exp_dir: Trained experiment dir (config.yaml, model files, checkpoints/).
+        data_dirs: Kaldi data dirs to score on (each scored separately).
+        out_dir: Where the scan's files go (default
+            ``<exp_dir>/scan_<granularity>_<first data dir name>``).
+        granularity: Layer map granularity: block, submodule, frontend or pattern.
+        patterns: Regular expressions for ``pattern`` granularity.
+        groups: Restrict the scan to these group names (default: all).
+        modes: ``reinit`` and/or ``rerandomize``.
+        taus: Checkpoints for re-initialization: integers, ``last``, ``all``.
+        seeds: Seeds for re-randomization (default: the training seed + 1, so the sample is
+            independent of the run's own initialization).
+        scoring: ``ctc_greedy`` (fast; decoder groups are then not scanned) or ``beam``.
+        decode_config: YAML with Speech2Text options for ``beam`` (beam_size, ctc_weight, ...).
+        model_file: Weights to scan, relative to exp_dir or a path.
+        batch_size: Utterances per padded batch.
+        device: ``cpu`` or ``cuda``.
+        criterion: Ambient/critical rule.
+        reuse: ``prefix`` (default) or ``none`` (recompute everything per variant; slower,
+            for comparisons; part of a scan's identity only through its scores).
+        max_cached_checkpoints: Checkpoints kept in memory at once.
+        progress: Show a progress bar.
+        confidence: Two-sided confidence of the delta intervals and of the ambient / critical /
+            uncertain label.
+        bootstrap_samples: Bootstrap resamples per interval.
+        bootstrap_seed: Seed of the bootstrap resampling.
+        adaptive: Score variants on growing prefixes of a seeded utterance order and stop once
+            the label is decided (see the module doc); False scores every variant on every
+            utterance.
+        adaptive_first: Utterances in the adaptive scan's first look (then doubled).
+        order_seed: Seed of the adaptive scan's utterance order.
+    """
+
+    exp_dir: Path
+    data_dirs: Sequence[Path]
+    out_dir: Optional[Path] = None
+    granularity: str = "block"
+    patterns: Sequence[str] = ()
+    groups: Optional[Sequence[str]] = None
+    modes: Sequence[str] = MODES
+    taus: Sequence[str] = ("0",)
+    seeds: Optional[Sequence[int]] = None
+    scoring: str = "ctc_greedy"
+    decode_config: Optional[Path] = None
+    model_file: str = "valid.acc.ave.pth"
+    batch_size: int = 16
+    device: str = "cpu"
+    criterion: AmbientCriterion = dataclasses.field(default_factory=AmbientCriterion)
+    reuse: str = "prefix"
+    max_cached_checkpoints: int = 4
+    progress: bool = True
+    confidence: float = boot.DEFAULT_CONFIDENCE
+    bootstrap_samples: int = boot.DEFAULT_SAMPLES
+    bootstrap_seed: int = boot.DEFAULT_SEED
+    adaptive: bool = False
+    adaptive_first: int = boot.DEFAULT_FIRST_LOOK
+    order_seed: int = 0
+
+
+@dataclasses.dataclass
+class ScanResult:
+    """A finished scan.
+
+    Attributes:
+        out_dir: Where its files are.
+        layer_map: The layer map scanned (before exclusions).
+        baseline: {dataset: {"WER": %, "CER": %}} of the trained model.
+        rows: One row per dataset x group x variant, in layer order.
+        summary: One summary line per dataset.
+        computed: Number of variants evaluated in this call (0 for a finished scan).
+        seconds: Wall time of this call.
+        utterance_evaluations: Utterances decoded for variants in this call (sum over variants
+            and datasets; the baseline not counted).
+    """
+
+    out_dir: Path
+    layer_map: LayerMap
+    baseline: Dict[str, Dict[str, float]]
+    rows: List[ScanRow]
+    summary: List[str]
+    computed: int
+    seconds: float
+    utterance_evaluations: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One reset: a group, a mode, a checkpoint tau or a seed, and where evaluation starts."""
+
+    group: LayerGroup
+    mode: str
+    value: int  # tau for reinit, seed for rerandomize
+    level: int
+
+    @property
+    def key(self) -> Tuple[str, str, str]:
+        return (self.group.name, self.mode, str(self.value))
+
+
+def group_level(group: LayerGroup, num_encoder_blocks: int) -> int:
+    """Lowest forward stage a group's weights affect (see encoder_stages levels).
+
+    Frontend/normalization: LEVEL_AUDIO; encoder input layer and other encoder parts:
+    LEVEL_FEATS; encoder block k: k; encoder final norm: N; CTC layer and decoder: N+1.
+    """
+    levels = []
+    for key in group.keys:
+        parts = key.split(".")
+        if parts[0] == "encoder":
+            if len(parts) > 2 and parts[1] == "encoders" and parts[2].isdigit():
+                levels.append(int(parts[2]))
+            elif len(parts) > 1 and parts[1] == "after_norm":
+                levels.append(num_encoder_blocks)
+            else:
+                levels.append(LEVEL_FEATS)
+        elif parts[0] in ("ctc", "decoder"):
+            levels.append(num_encoder_blocks + 1)
+        elif parts[0] == "postencoder":
+            levels.append(LEVEL_FEATS)
+        else:  # frontend, normalize, anything unknown: recompute from audio to be safe
+            levels.append(LEVEL_AUDIO)
+    return min(levels)
+
+
+def _parse_modes(modes: Sequence[str]) -> List[str]:
+    out = []
+    for m in modes:
+        if m not in MODES:
+            raise ScanError(f"unknown reset mode {m!r}; choose from {', '.join(MODES)}")
+        if m not in out:
+            out.append(m)
+    if not out:
+        raise ScanError(f"no reset mode given; choose from {', '.join(MODES)}")
+    return out
+
+
+def _dataset_names(data_dirs: Sequence[Path]) -> List[str]:
+    names = [Path(d).name for d in data_dirs]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ScanError(f"two data dirs are named {dup[0]!r}; scan them into separate out_dirs")
+    if not names:
+        raise ScanError("no data dir given")
+    for d in data_dirs:
+        if not Path(d).is_dir():
+            raise ScanError(f"data dir not found: {d}")
+    return names
+
+
+def _load_decode_options(opts: ScanOptions) -> Optional[dict]:
+    from espnet_ext.evaluation.decoders import SCORINGS
+
+    if opts.scoring not in SCORINGS:
+        raise ScanError(f"unknown scoring {opts.scoring!r}; choose from {', '.join(SCORINGS)}")
+    if opts.scoring != "beam":
+        return None
+    conf: dict = {}
+    if opts.decode_config is not None:
+        path = Path(opts.decode_config)
+        if not path.is_file():
+            raise ScanError(f"decode config not found: {path}")
+        conf = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(conf, dict):
+            raise ScanError(f"{path} is not a YAML mapping of decoding options")
+    conf.setdefault("nbest", 1)
+    return conf
+
+
+def _identity(opts: ScanOptions, model_path: Path, decode_options, layer_map: LayerMap) -> dict:
+    """Everything that changes a variant's scores: a resumed scan must match it."""
+    st = model_path.stat()
+    return {
+        "exp_dir": str(Path(opts.exp_dir).resolve()),
+        "model_file": str(model_path.resolve()),
+        "model_file_bytes": st.st_size,
+        "model_file_mtime_ns": st.st_mtime_ns,
+        "data_dirs": [str(Path(d).resolve()) for d in opts.data_dirs],
+        "scoring": opts.scoring,
+        "decode_options": decode_options,
+        "batch_size": opts.batch_size,
+        "device": "cuda" if str(opts.device).startswith("cuda") else "cpu",
+        "granularity": layer_map.granularity,
+        "patterns": list(layer_map.patterns),
+        # Batches are formed per look of the adaptive order, which can change padded scores.
+        "utterance_order": ({"seed": opts.order_seed, "first_look": opts.adaptive_first}
+                            if opts.adaptive else None),
+    }
+
+
+def _check_identity(out_dir: Path, stored: Optional[dict], identity: dict) -> None:
+    if stored is None:
+        return
+    for k, v in identity.items():
+        if stored.get(k) != v:
+            hint = (" (--adaptive true and false order utterances differently)"
+                    if k == "utterance_order" else "")
+            raise ScanError(
+                f"{out_dir} holds a scan with another {k} ({stored.get(k)!r}, now {v!r}){hint}; its "
+                f"scores would not be comparable: use another --out_dir, or delete "
+                f"{', '.join(SCAN_FILES)} there to start over"
+            )
+
+
+def _plan(opts: ScanOptions, layer_map: LayerMap, store: CheckpointStore, train_config: dict,
+          uses_decoder: bool) -> Tuple[List[Variant], Dict[str, str]]:
+    modes = _parse_modes(opts.modes)
+    groups = list(layer_map.groups)
+    if opts.groups:
+        try:
+            layer_map.select(opts.groups)
+        except KeyError as e:
+            raise ScanError(e.args[0]) from None
+        wanted = set(opts.groups)
+        groups = [g for g in groups if g.name in wanted]
+    excluded = {}
+    if not uses_decoder:
+        for g in groups:
+            if g.keys and all(k.startswith("decoder.") for k in g.keys):
+                excluded[g.name] = "the decoder is not used by ctc_greedy scoring; use --scoring beam"
+        groups = [g for g in groups if g.name not in excluded]
+        if not groups:
+            raise ScanError(
+                "every group to scan is part of the decoder, which ctc_greedy scoring does not "
+                "use: use --scoring beam"
+            )
+    taus = store.resolve(opts.taus) if REINIT in modes else []
+    if opts.seeds:
+        seeds = [int(s) for s in opts.seeds]
+    else:
+        seeds = [int(train_config.get("seed", 0)) + 1]
+    train_seed = train_config.get("seed")
+    if RERANDOMIZE in modes and train_seed is not None and int(train_seed) in seeds:
+        logging.warning(
+            f"re-randomization seed {train_seed} is the training seed: that sample equals "
+            "checkpoint 0 (same as re-initialization to tau=0)"
+        )
+    n_enc = layer_map.num_blocks.get("encoder", 0)
+    variants = []
+    for g in groups:
+        level = group_level(g, n_enc)
+        if REINIT in modes:
+            variants += [Variant(g, REINIT, t, level) for t in taus]
+        if RERANDOMIZE in modes:
+            variants += [Variant(g, RERANDOMIZE, s, level) for s in seeds]
+    return variants, excluded
+
+
+def _write_kaldi_text(path: Path, hyps: Dict[str, str]) -> None:
+    from espnet_ext.data.kaldi import kaldi_sort_key
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [f"{k} {hyps[k]}".rstrip() for k in sorted(hyps, key=kaldi_sort_key)]
+    report.write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+COUNTS_FILE = "utt_errors.jsonl"
+
+
+class _UttErrors:
+    """Per-utterance error counts of the baseline and of every scored variant.
+
+    ``utt_errors.jsonl``, one JSON object per line, appended as the scan goes (the last record of
+    a key wins): baseline records ``{"dataset", "baseline": true, "utts": [ids], "words": [..],
+    "chars": [..], "w": [word errors], "c": [char errors]}`` (reference lengths and errors per
+    utterance, in the data dir's order) and variant records ``{"dataset", "group", "mode",
+    "value", "idx": [utterance positions in the baseline's list], "w": [..], "c": [..]}``.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.baseline: Dict[str, dict] = {}
+        self.variants: Dict[tuple, dict] = {}
+        if path.is_file():
+            lines = path.read_text(encoding="utf-8").splitlines()
+            for n, line in enumerate(lines, start=1):
+                try:
+                    self._add(json.loads(line))
+                except (json.JSONDecodeError, KeyError):
+                    if n == len(lines):
+                        # Cut by an interruption: that variant is scored again. Drop the cut
+                        # line so that the next record starts a line of its own.
+                        with open(path, "r+b") as f:
+                            f.truncate(len("".join(l + "\n" for l in lines[:-1]).encode("utf-8")))
+                        break
+                    raise ScanError(f"{path} line {n} is not a counts record; delete "
+                                    f"{', '.join(SCAN_FILES)} in {path.parent} to start over") from None
+
+    def _add(self, rec: dict) -> None:
+        if rec.get("baseline"):
+            self.baseline[rec["dataset"]] = rec
+        else:
+            self.variants[(rec["dataset"], rec["group"], rec["mode"], str(rec["value"]))] = rec
+
+    def append(self, rec: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec, separators=(",", ":")) + "\n")
+        self._add(rec)
+
+
+def _baseline_rates(base: dict) -> Dict[str, float]:
+    """{"WER", "CER"} in percent of a baseline counts record."""
+    return {"WER": round(100.0 * sum(base["w"]) / max(sum(base["words"]), 1), report.DECIMALS),
+            "CER": round(100.0 * sum(base["c"]) / max(sum(base["chars"]), 1), report.DECIMALS)}
+
+
+def _row_confidence(opts: ScanOptions, n: int, n_total: int) -> float:
+    """Confidence of a row's interval: the scan's, or its look's (Bonferroni) when stopped early."""
+    if n >= n_total:
+        return opts.confidence
+    return boot.look_confidence(opts.confidence, len(boot.look_sizes(n_total, opts.adaptive_first)))
+
+
+def _intervals(base: dict, idx: Sequence[int], w: Sequence[int], c: Sequence[int],
+               opts: ScanOptions, confidence: float) -> Dict[str, boot.DeltaInterval]:
+    """Paired bootstrap intervals of a variant's WER and CER change on utterances `idx`."""
+    # Sorted by utterance: the interval depends on the counts, not on the order they were scored in.
+    order = sorted(range(len(idx)), key=lambda j: idx[j])
+    ix = [idx[j] for j in order]
+    return boot.paired_bootstrap(
+        {"WER": ([base["w"][i] for i in ix], [w[j] for j in order], [base["words"][i] for i in ix]),
+         "CER": ([base["c"][i] for i in ix], [c[j] for j in order], [base["chars"][i] for i in ix])},
+        samples=opts.bootstrap_samples, seed=opts.bootstrap_seed, confidence=confidence)
+
+
+def _stored_intervals(counts: _UttErrors, key: tuple, opts: ScanOptions):
+    """(intervals, utterances scored, utterances in the set) of a stored variant, or None."""
+    base, var = counts.baseline.get(key[0]), counts.variants.get(key)
+    if base is None or var is None:
+        return None
+    n, n_total = len(var["idx"]), len(base["utts"])
+    conf = _row_confidence(opts, n, n_total)
+    return _intervals(base, var["idx"], var["w"], var["c"], opts, conf), n, n_total
+
+
+def _settled(counts: _UttErrors, key: tuple, opts: ScanOptions) -> bool:
+    """Whether a stored variant needs no more scoring under the current options."""
+    base, var = counts.baseline.get(key[0]), counts.variants.get(key)
+    if base is None or var is None:
+        return False  # no per-utterance counts (a scan from before error bars): score again
+    if len(var["idx"]) >= len(base["utts"]):
+        return True
+    if not opts.adaptive:
+        return False
+    intervals, _, _ = _stored_intervals(counts, key, opts)
+    base = _baseline_rates(counts.baseline[key[0]])[opts.criterion.metric.upper()]
+    iv = intervals[opts.criterion.metric.upper()]
+    return opts.criterion.label_interval(base, iv.lo, iv.hi) != report.UNCERTAIN
+
+
+class _ScanState:
+    """scan.json and scan.tsv of an out_dir, written as the scan goes."""
+
+    def __init__(self, out_dir: Path):
+        self.out_dir = out_dir
+        self.json_path = out_dir / "scan.json"
+        self.tsv_path = out_dir / "scan.tsv"
+        self.meta: dict = json.loads(self.json_path.read_text()) if self.json_path.is_file() else {}
+        self.rows: List[ScanRow] = report.read_tsv(self.tsv_path)
+
+    def save_meta(self) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        report.write_text_atomic(self.json_path, json.dumps(self.meta, indent=2) + "\n")
+
+    def append(self, rows: Sequence[ScanRow]) -> None:
+        new_file = not self.tsv_path.is_file()
+        if not new_file:
+            with open(self.tsv_path, encoding="utf-8") as f:
+                header = f.readline().rstrip("\n")
+            if header != report.tsv_header():  # a scan.tsv from before error bars: new columns
+                report.write_tsv(self.tsv_path, self.rows)
+        with open(self.tsv_path, "a", encoding="utf-8") as f:
+            if new_file:
+                f.write(report.tsv_header() + "\n")
+            for r in rows:
+                f.write(r.to_tsv() + "\n")
+            f.flush()
+        self.rows.extend(rows)
+
+
+def _group_dict(g: LayerGroup) -> dict:
+    return {"name": g.name, "kind": g.kind, "stack": g.stack, "block": g.block, "depth": g.depth,
+            "numel": g.numel, "num_keys": len(g.keys)}
+
+
+def run_scan(opts: ScanOptions) -> ScanResult:
+    """Run (or resume, or re-report) a layer-reset scan. See the module docstring.
+
+    Raises:
+        ExperimentError: Missing config/model file/checkpoint (checkpoint 0 says how to get
+            it), or a tau that was not saved (lists the saved ones).
+        ArchitectureMismatchError: A checkpoint does not match the model (names the key).
+        LayerMapError: Unknown granularity, or a pattern that matches nothing.
+        ScanError: Bad options, or an out_dir holding a scan with other score-changing options.
+        DataDirError: Unreadable data dirs.
+    """
+    t0 = time.perf_counter()
+    exp_dir = Path(opts.exp_dir)
+    train_config = read_train_config(exp_dir)
+    model_path = resolve_model_file(exp_dir, opts.model_file)
+    datasets = _dataset_names(opts.data_dirs)
+    out_dir = (Path(opts.out_dir) if opts.out_dir is not None
+               else exp_dir / f"scan_{opts.granularity}_{datasets[0]}")
+    decode_options = _load_decode_options(opts)
+    if opts.batch_size < 1:
+        raise ScanError(f"batch_size must be >= 1, got {opts.batch_size}")
+    try:
+        boot.check_bootstrap_options(opts.confidence, opts.bootstrap_samples)
+    except ValueError as e:
+        raise ScanError(str(e)) from None
+    if opts.adaptive_first < 1:
+        raise ScanError(f"--adaptive_first (utterances in the adaptive scan's first look) must be >= 1, "
+                        f"got {opts.adaptive_first}")
+
+    trained_state = load_state_dict_file(model_path)
+    layer_map = build_layer_map(trained_state, opts.granularity, list(opts.patterns) or None)
+    store = CheckpointStore(exp_dir, reference=trained_state, max_cached=opts.max_cached_checkpoints)
+    variants, excluded = _plan(opts, layer_map, store, train_config, opts.scoring == "beam")
+
+    state = _ScanState(out_dir)
+    identity = _identity(opts, model_path, decode_options, layer_map)
+    _check_identity(out_dir, state.meta.get("identity"), identity)
+    counts = _UttErrors(out_dir / COUNTS_FILE)
+    in_tsv = {(r.dataset, *r.variant_key) for r in state.rows}
+    pending = [v for v in variants
+               if any((ds, *v.key) not in in_tsv or not _settled(counts, (ds, *v.key), opts)
+                      for ds in datasets)]
+    baseline = state.meta.get("baseline")
+    if baseline is not None and any(ds not in baseline or ds not in counts.baseline for ds in datasets):
+        baseline = None
+    state.meta.update({
+        "identity": identity,
+        "options": {
+            "modes": list(_parse_modes(opts.modes)), "taus": list(map(str, opts.taus)),
+            "seeds": sorted({v.value for v in variants if v.mode == RERANDOMIZE}),
+            "groups": list(opts.groups) if opts.groups else None,
+            "criterion": dataclasses.asdict(opts.criterion), "reuse": opts.reuse,
+            "confidence": opts.confidence, "bootstrap_samples": opts.bootstrap_samples,
+            "bootstrap_seed": opts.bootstrap_seed, "adaptive": opts.adaptive,
+            "adaptive_first": opts.adaptive_first,
+        },
+        "groups": [_group_dict(g) for g in layer_map.groups],
+        "unassigned_keys": list(layer_map.unassigned),
+        "excluded_groups": excluded,
+    })
+
+    computed = evaluations = 0
+    if pending or baseline is None:
+        check_config_paths(train_config, exp_dir / "config.yaml")
+        baseline, computed, evaluations = _evaluate(
+            opts, exp_dir, train_config, model_path, trained_state, decode_options, store, datasets,
+            pending, state, baseline, out_dir, counts)
+    state.meta["baseline"] = baseline
+
+    # Reports: every row of this scan's plan, relabelled with the current rule, in layer order.
+    wanted = {(ds, *v.key) for v in variants for ds in datasets}
+    rows_by_key = {(r.dataset, *r.variant_key): r for r in state.rows}
+    order = {g.name: i for i, g in enumerate(layer_map.groups)}
+    rows = [rows_by_key[k] for k in wanted if k in rows_by_key]
+    rows.sort(key=lambda r: (datasets.index(r.dataset), order.get(r.group, 1 << 30),
+                             MODES.index(r.mode), r.tau if r.mode == REINIT else r.seed))
+    # Rows of other groups/variants already in the file (e.g. an earlier, larger plan) are kept.
+    extra = [r for k, r in rows_by_key.items() if k not in wanted]
+    for r in rows + extra:
+        stored = _stored_intervals(counts, (r.dataset, *r.variant_key), opts)
+        r.relabel(baseline[r.dataset], opts.criterion, stored[0] if stored else None)
+    report.write_tsv(state.tsv_path, rows + extra)
+    group_order = [g.name for g in layer_map.groups]
+    summary = [report.summary_line(rows, ds, group_order, baseline[ds], opts.criterion, opts.confidence)
+               for ds in datasets]
+    heatmaps = report.write_heatmaps(out_dir, rows, datasets, group_order, baseline, opts.criterion)
+    notes = [
+        f"Model: `{model_path}` ({sum(g.numel for g in layer_map.groups):,} parameters in groups)",
+        f"Granularity: {layer_map.granularity}"
+        + (f" (patterns {', '.join(layer_map.patterns)})" if layer_map.patterns else ""),
+        f"Scoring: {opts.scoring}" + (f" {decode_options}" if decode_options else ""),
+        f"Intervals: paired utterance-level bootstrap, {opts.bootstrap_samples} resamples, seed "
+        f"{opts.bootstrap_seed}, {100 * opts.confidence:g}% confidence",
+    ]
+    if any(r.mode == REINIT and r.tau == 0 for r in rows):
+        # Provenance of tau 0: saved by the training, or rebuilt from config.yaml.
+        init_file, reconstructed = store.exp.initial_weights_file()
+        state.meta["checkpoint0"] = {"file": str(init_file), "reconstructed": reconstructed}
+        if reconstructed:
+            notes.append(f"Checkpoint 0 (tau=0): not saved by the training; reconstructed from "
+                         f"config.yaml (seed {train_config.get('seed')}): `{init_file}`")
+    if opts.adaptive:
+        n_total = baseline[datasets[0]].get("utterances", 1)
+        looks = boot.look_sizes(n_total, opts.adaptive_first)
+        notes.append(f"Adaptive scan: looks at {', '.join(map(str, looks))} utterances of "
+                     f"{datasets[0]} (seeded order), each at "
+                     f"{100 * boot.look_confidence(opts.confidence, len(looks)):.4g}% confidence "
+                     "(Bonferroni over the looks); a variant stops at the first decided look")
+    md = report.markdown(str(exp_dir), rows, datasets, layer_map.groups, baseline, opts.criterion,
+                         excluded, heatmaps, notes, opts.confidence)
+    report.write_text_atomic(out_dir / "scan.md", md)
+    state.meta["summary"] = summary
+    # Every row with its interval, for readers of JSON (NaN, i.e. no interval, as null).
+    state.meta["rows"] = [{k: (None if isinstance(v, float) and math.isnan(v) else v)
+                           for k, v in dataclasses.asdict(r).items()} for r in rows]
+    state.meta["status"] = "done"
+    state.save_meta()
+    seconds = time.perf_counter() - t0
+    return ScanResult(out_dir, layer_map, baseline, rows, summary, computed, seconds, evaluations)
+
+
+def _evaluate(opts, exp_dir, train_config, model_path, trained_state, decode_options, store,
+              datasets, pending, state: _ScanState, baseline, out_dir,
+              counts: _UttErrors) -> Tuple[dict, int, int]:
+    """Load model and data once, score the baseline and every pending variant.
+
+    Returns:
+        (baseline, variants scored, utterances decoded for variants).
+    """
+    from tqdm import tqdm
+
+    from espnet_ext.evaluation.decoders import BeamSearchDecoder, CtcGreedyDecoder
+    from espnet_ext.evaluation.eval_data import load_eval_set
+    from espnet_ext.evaluation.evaluator import Evaluator
+    from espnet_ext.data.audio import check_sample_rate
+    from espnet_ext.evaluation.scoring import utterance_counts
+
+    for d in opts.data_dirs:  # audio at another rate than the front end's would score nonsense
+        check_sample_rate(Path(d), train_config, str(exp_dir / "config.yaml"))
+    model, speech2text = build_model(exp_dir / "config.yaml", trained_state, str(model_path),
+                                     opts.device, decode_options)
+    if speech2text is not None:
+        decoder = BeamSearchDecoder(speech2text)
+    else:
+        decoder = CtcGreedyDecoder(model, train_config.get("token_type", "bpe"),
+                                   train_config.get("bpemodel"))
+    layer_map = build_layer_map(model, opts.granularity, list(opts.patterns) or None)
+    by_name = {g.name: g for g in layer_map.groups}
+    sets = [load_eval_set(Path(d), name) for d, name in zip(opts.data_dirs, datasets)]
+    t_setup = time.perf_counter()
+    chunks = None
+    if opts.adaptive:
+        # Looks at prefixes of one seeded order; each look's new utterances are batched apart.
+        chunks = []
+        for st in sets:
+            order = boot.utterance_order(len(st.keys), opts.order_seed)
+            sizes = [0] + boot.look_sizes(len(st.keys), opts.adaptive_first)
+            chunks.append([order[a:b] for a, b in zip(sizes, sizes[1:])])
+    evaluator = Evaluator(model, sets, decoder, batch_size=opts.batch_size, device=opts.device,
+                          reuse=opts.reuse, chunks=chunks)
+    refs = {st.name: st.refs for st in sets}
+
+    hyps = evaluator.hypotheses(LEVEL_FEATS)
+    fresh = {}
+    for st in sets:
+        words = utterance_counts(st.refs, hyps[st.name], "word")
+        chars = utterance_counts(st.refs, hyps[st.name], "char")
+        rec = {"dataset": st.name, "baseline": True, "utts": list(st.keys),
+               "words": [words[u].ref_tokens for u in st.keys],
+               "chars": [chars[u].ref_tokens for u in st.keys],
+               "w": [words[u].errors for u in st.keys], "c": [chars[u].errors for u in st.keys]}
+        counts.append(rec)
+        fresh[st.name] = {**_baseline_rates(rec), "utterances": len(st.keys)}
+        _write_kaldi_text(out_dir / "baseline" / st.name / "text", hyps[st.name])
+    if baseline is not None and any(
+        not math.isclose(baseline[ds][m], fresh[ds][m], abs_tol=1e-6)
+        for ds in datasets for m in ("WER", "CER")
+    ):
+        logging.warning(f"baseline differs from the one stored in {state.json_path}: {baseline} vs {fresh}")
+    baseline = fresh
+    state.meta["baseline"] = baseline
+    state.meta["status"] = "running"
+    state.meta["block_reuse"] = evaluator.stages.block_reuse or evaluator.stages.unsupported_reason
+    state.save_meta()
+    logging.info(f"Baseline: {baseline}")
+
+    sampler = None
+    if any(v.mode == RERANDOMIZE for v in pending):
+        sampler = store.exp.weight_sampler()  # built as ESPnet's trainer builds it
+    # Increasing start level: the prefix cache only moves forward; then by tau to reuse loads.
+    pending = sorted(pending, key=lambda v: (evaluator.effective_level(v.level), v.mode, v.value))
+    live = evaluator.swap.trained
+    metric = opts.criterion.metric.upper()
+    evaluations = 0
+    t_variants = time.perf_counter()
+    for v in tqdm(pending, desc="layer-reset scan", unit="variant", disable=not opts.progress):
+        group = by_name.get(v.group.name, v.group)
+        if v.mode == REINIT:
+            values = group_values(group, store.load(v.value), str(store.path(v.value)), reference=live)
+        else:
+            values = group_values(group, sampler.sample(v.value),
+                                  f"the model built with seed {v.value}", reference=live)
+        rows = []
+        for s_idx, ds in enumerate(datasets):
+            base = counts.baseline[ds]
+            position = {u: i for i, u in enumerate(base["utts"])}
+            looks = evaluator.chunk_batches[s_idx]
+            look_conf = boot.look_confidence(opts.confidence, len(looks))
+            idx: List[int] = []
+            w: List[int] = []
+            c: List[int] = []
+            for k, batches in enumerate(looks):
+                hyps = evaluator.hypotheses(v.level, values, {ds: batches})[ds]
+                sub_refs = {u: refs[ds][u] for u in hyps}
+                words = utterance_counts(sub_refs, hyps, "word")
+                chars = utterance_counts(sub_refs, hyps, "char")
+                for u in hyps:
+                    idx.append(position[u])
+                    w.append(words[u].errors)
+                    c.append(chars[u].errors)
+                if opts.adaptive and k < len(looks) - 1:
+                    iv = _intervals(base, idx, w, c, opts, look_conf)[metric]
+                    if opts.criterion.label_interval(baseline[ds][metric], iv.lo, iv.hi) != report.UNCERTAIN:
+                        break  # decided at this look: the rest of the set is not needed
+            counts.append({"dataset": ds, "group": group.name, "mode": v.mode, "value": str(v.value),
+                           "idx": idx, "w": w, "c": c})
+            evaluations += len(idx)
+            n_words = sum(base["words"][i] for i in idx)
+            n_chars = sum(base["chars"][i] for i in idx)
+            row = ScanRow(ds, group.name, group.kind, group.block, group.depth, v.mode,
+                          v.value if v.mode == REINIT else None,
+                          v.value if v.mode == RERANDOMIZE else None,
+                          round(100.0 * sum(w) / max(n_words, 1), report.DECIMALS),
+                          round(100.0 * sum(c) / max(n_chars, 1), report.DECIMALS))
+            conf = _row_confidence(opts, len(idx), len(base["utts"]))
+            row.relabel(baseline[ds], opts.criterion, _intervals(base, idx, w, c, opts, conf))
+            rows.append(row)
+        state.append(rows)
+    n = len(pending)
+    state.meta["timing"] = {
+        "features_and_baseline_s": round(t_variants - t_setup, 3),
+        "variants": n,
+        "variants_s": round(time.perf_counter() - t_variants, 3),
+        "utterance_evaluations": evaluations,
+    }
+    return baseline, n, evaluations

@@ -1,0 +1,54 @@
+"""The training wrapper keeps checkpoint 0 (the model before any update) and every epoch."""
+
+import pytest
+import torch
+import yaml
+
+from helpers import train_args
+
+asr = pytest.importorskip("espnet2.tasks.asr")
+
+
+def _load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _rebuilt_initial_model(exp_dir):
+    """The model ESPnet builds for this run before training: same config, same seed."""
+    import argparse
+
+    from espnet2.torch_utils.set_all_random_seed import set_all_random_seed
+
+    with open(exp_dir / "config.yaml") as f:
+        args = argparse.Namespace(**yaml.safe_load(f))
+    set_all_random_seed(args.seed)
+    return asr.ASRTask.build_model(args)
+
+
+def test_checkpoint0_is_the_model_before_any_update_and_every_epoch_is_kept(tiny_asr_setup, tmp_path):
+    from espnet_ext.experiment.training import CheckpointKeepingASRTask, checkpoint_path, saved_epochs
+
+    out = tmp_path / "exp"
+    CheckpointKeepingASRTask.main(cmd=train_args(*tiny_asr_setup, out, max_epoch=2))
+
+    ckpt0 = _load(checkpoint_path(out, 0))
+    initial = _rebuilt_initial_model(out).state_dict()
+    assert ckpt0.keys() == initial.keys()
+    for k in initial:
+        assert torch.equal(ckpt0[k], initial[k]), f"checkpoint 0 differs from the initial model at {k}"
+
+    # Training moved the weights: epoch 1 differs from checkpoint 0.
+    ckpt1 = _load(checkpoint_path(out, 1))
+    assert any(not torch.equal(ckpt0[k], ckpt1[k]) for k in ckpt0 if ckpt0[k].is_floating_point())
+    assert saved_epochs(out) == [0, 1, 2]
+
+    # Resume to more epochs: ESPnet keeps only the n-best (1) in the output dir, we keep them all,
+    # and checkpoint 0 is not overwritten by the resumed (trained) weights.
+    mtime0 = checkpoint_path(out, 0).stat().st_mtime_ns
+    CheckpointKeepingASRTask.main(cmd=train_args(*tiny_asr_setup, out, max_epoch=4))
+    assert saved_epochs(out) == [0, 1, 2, 3, 4]
+    assert len(list(out.glob("*epoch.pth"))) < 4
+    assert checkpoint_path(out, 0).stat().st_mtime_ns == mtime0
+    final = _load(checkpoint_path(out, 4))
+    latest = _load(out / "latest.pth")
+    assert all(torch.equal(final[k], latest[k]) for k in final)

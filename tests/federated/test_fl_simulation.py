@@ -1,0 +1,345 @@
+"""Federated simulations end to end: adaptation improves the withheld domain, runs resume to the
+same model, failures are tolerated, bad options fail early, Ray and in-process runs agree."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import yaml
+
+from helpers import tiny_asr_config, train_args, write_char_token_list
+
+asr = pytest.importorskip("espnet2.tasks.asr")
+
+from espnet_ext.scan.report import ScanRow, write_tsv  # noqa: E402
+from espnet_ext.federated.client import LocalTraining  # noqa: E402
+
+# A learnable toy language: each letter is a 0.1 s tone, words are separated by silence.
+FREQS = {"A": 300.0, "B": 600.0, "C": 1200.0, "D": 2400.0}
+
+
+def tone_alphabet_dir(root: Path, name: str, speakers, utts_per_speaker: int, shift: float, seed: int) -> Path:
+    """Kaldi data dir of tone-coded letter sequences; `shift` scales every frequency (the domain)."""
+    rng = np.random.default_rng(seed)
+    d, wav_dir = root / name, root / f"{name}_wav"
+    d.mkdir(parents=True)
+    wav_dir.mkdir(parents=True)
+    wav, text, utt2spk = [], [], []
+    for spk in speakers:
+        pitch = rng.uniform(0.95, 1.05)  # speakers differ a little
+        for i in range(utts_per_speaker):
+            words = ["".join(rng.choice(list(FREQS), size=rng.integers(1, 4))) for _ in range(2)]
+            parts = [np.zeros(800)]
+            for w, word in enumerate(words):
+                if w:
+                    parts.append(np.zeros(960))
+                t = np.arange(1600) / 16000
+                parts += [0.3 * np.sin(2 * np.pi * FREQS[c] * shift * pitch * t) for c in word]
+            parts.append(np.zeros(800))
+            audio = np.concatenate(parts)
+            audio = audio + 0.005 * rng.standard_normal(len(audio))
+            utt = f"{spk}-{name}-{i:03d}"
+            sf.write(wav_dir / f"{utt}.wav", audio.astype(np.float32), 16000, subtype="PCM_16")
+            wav.append(f"{utt} {wav_dir / f'{utt}.wav'}")
+            text.append(f"{utt} {' '.join(words)}")
+            utt2spk.append(f"{utt} {spk}")
+    for fname, lines in (("wav.scp", wav), ("text", text), ("utt2spk", utt2spk)):
+        (d / fname).write_text("\n".join(sorted(lines)) + "\n")
+    spk2utt = {}
+    for line in sorted(utt2spk):
+        u, s = line.split()
+        spk2utt.setdefault(s, []).append(u)
+    (d / "spk2utt").write_text("".join(f"{s} {' '.join(us)}\n" for s, us in sorted(spk2utt.items())))
+    return d
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A model trained centrally on domain A (tones as is) and data of domain B (tones x 1.6)."""
+    from espnet_ext.experiment.training import CheckpointKeepingASRTask
+
+    root = tmp_path_factory.mktemp("fl")
+    data = root / "data"
+    spk_a, spk_b = [f"a{i}" for i in range(4)], [f"b{i}" for i in range(4)]
+    central = tone_alphabet_dir(data, "central", spk_a, 10, 1.0, 0)
+    central_dev = tone_alphabet_dir(data, "central_dev", spk_a, 2, 1.0, 1)
+    adapt = tone_alphabet_dir(data, "adapt", spk_b, 6, 1.6, 2)
+    adapt_test = tone_alphabet_dir(data, "adapt_test", spk_b, 2, 1.6, 3)
+    tokens = write_char_token_list(root / "tokens.txt")
+    conf = tiny_asr_config("norm_conformer", conv_norm_type="group_norm", conv_norm_groups=2)
+    conf["batch_size"] = 4
+    config = root / "train.yaml"
+    config.write_text(yaml.safe_dump(conf))
+    torch.set_num_threads(1)
+    CheckpointKeepingASRTask.main(cmd=train_args(central, central_dev, tokens, config, root / "exp",
+                                                 max_epoch=15))
+    scan = root / "scan.tsv"
+    rows = [ScanRow("dev", g, "enc_block", None, None, "reinit", 0, None, 0.0, d, 0.0, d, label)
+            for g, label, d in (("encoder.embed", "critical", 90.0), ("encoder.encoders.0", "critical", 40.0),
+                                ("encoder.encoders.1", "ambient", 1.0), ("ctc", "critical", 99.0))]
+    write_tsv(scan, rows)
+    return {"root": root, "exp": root / "exp", "adapt": adapt, "scan": scan,
+            "eval": [("adapt", adapt_test), ("orig", central_dev)]}
+
+
+def _options(**extra):
+    opts = dict(rounds=3, clients_per_round=2, backend="local", progress=False,
+                local=LocalTraining(epochs=1, batch_size=3, optim="sgd", lr=0.1))
+    opts.update(extra)
+    return opts
+
+
+def _load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_federated_adaptation_improves_the_withheld_domain(world, tmp_path):
+    from espnet_ext.federated.simulation import run_plans
+
+    out = tmp_path / "fl"
+    table = run_plans(world["exp"], "latest.pth", world["adapt"], world["eval"], out,
+                      ["none", "uniform", "targeted"], rate=0.5, scan_tsv=world["scan"],
+                      match_cost="params", **_options())
+    res = {p: json.loads((out / p / "results.json").read_text()) for p in ("none", "uniform", "targeted")}
+    pre = res["none"]["scores"]["pretrained"]
+    assert pre["orig"]["CER"] < 10 and pre["adapt"]["CER"] > 40  # the domain gap exists
+    for plan, r in res.items():
+        assert r["scores"]["final"]["adapt"]["CER"] < pre["adapt"]["CER"] - 30, plan
+    # Costs: FedAvg trains everything; targeted drops units of the ambient block only; uniform
+    # is matched to targeted's trained parameters.
+    cost = {p: r["cost"] for p, r in res.items()}
+    assert cost["none"]["params_fraction"] == 1.0
+    assert 0.5 < cost["targeted"]["params_fraction"] < 1.0
+    assert cost["targeted"]["params_trained"] == res["targeted"]["planned_cost_per_client"]["params_trained"]
+    assert cost["targeted"]["bytes_down"] < cost["none"]["bytes_down"]
+    planned = {p: r["planned_cost_per_client"]["params_trained"] for p, r in res.items()}
+    assert abs(planned["uniform"] - planned["targeted"]) / planned["targeted"] < 0.1
+    assert json.loads((out / "targeted" / "plan.json").read_text())["group_rates"] == {"encoder.encoders.1": 0.5}
+    assert cost["none"]["updates"] == 3 * 2 and cost["none"]["failures"] == 0
+    # The table: the pre-trained model and one row per plan, with scores on both domains.
+    lines = table.splitlines()
+    assert "adapt CER" in lines[0] and "orig CER" in lines[0]
+    assert [line.split("|")[1] for line in lines[2:6]] == ["pre-trained", "none", "uniform", "targeted"]
+    assert (out / "results.md").read_text() == table
+    # The final model decodes like any ESPnet model from the run's config.
+    model, _ = asr.ASRTask.build_model_from_file(out / "targeted" / "config.yaml",
+                                                 out / "targeted" / "model.pth", "cpu")
+    assert (out / "targeted" / "decode" / "round3" / "adapt" / "text").is_file()
+
+
+def test_federated_training_from_scratch_starts_at_checkpoint_0_and_learns(world, tmp_path):
+    from espnet_ext.federated.simulation import run_plans
+
+    out = tmp_path / "scratch"
+    run_plans(world["exp"], "checkpoints/0epoch.pth", world["adapt"], world["eval"], out, ["none"],
+              **_options(rounds=4, local=LocalTraining(epochs=2, batch_size=3, optim="adam", lr=0.01)))
+    res = json.loads((out / "none" / "results.json").read_text())
+    assert res["scores"]["pretrained"]["adapt"]["CER"] >= 90  # the untrained model
+    losses = [row["loss"] for row in res["history"] if row["round"] >= 1]
+    assert len(losses) == 4 and losses[-1] < 0.8 * losses[0]
+
+
+def test_killed_run_resumes_to_the_same_final_model_and_failures_are_tolerated(world, tmp_path):
+    from espnet_ext.federated.plan import DropoutPlan
+    from espnet_ext.federated.server import checkpoint_path
+    from espnet_ext.federated.simulation import prepare_run, run_federated
+
+    plan = DropoutPlan("uniform", {"encoder.encoders.0": 0.5, "encoder.encoders.1": 0.5,
+                                   "decoder.decoders.0": 0.5})
+    common = dict(failure_prob=0.4, seed=5, keep_checkpoints=5)
+
+    whole = prepare_run(world["exp"], "latest.pth", world["adapt"], world["eval"][:1],
+                        tmp_path / "whole", plan, **_options(**common))
+    run_federated(whole)
+
+    # The same run killed while writing round 2's checkpoint: rounds 1-2 ran, round 2's
+    # ledger/history rows were written, its checkpoint was not.
+    killed = prepare_run(world["exp"], "latest.pth", world["adapt"], world["eval"][:1],
+                         tmp_path / "killed", plan, **_options(rounds=2, **common))
+    run_federated(killed)
+    checkpoint_path(killed.out_dir, 2).unlink()
+    with open(killed.out_dir / "costs.tsv", "a") as f:
+        f.write("2\t1\tb1\t6")  # a line cut short by the kill
+    resumed = prepare_run(world["exp"], "latest.pth", world["adapt"], world["eval"][:1],
+                          tmp_path / "killed", plan, **_options(**common))
+    run_federated(resumed)
+
+    a, b = _load(whole.out_dir / "model.pth"), _load(resumed.out_dir / "model.pth")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    pretrained = _load(world["exp"] / "latest.pth")
+    assert any(not torch.equal(a[k], pretrained[k]) for k in a)
+
+    def ledger(run):
+        lines = (run.out_dir / "costs.tsv").read_text().splitlines()
+        header = lines[0].split("\t")
+        keep = [header.index(c) for c in ("round", "client", "num_examples", "params_trained",
+                                          "bytes_down", "bytes_up", "steps", "failed", "reason")]
+        return [[line.split("\t")[i] for i in keep] for line in lines[1:]]
+
+    assert ledger(whole) == ledger(resumed)
+    rows = ledger(whole)
+    failed = [r for r in rows if r[7] == "True"]
+    assert failed and all(r[8].startswith("injected client failure") for r in failed)
+    assert len(rows) == 3 * 2
+    history = [json.loads(line) for line in (resumed.out_dir / "history.jsonl").read_text().splitlines()]
+    assert [h["round"] for h in history] == [0, 1, 2, 3]
+    assert sum(h.get("failures", 0) for h in history) == len(failed)
+
+    # A resumed run must have the same options.
+    from espnet_ext.federated.options import OptionsError
+
+    plan_file = (resumed.out_dir / "plan.json").read_text()
+    with pytest.raises(OptionsError, match=r"has seed = 5, this call 6"):
+        prepare_run(world["exp"], "latest.pth", world["adapt"], world["eval"][:1],
+                    tmp_path / "killed", plan, **_options(**dict(common, seed=6)))
+    assert (resumed.out_dir / "plan.json").read_text() == plan_file
+    assert not (resumed.out_dir / ".config.yaml.new").exists()
+
+
+def test_clients_failing_for_real_stop_the_run(world, tmp_path, monkeypatch):
+    import espnet_ext.federated.client as client
+    from espnet_ext.federated.plan import no_dropout_plan
+    from espnet_ext.federated.simulation import prepare_run, run_federated
+    from espnet_ext.federated.strategy import ClientFailureError
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(client, "run_client_update", broken)
+    setup = prepare_run(world["exp"], "latest.pth", world["adapt"], [], tmp_path / "broken",
+                        no_dropout_plan(), **_options())
+    with pytest.raises(ClientFailureError, match="all 2 clients failed; first error: OSError: disk full"):
+        run_federated(setup)
+
+
+def test_bad_options_fail_before_any_round(world, tmp_path, capsys):
+    from espnet_ext.bin.fl_simulate import main
+
+    base = ["run", "--exp_dir", str(world["exp"]), "--model_file", "latest.pth",
+            "--adapt_data", str(world["adapt"]), "--out_dir", str(tmp_path / "bad"), "--backend", "local"]
+    assert main(base + ["--plans", "none", "--clients_per_round", "9"]) == 2
+    assert "9 clients per round but only 4 clients" in capsys.readouterr().err
+    assert main(base + ["--plans", "uniform", "--rate", "1.0", "--match_cost", "none"]) == 2
+    assert "dropout rate must be in [0, 1)" in capsys.readouterr().err
+    assert main(base + ["--plans", "targeted"]) == 2
+    assert "needs the layer-reset scan result (--scan_tsv)" in capsys.readouterr().err
+    assert main(base + ["--plans", "none", "--model_file", "missing.pth"]) == 2
+    assert "model file 'missing.pth' not found" in capsys.readouterr().err
+    assert main(base + ["--plans", "none", "--seed", "1", "--seeds", "2,3"]) == 2
+    assert "give one seed (--seed) or several (--seeds), not both" in capsys.readouterr().err
+    assert main(base + ["--plans", "none", "--seeds", "1,1"]) == 2
+    assert "each seed once, got [1, 1]" in capsys.readouterr().err
+    # A misspelt plan key used to run without any dropout.
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text('{"name": "x", "rates": {"encoder.encoders.1": 0.5}}')
+    assert main(base + ["--plans", "file", "--plan_file", str(plan_file)]) == 2
+    err = capsys.readouterr().err
+    assert f"{plan_file}: unknown key 'rates'" in err and "allowed keys: name, group_rates" in err
+    assert not (tmp_path / "bad" / "none" / "checkpoints").exists()
+    assert not (tmp_path / "bad" / "file").exists()
+
+
+def test_seeds_give_distinct_runs_and_one_row_per_plan_with_spread_and_paired_intervals(world, tmp_path):
+    from espnet_ext.federated.evaluate import read_per_utterance
+    from espnet_ext.federated.simulation import run_plans
+
+    out = tmp_path / "fl"
+
+    def run():
+        return run_plans(world["exp"], "latest.pth", world["adapt"], world["eval"], out,
+                         ["none", "uniform", "targeted"], rate=0.5, scan_tsv=world["scan"],
+                         match_cost="params", seeds=[1, 2], bootstrap_resamples=300, **_options(rounds=2))
+
+    table = run()
+    res = {(p, s): json.loads((out / p / f"seed{s}" / "results.json").read_text())
+           for p in ("none", "uniform", "targeted") for s in (1, 2)}
+    assert {k: r["seed"] for k, r in res.items()} == {k: k[1] for k in res}
+    # Each seed is its own run: other client samples and local training, another final model.
+    a, b = _load(out / "none" / "seed1" / "model.pth"), _load(out / "none" / "seed2" / "model.pth")
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    # per_utt.tsv next to results.json holds the counts behind the final CER.
+    counts = read_per_utterance(out / "targeted" / "seed1" / "per_utt.tsv")
+    adapt = counts["adapt"].values()
+    cer = 100 * sum(c[3] for c in adapt) / sum(c[2] for c in adapt)
+    assert round(cer, 2) == res[("targeted", 1)]["scores"]["final"]["adapt"]["CER"]
+    assert len(counts["adapt"]) == 8 and len(counts["orig"]) == 8
+    # One row per plan: mean ± std (min-max) over the two seeds.
+    rows = [line.split("|") for line in table.splitlines() if line.startswith("|model") or line.startswith("|none")]
+    head, none_row = rows[0], rows[1]
+    cers = [res[("none", s)]["scores"]["final"]["adapt"]["CER"] for s in (1, 2)]
+    mean, std = np.mean(cers), np.std(cers, ddof=1)
+    assert none_row[head.index("seeds")] == "1,2"
+    assert none_row[head.index("adapt CER")] == (f"{mean:.2f} ± {std:.2f} "
+                                                 f"({min(cers):.2f}-{max(cers):.2f})")
+    for pair in ("targeted - uniform|adapt|CER|", "targeted - none|adapt|CER|", "targeted - none|orig|WER|"):
+        assert f"|{pair}" in table
+    # The same command again computes nothing new and gives the same table.
+    before = (out / "targeted" / "seed2" / "history.jsonl").read_text()
+    assert run() == table
+    assert (out / "targeted" / "seed2" / "history.jsonl").read_text() == before
+
+
+def test_run_where_every_client_failed_exits_nonzero_and_is_recorded(world, tmp_path, capsys):
+    from espnet_ext.bin.fl_simulate import main
+
+    out = tmp_path / "failing"
+    # Seed 0 with failure probability 0.95: every client of both rounds fails (injected, seeded).
+    code = main(["run", "--exp_dir", str(world["exp"]), "--model_file", "latest.pth",
+                 "--adapt_data", str(world["adapt"]), "--eval_data", f"adapt={world['eval'][0][1]}",
+                 "--out_dir", str(out), "--plans", "none", "--rounds", "2", "--clients_per_round", "2",
+                 "--failure_prob", "0.95", "--backend", "local", "--no_progress"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "had no client update in any of its 2 rounds (4 client updates failed); global model unchanged" in err
+    results = json.loads((out / "none" / "results.json").read_text())
+    assert results["rounds_with_updates"] == 0 and results["cost"]["failures"] == 4
+    assert results["scores"]["final"] == results["scores"]["pretrained"]
+    assert "rounds_with_updates: 0**: no client update in any of its 2 rounds" in (out / "none" / "results.md").read_text()
+    assert "rounds_with_updates: 0" in (out / "results.md").read_text()
+
+
+def test_ray_temp_dir_stays_with_the_run(tmp_path):
+    from espnet_ext.federated.simulation import ray_temp_dir
+
+    import shutil
+    import tempfile
+
+    short_run = Path(tempfile.mkdtemp(prefix="fl", dir="/tmp"))
+    assert ray_temp_dir(short_run) == short_run / "ray" and (short_run / "ray").is_dir()
+    shutil.rmtree(short_run)
+    deep = tmp_path / ("x" * 60) / "run"
+    short = ray_temp_dir(deep)
+    # Ray's socket paths must stay short: a long run dir links to a short folder.
+    assert len(str(short)) < 48 and (deep / "ray").resolve() == short.resolve()
+    shutil.rmtree(short)
+
+
+def test_split_command_writes_both_domains(world, tmp_path):
+    from espnet_ext.bin.fl_simulate import main
+    from espnet_ext.data.kaldi import KaldiDataDir
+
+    assert main(["split", "--data_dir", str(world["adapt"]), "--out_dir", str(tmp_path / "split"),
+                 "--method", "speakers", "--speakers", "b0,b1"]) == 0
+    assert KaldiDataDir.read(tmp_path / "split" / "withheld").speakers == ["b0", "b1"]
+    assert KaldiDataDir.read(tmp_path / "split" / "central").speakers == ["b2", "b3"]
+
+
+@pytest.mark.slow
+def test_ray_simulation_equals_the_in_process_run(world, tmp_path):
+    from espnet_ext.federated.plan import DropoutPlan
+    from espnet_ext.federated.simulation import prepare_run, run_federated
+
+    plan = DropoutPlan("uniform", {"encoder.encoders.1": 0.5})
+    runs = {}
+    for backend in ("local", "ray"):
+        setup = prepare_run(world["exp"], "latest.pth", world["adapt"], world["eval"][:1],
+                            tmp_path / backend, plan,
+                            **_options(rounds=2, backend=backend, num_workers=2, failure_prob=0.3))
+        runs[backend] = run_federated(setup)
+    a, b = _load(tmp_path / "local" / "model.pth"), _load(tmp_path / "ray" / "model.pth")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert runs["ray"]["scores"] == runs["local"]["scores"]
+    assert (tmp_path / "ray" / "ray").exists()  # Ray's temp files stay with the run
