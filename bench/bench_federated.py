@@ -37,7 +37,9 @@ import soundfile as sf
 import torch
 import yaml
 
-import espnet_ext  # noqa: F401  (registers espnet_ext's encoders into ESPnet)
+from espnet_ext.asr.registration import register_encoders
+
+register_encoders()
 
 
 def parse_args() -> argparse.Namespace:
@@ -129,6 +131,24 @@ def _interleaved(fns, reps: int) -> List[List[float]]:
     return times
 
 
+def merge_seconds(full_state, info, plan, num_clients: int, reps: int) -> float:
+    """Median seconds of one round's merge (merge_update) of `num_clients` sub-models of `plan`."""
+    from espnet_ext.federated.submodel import choose_submodel, extract_submodel, merge_update
+
+    rates = plan.module_rates(info.modules)
+    smalls, maps = [], []
+    for c in range(num_clients):
+        small, imap = extract_submodel(full_state, choose_submodel(info.modules, rates, np.random.default_rng(c)))
+        smalls.append(small)
+        maps.append(imap)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        merge_update(full_state, smalls, maps, [1.0] * num_clients)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def main() -> int:
     args = parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -188,10 +208,10 @@ def main() -> int:
     # --- 2. client step and bytes at dropout r vs none ----------------------------------------
     info = ModelInfo.from_model(model)
     plan = uniform_plan(info, args.rate)
-    sub_plan = choose_submodel(info.modules, plan.module_rates(info.modules), np.random.default_rng(0))
+    layout = choose_submodel(info.modules, plan.module_rates(info.modules), np.random.default_rng(0))
     full_state = {k: v.cpu() for k, v in model.state_dict().items() if k in info.sent_keys}
-    small_state, _ = extract_submodel(full_state, sub_plan)
-    sub = build_submodel(model, sub_plan)
+    small_state, _ = extract_submodel(full_state, layout)
+    sub = build_submodel(model, layout)
     client = clients[0].index
     step_local = LocalTraining(steps=args.local_steps, batch_size=args.batch_size, optim="sgd", lr=0.01)
     mems = {}
@@ -219,6 +239,8 @@ def main() -> int:
     print(f"params+grads+SGD:  {2 * 4 * params_sub / 1e6:.2f} MB vs {2 * 4 * params_full / 1e6:.2f} MB")
     if args.device.startswith("cuda"):
         print(f"peak GPU memory:   {mems['sub'] / 1e6:.0f} MB vs {mems['full'] / 1e6:.0f} MB")
+    merge_s = merge_seconds(full_state, info, plan, args.clients_per_round, args.reps)
+    print(f"server merge:      {1000 * merge_s:.1f} ms per round ({args.clients_per_round} sub-models, median)")
     print(f"(work dir {tmp})")
     return 0
 

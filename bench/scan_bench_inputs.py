@@ -10,7 +10,7 @@ from typing import Callable, Tuple
 def scan_inputs(args, train: Callable[[], Tuple[Path, Path]]) -> Tuple[Path, Path, str]:
     """(exp dir, data dir, model file) from `--exp_dir/--data_dir/--model_file`, or from
     `train()` (the bench's own small model) when no `--exp_dir` is given."""
-    from espnet_ext.experiment.training import saved_epochs
+    from espnet_ext.experiment.checkpoints import saved_epochs
 
     t0 = time.perf_counter()
     if args.exp_dir is None:

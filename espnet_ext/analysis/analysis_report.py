@@ -17,13 +17,12 @@ from espnet_ext.analysis.stability import (
     SeedStability,
     bin_label,
 )
+from espnet_ext.reporting.tables import fixed
 
 
 def fmt(v: Optional[float], digits: int = 2) -> str:
-    """A number for tables; ``n/a`` for None/NaN."""
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "n/a"
-    return f"{v:.{digits}f}"
+    """A number for analysis.md (`digits` decimals); ``n/a`` for None/NaN."""
+    return fixed(v, digits, missing="n/a")
 
 
 def fmt_p(p: float) -> str:
@@ -37,12 +36,6 @@ def fmt_p(p: float) -> str:
 def fmt_corr(c: Correlation) -> str:
     """``0.41 (p=0.03, n=9)``."""
     return f"{fmt(c.rho)} (p={fmt_p(c.p)}, n={c.n})"
-
-
-def table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> List[str]:
-    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return out
 
 
 def describe_rule(criterion: dict) -> str:

@@ -5,7 +5,7 @@ A **run** is a trained experiment dir (read through
 checkpoint 0 saved or reconstructed from config.yaml, and the layer-reset scan of stage 6 in ``scan_<granularity>_<dataset>/``). Runs are told apart by
 their ``config.yaml``, not by their names: the conv-module norm (ESPnet's ``conformer`` encoder:
 batch norm; ``norm_conformer``: its ``conv_norm_type``), the size (encoder ``num_blocks`` x
-``output_size``) and the training ``seed``. Runs that share norm and size are one **variant**
+``output_size``) and the training ``seed``. Runs that share norm and size are one **setup**
 and differ by seed.
 
 For every run this module reads the scan rows of one dataset and one reset (``reinit`` to a
@@ -29,7 +29,18 @@ import math
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from espnet_ext.scan.report import MODES, REINIT, ScanRow, read_tsv, reference_variant
+from espnet_ext.scan.result import (
+    MODES,
+    REINIT,
+    ScanResult,
+    ScanResultError,
+    ScanRow,
+    find_scan_dirs,
+    reference_variant,
+    rows_of_variant,
+    scan_dir,
+    variant_value,
+)
 from espnet_ext.analysis.stability import LayerOutcome, RunOutcome
 from espnet_ext.analysis.weight_updates import (
     TRAIN_HINT,
@@ -42,7 +53,7 @@ from espnet_ext.experiment.experiment_dir import ExperimentDir, ExperimentError
 SCAN_HINT = ("run stage 6 of the recipe (./run.sh --stage 6 --stop_stage 6) or "
              "python -m espnet_ext.bin.layer_scan --exp_dir {exp} --data_dir data/{dataset} "
              "--granularity {granularity}")
-# Config entries that must agree between runs of one variant (besides norm, size and seed).
+# Config entries that must agree between runs of one setup (besides norm, size and seed).
 _COMPARED_CONFIG = ("frontend_conf", "encoder_conf", "decoder", "decoder_conf", "model_conf",
                     "optim", "optim_conf", "scheduler", "scheduler_conf", "max_epoch", "init")
 _PER_RUN_ENCODER_CONF = ("conv_norm_type", "conv_norm_groups")
@@ -84,7 +95,8 @@ class RunInfo:
                f"{self.output_size if self.output_size is not None else '?'}"
 
     @property
-    def variant(self) -> str:
+    def setup(self) -> str:
+        """``<norm> <size>``: runs of one setup differ only by their seed."""
         return f"{self.norm} {self.size}"
 
 
@@ -190,34 +202,28 @@ class ScanData:
     patterns: List[str]
 
     def reset_rows(self) -> List[ScanRow]:
-        mode, value = self.reset
-        return [r for r in self.rows if r.mode == mode and (r.tau if mode == REINIT else r.seed) == value]
+        """The rows of the analysed reset, one per group."""
+        return rows_of_variant(self.rows, *self.reset)
 
 
-def scan_dir_of(exp_dir: Path, granularity: str, dataset: str) -> Path:
-    """Where stage 6 writes a run's scan: ``<exp_dir>/scan_<granularity>_<dataset>``."""
-    return Path(exp_dir) / f"scan_{granularity}_{dataset}"
-
-
-def _find_scan(exp_dir: Path, granularity: str, dataset: str) -> Path:
-    """The scan dir holding `dataset` rows (also a scan of several data dirs named by the first)."""
-    default = scan_dir_of(exp_dir, granularity, dataset)
-    if (default / "scan.tsv").is_file():
-        return default
-    for d in sorted(Path(exp_dir).glob(f"scan_{granularity}_*")):
-        if (d / "scan.tsv").is_file() and any(r.dataset == dataset for r in read_tsv(d / "scan.tsv")):
-            return d
-    others = sorted(p.name for p in Path(exp_dir).glob("scan_*") if (p / "scan.tsv").is_file())
+def _find_scan(exp_dir: Path, granularity: str, dataset: str) -> ScanResult:
+    """The scan holding `dataset` rows (also a scan of several data dirs named by the first)."""
+    default = scan_dir(exp_dir, granularity, dataset)
+    for d in [default] + [d for d in find_scan_dirs(exp_dir, granularity) if d != default]:
+        if (d / "scan.tsv").is_file():
+            try:
+                scan = ScanResult.load(d)
+            except ScanResultError as e:
+                raise AnalysisInputError(str(e)) from None
+            if d == default or any(r.dataset == dataset for r in scan.rows):
+                return scan
+    others = [p.name for p in find_scan_dirs(exp_dir)]
     raise AnalysisInputError(
         f"{exp_dir}: no layer-reset scan at granularity {granularity!r} on {dataset!r} (looked for "
         f"{default / 'scan.tsv'}"
         + (f"; scans there: {', '.join(others)}" if others else "")
         + "): " + SCAN_HINT.format(exp=exp_dir, dataset=dataset, granularity=granularity)
     )
-
-
-def _variant_value(row: ScanRow) -> Optional[int]:
-    return row.tau if row.mode == REINIT else row.seed
 
 
 def choose_reset(rows: Sequence[ScanRow], mode: Optional[str], value: Optional[int],
@@ -234,7 +240,7 @@ def choose_reset(rows: Sequence[ScanRow], mode: Optional[str], value: Optional[i
     Raises:
         AnalysisInputError: That reset was not scanned (lists the ones that were).
     """
-    scanned = sorted({(r.mode, _variant_value(r)) for r in rows}, key=lambda v: (MODES.index(v[0]), v[1]))
+    scanned = sorted({(r.mode, variant_value(r)) for r in rows}, key=lambda v: (MODES.index(v[0]), v[1]))
     listing = ", ".join(f"{m} {'tau' if m == REINIT else 'seed'}={v}" for m, v in scanned) or "none"
     if mode is None:
         ref = reference_variant(list(rows))
@@ -266,23 +272,21 @@ def load_scan(run: RunInfo, granularity: str, dataset: str, mode: Optional[str] 
         AnalysisInputError: No scan (says how to run it), an unfinished scan, a reset that was
             not scanned, or a scanned model file that is gone.
     """
-    scan_dir = _find_scan(run.exp_dir, granularity, dataset)
-    meta_path = scan_dir / "scan.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    scan = _find_scan(run.exp_dir, granularity, dataset)
     hint = SCAN_HINT.format(exp=run.exp_dir, dataset=dataset, granularity=granularity)
-    if meta.get("status") != "done":
+    if not scan.finished:
         raise AnalysisInputError(
-            f"{scan_dir}: the scan is not finished (scan.json status: {meta.get('status', 'missing')}); "
+            f"{scan.path}: the scan is not finished (scan.json status: {scan.status or 'missing'}); "
             f"{hint} to finish it (it resumes)")
-    if dataset not in (meta.get("baseline") or {}):
-        raise AnalysisInputError(f"{meta_path}: no baseline for {dataset!r}; {hint}")
-    rows = [r for r in read_tsv(scan_dir / "scan.tsv") if r.dataset == dataset]
-    reset = choose_reset(rows, mode, value, str(scan_dir))
-    criterion = dict((meta.get("options") or {}).get("criterion") or {})
-    identity = meta.get("identity") or {}
-    model_file = _model_file(run.exp_dir, identity.get("model_file"), meta_path)
-    return ScanData(scan_dir=scan_dir, dataset=dataset, rows=rows, reset=reset,
-                    baseline=meta["baseline"][dataset], criterion=criterion,
+    if dataset not in scan.baseline:
+        raise AnalysisInputError(f"{scan.json_path}: no baseline for {dataset!r}; {hint}")
+    rows = scan.rows_of(dataset)
+    reset = choose_reset(rows, mode, value, str(scan.path))
+    criterion = scan.criterion
+    identity = scan.identity
+    model_file = _model_file(run.exp_dir, identity.get("model_file"), scan.json_path)
+    return ScanData(scan_dir=scan.path, dataset=dataset, rows=rows, reset=reset,
+                    baseline=scan.baseline[dataset], criterion=criterion,
                     metric=str(criterion.get("metric", "cer")), model_file=model_file,
                     patterns=list(identity.get("patterns") or []))
 
@@ -332,7 +336,7 @@ class Collection:
     Attributes:
         runs: Analysed runs, by size (encoder blocks, dimension), norm, then seed.
         skipped: {path: reason} for paths that were left out.
-        notes: Facts worth a line in the report (differing configs within a variant, ...).
+        notes: Facts worth a line in the report (differing configs within a setup, ...).
         granularity, dataset: What was analysed.
         metric: ``wer`` or ``cer`` (of the ambient rule shared by all scans).
         criterion: That rule (scan.json options).
@@ -366,14 +370,14 @@ def outcome_of(info: RunInfo, scan: ScanData, updates: RunUpdates) -> RunOutcome
 
 def _config_notes(runs: Sequence[RunInfo]) -> List[str]:
     notes = []
-    variants: Dict[str, List[RunInfo]] = {}
+    setups: Dict[str, List[RunInfo]] = {}
     for r in runs:
-        variants.setdefault(r.variant, []).append(r)
-    for variant, members in variants.items():
+        setups.setdefault(r.setup, []).append(r)
+    for setup, members in setups.items():
         seeds = [m.seed for m in members]
         dup = sorted({s for s in seeds if seeds.count(s) > 1}, key=str)
         if dup:
-            notes.append(f"{variant}: several runs with seed {dup[0]} "
+            notes.append(f"{setup}: several runs with seed {dup[0]} "
                          f"({', '.join(m.name for m in members if m.seed == dup[0])})")
         first = members[0]
         for other in members[1:]:
@@ -386,7 +390,7 @@ def _config_notes(runs: Sequence[RunInfo]) -> List[str]:
                 if a != b:
                     differ.append(key)
             if differ:
-                notes.append(f"{variant}: {other.name} differs from {first.name} in "
+                notes.append(f"{setup}: {other.name} differs from {first.name} in "
                              f"{', '.join(differ)} (not only in the seed)")
     return notes
 
@@ -431,8 +435,36 @@ def collect_runs_multi(exp_dirs: Sequence[str], granularities: Sequence[str], da
     if not granularities:
         raise AnalysisInputError("no granularity given")
     infos, skipped_common = discover_runs(exp_dirs)
+    scans, problems = _read_scans(infos, granularities, dataset, mode, value)
+    messages = list(dict.fromkeys(m for g in granularities for m in problems[g].values()))
+    if messages and not allow_missing:
+        raise AnalysisInputError("\n".join(messages)
+                                 + ("\n(--allow_missing skips such runs)" if len(infos) > 1 else ""))
+    for g in granularities:
+        _check_same_rule(g, scans[g])
+    analysed = _compute_updates(infos, granularities, scans, problems, allow_missing)
+    out = {}
+    for g in granularities:
+        skipped = dict(skipped_common)
+        skipped.update(problems[g])
+        out[g] = _collection(g, dataset, analysed[g], skipped)
+    return out
+
+
+# Per granularity, {str(exp_dir): value}.
+_ByRun = Dict[str, Dict[str, ScanData]]
+
+
+def _read_scans(infos: Sequence[RunInfo], granularities: Sequence[str], dataset: str,
+                mode: Optional[str], value: Optional[int]) -> Tuple[_ByRun, Dict[str, Dict[str, str]]]:
+    """Each run's scan at each granularity.
+
+    Returns:
+        ({granularity: {exp_dir: ScanData}}, {granularity: {exp_dir: why it has none}}); a run
+        without usable initial weights has a problem at every granularity.
+    """
     problems: Dict[str, Dict[str, str]] = {g: {} for g in granularities}
-    scans: Dict[str, Dict[str, ScanData]] = {g: {} for g in granularities}
+    scans: _ByRun = {g: {} for g in granularities}
     for info in infos:
         key = str(info.exp_dir)
         missing_init = _initial_weights_problem(info.exp_dir)
@@ -445,21 +477,32 @@ def collect_runs_multi(exp_dirs: Sequence[str], granularities: Sequence[str], da
                 scans[g][key] = load_scan(info, g, dataset, mode, value)
             except AnalysisInputError as e:
                 problems[g][key] = str(e)
-    messages = list(dict.fromkeys(m for g in granularities for m in problems[g].values()))
-    if messages and not allow_missing:
-        raise AnalysisInputError("\n".join(messages)
-                                 + ("\n(--allow_missing skips such runs)" if len(infos) > 1 else ""))
+    return scans, problems
 
-    for g in granularities:
-        rules = {key: scan.criterion for key, scan in scans[g].items()}
-        if len({json.dumps(c, sort_keys=True) for c in rules.values()}) > 1:
-            listing = "; ".join(f"{Path(p).name}: {c}" for p, c in rules.items())
-            raise AnalysisInputError(
-                f"the {g} scans label ambient layers with different rules ({listing}); re-run "
-                "python -m espnet_ext.bin.layer_scan on them with the same --metric/--threshold_* "
-                "options (a finished scan is only relabelled, nothing is recomputed)")
 
-    analysed: Dict[str, List[AnalyzedRun]] = {g: [] for g in granularities}
+def _check_same_rule(granularity: str, scans: Dict[str, ScanData]) -> None:
+    """Raises AnalysisInputError when the scans label ambient layers with different rules."""
+    rules = {key: scan.criterion for key, scan in scans.items()}
+    if len({json.dumps(c, sort_keys=True) for c in rules.values()}) > 1:
+        listing = "; ".join(f"{Path(p).name}: {c}" for p, c in rules.items())
+        raise AnalysisInputError(
+            f"the {granularity} scans label ambient layers with different rules ({listing}); re-run "
+            "python -m espnet_ext.bin.layer_scan on them with the same --metric/--threshold_* "
+            "options (a finished scan is only relabelled, nothing is recomputed)")
+
+
+def _compute_updates(infos: Sequence[RunInfo], granularities: Sequence[str], scans: _ByRun,
+                     problems: Dict[str, Dict[str, str]], allow_missing: bool
+                     ) -> Dict[str, List[Tuple[RunInfo, ScanData, RunUpdates]]]:
+    """Weight updates of every scanned run, one pass over its checkpoints per scanned model file.
+
+    Fills in a run's encoder size when its config.yaml does not give it; with `allow_missing`,
+    a run whose checkpoints fail is recorded in `problems` instead of raising.
+
+    Returns:
+        {granularity: [(run, its scan, its weight updates)]}.
+    """
+    analysed: Dict[str, List[Tuple[RunInfo, ScanData, RunUpdates]]] = {g: [] for g in granularities}
     for info in infos:
         key = str(info.exp_dir)
         wanted = [g for g in granularities if key in scans[g]]
@@ -483,20 +526,25 @@ def collect_runs_multi(exp_dirs: Sequence[str], granularities: Sequence[str], da
                 info.output_size = updates[0].encoder_output_size
             for g, u in zip(grans, updates):
                 analysed[g].append((info, scans[g][key], u))
+    return analysed
 
-    out = {}
-    for g in granularities:
-        runs = [AnalyzedRun(i, s, u, outcome_of(i, s, u)) for i, s, u in analysed[g]]
-        skipped = dict(skipped_common)
-        skipped.update(problems[g])
-        if not runs:
-            raise AnalysisInputError(f"no run left to analyse at granularity {g!r}: "
-                                     + "; ".join(skipped.values()))
-        big = float("inf")
-        runs.sort(key=lambda r: (r.info.num_blocks if r.info.num_blocks is not None else big,
-                                 r.info.output_size if r.info.output_size is not None else big,
-                                 r.info.norm, r.info.seed is None, r.info.seed or 0, r.info.name))
-        first = runs[0].scan
-        out[g] = Collection(runs=runs, skipped=skipped, notes=_config_notes([r.info for r in runs]),
-                            granularity=g, dataset=dataset, metric=first.metric, criterion=first.criterion)
-    return out
+
+def _collection(granularity: str, dataset: str, analysed: Sequence[Tuple[RunInfo, ScanData, RunUpdates]],
+                skipped: Dict[str, str]) -> Collection:
+    """The runs of one granularity joined with their outcomes, by size, norm, then seed.
+
+    Raises:
+        AnalysisInputError: No run left.
+    """
+    runs = [AnalyzedRun(i, s, u, outcome_of(i, s, u)) for i, s, u in analysed]
+    if not runs:
+        raise AnalysisInputError(f"no run left to analyse at granularity {granularity!r}: "
+                                 + "; ".join(skipped.values()))
+    big = float("inf")
+    runs.sort(key=lambda r: (r.info.num_blocks if r.info.num_blocks is not None else big,
+                             r.info.output_size if r.info.output_size is not None else big,
+                             r.info.norm, r.info.seed is None, r.info.seed or 0, r.info.name))
+    first = runs[0].scan
+    return Collection(runs=runs, skipped=skipped, notes=_config_notes([r.info for r in runs]),
+                      granularity=granularity, dataset=dataset, metric=first.metric,
+                      criterion=first.criterion)

@@ -8,10 +8,10 @@ layer-reset scan; see :mod:`espnet_ext.analysis.cross_run`) and writes into ``ou
   normalized depth (sizes side by side); weight update vs reset delta; a factual reading;
 * ``analysis.json``: the same numbers, the options and every figure's file name;
 * ``weight_updates.tsv`` (one row per run x group) and ``trajectories.tsv`` (run x group x epoch);
-* figures: ``heatmap_seeds_<variant>.png`` (variants with several seeds; one panel per seed:
+* figures: ``heatmap_seeds_<setup>.png`` (setups, i.e. norm x size, with several seeds; one panel per seed:
   groups x resets, colour = error change), ``stability_jaccard.png`` and
   ``stability_spearman.png`` (runs x runs, with three runs or more),
-  ``depth_profile.png`` (cells x variants), ``update_vs_delta.png`` and ``trajectories.png``
+  ``depth_profile.png`` (cells x setups), ``update_vs_delta.png`` and ``trajectories.png``
   (one row per run).
 
 Cheap next to a scan: only state dicts are loaded, one checkpoint at a time; no model is built
@@ -32,7 +32,9 @@ from typing import Dict, List, Optional, Sequence, Union
 from espnet_ext.analysis import analysis_report as rep
 from espnet_ext.analysis import stability as st
 from espnet_ext.analysis.cross_run import AnalyzedRun, Collection, collect_runs_multi
-from espnet_ext.scan.report import REINIT, RERANDOMIZE, write_text_atomic
+from espnet_ext.reporting.tables import markdown_table
+from espnet_ext.scan.result import REINIT, RERANDOMIZE, variant_title
+from espnet_ext.utils.atomic import write_text_atomic
 
 
 @dataclasses.dataclass
@@ -130,27 +132,27 @@ def _uncertain_text(run: AnalyzedRun) -> str:
 
 def _reset_text(run: AnalyzedRun) -> str:
     mode, value = run.scan.reset
-    return f"reinit tau={value}" if mode == REINIT else f"rerandomize seed={value}"
+    return f"{mode} {variant_title(mode, value)}"
 
 
 # ----------------------------------------------------------------------------------- figures
 def _seed_heatmaps(coll: Collection, out_dir: Path) -> List[Path]:
-    """Per variant with several seeds, one panel per seed: groups x resets, colour = error change."""
-    from espnet_ext.reporting.plots_analysis import plot_heatmap_panels
+    """Per setup with several seeds, one panel per seed: groups x resets, colour = error change."""
+    from espnet_ext.reporting.figures import HeatmapPanel, plot_heatmap
 
     metric = coll.metric
     paths = []
-    by_variant: Dict[str, List[AnalyzedRun]] = {}
+    by_setup: Dict[str, List[AnalyzedRun]] = {}
     for r in coll.runs:
-        by_variant.setdefault(r.info.variant, []).append(r)
-    for variant, members in by_variant.items():
+        by_setup.setdefault(r.info.setup, []).append(r)
+    for setup, members in by_setup.items():
         if len(members) < 2:
             continue  # one seed: the scan's own heatmap_<mode>_<set>.png shows it already
         groups = [g.group for g in members[0].outcome.layers]
         taus = sorted(set.intersection(*[{x.tau for x in m.scan.rows if x.mode == REINIT} for m in members]))
         with_rr = all(any(x.mode == RERANDOMIZE for x in m.scan.rows) for m in members)
         cols = [f"tau={t}" for t in taus] + (["rerand"] if with_rr else [])
-        panels, uncertain = [], []
+        panels = []
         for m in members:
             first_seed = min((x.seed for x in m.scan.rows if x.mode == RERANDOMIZE), default=None)
             cell = {}
@@ -163,16 +165,15 @@ def _seed_heatmaps(coll: Collection, out_dir: Path) -> List[Path]:
                        if (g, c) in cell else math.nan for c in cols] for g in groups]
             frame = [[(g, c) in cell and cell[(g, c)].label == "ambient" for c in cols] for g in groups]
             unsure = [[(g, c) in cell and cell[(g, c)].label_ci == "uncertain" for c in cols] for g in groups]
-            panels.append((f"{m.info.name} (seed {m.info.seed})", values, frame))
-            uncertain.append(unsure)
+            panels.append(HeatmapPanel(values, frame, unsure, f"{m.info.name} (seed {m.info.seed})"))
         if not cols:
             continue
-        paths.append(plot_heatmap_panels(
-            panels, groups, cols, out_dir / f"heatmap_seeds_{_slug(variant)}.png",
-            title=(f"{variant} on {coll.dataset}: {metric.upper()} change after reset "
-                   "(points; framed: ambient" + ("; ?: uncertain)" if any(any(map(any, u)) for u in uncertain)
-                                                 else ")")),
-            colorbar_label=f"Δ{metric.upper()} (points)", xlabel="reset", uncertain=uncertain))
+        paths.append(plot_heatmap(
+            panels, groups, cols, out_dir / f"heatmap_seeds_{_slug(setup)}.png",
+            title=(f"{setup} on {coll.dataset}: {metric.upper()} change after reset "
+                   "(points; framed: ambient" + ("; ?: uncertain)" if any(any(map(any, p.uncertain))
+                                                                          for p in panels) else ")")),
+            colorbar_label=f"Δ{metric.upper()} (points)", xlabel="reset"))
     return paths
 
 
@@ -211,7 +212,7 @@ def _updates_tsv(coll: Collection) -> str:
         outcome = {g.group: g for g in r.outcome.layers}
         for u in r.updates.groups:
             o = outcome.get(u.group)
-            cells = [r.info.name, r.info.variant, "" if r.info.seed is None else str(r.info.seed),
+            cells = [r.info.name, r.info.setup, "" if r.info.seed is None else str(r.info.seed),
                      u.group, u.kind, "" if u.block is None else str(u.block),
                      "" if u.depth is None else f"{u.depth:.4f}", str(u.numel),
                      f"{u.init_norm:.6g}", f"{u.final_norm:.6g}", f"{u.abs_update:.6g}",
@@ -256,6 +257,148 @@ def run_layer_analysis(opts: AnalysisOptions) -> List[AnalysisResult]:
             for coll, out_dir in zip(collections.values(), out_dirs)]
 
 
+@dataclasses.dataclass
+class _Statistics:
+    """Every number of one granularity's analysis (see :mod:`espnet_ext.analysis.stability`).
+
+    Attributes:
+        outcomes: One outcome per run, in the collection's order.
+        run_setup: {run name: its setup, ``<norm> <size>``}.
+        setups: Setups in order of first appearance.
+        setup_norm: {setup: its conv-module norm}.
+        seed_stability: Agreement across seeds, per setup.
+        pairs: Every pair of runs; `cross` the pairs of different setups.
+        pair_kinds: Agreement by kind of pair (same setup, other norm, other size...).
+        norm_sizes: {size: setups of that size with different norms}.
+        kind_table, depth_table, group_table: Outcomes pooled over seeds per setup, by group
+            kind, by (kind, depth bin) and by group.
+        per_run_update, pooled_update, median_updates: Weight update vs reset delta.
+        reading: The factual reading (lines of text).
+    """
+
+    outcomes: list
+    run_setup: Dict[str, str]
+    setups: List[str]
+    setup_norm: Dict[str, str]
+    seed_stability: list
+    pairs: list
+    cross: list
+    pair_kinds: dict
+    norm_sizes: dict
+    kind_table: dict
+    depth_table: dict
+    group_table: dict
+    per_run_update: dict
+    pooled_update: object
+    median_updates: dict
+    reading: list
+
+
+def _compute_statistics(coll: Collection, nb: int) -> _Statistics:
+    """Stability across seeds and runs, pooled tables and weight-update correlations."""
+    outcomes = [r.outcome for r in coll.runs]
+    run_setup = {o.name: o.setup for o in outcomes}
+    setup_norm = {o.setup: o.norm for o in outcomes}
+    seed_stab = st.seed_stability(outcomes, nb)
+    pairs = st.pairwise(outcomes, nb)
+    cross = [p for p in pairs if run_setup[p.a] != run_setup[p.b]]
+    pair_kinds = st.agreement_by_pair_kind(outcomes, pairs)
+    norm_sizes = st.norm_pairs(outcomes)
+    per_run_update = {o.name: st.update_vs_delta(o) for o in outcomes}
+    pooled_update = st.pooled_update_vs_delta(outcomes)
+    median_updates = {o.name: st.median_update_by_label(o) for o in outcomes}
+    reading = rep.reading(coll.metric, seed_stab, norm_sizes, setup_norm, cross, run_setup,
+                          per_run_update, pooled_update, median_updates, nb, pair_kinds)
+    return _Statistics(
+        outcomes=outcomes, run_setup=run_setup, setups=list(st.by_setup(outcomes)),
+        setup_norm=setup_norm, seed_stability=seed_stab, pairs=pairs, cross=cross,
+        pair_kinds=pair_kinds, norm_sizes=norm_sizes, kind_table=st.setup_kind_table(outcomes),
+        depth_table=st.setup_depth_table(outcomes, nb), group_table=st.setup_group_table(outcomes),
+        per_run_update=per_run_update, pooled_update=pooled_update, median_updates=median_updates,
+        reading=reading)
+
+
+def _draw_figures(coll: Collection, stats: _Statistics, out_dir: Path, nb: int) -> List[Path]:
+    """Seed heatmaps, stability matrices, depth profile, update vs delta and trajectories."""
+    from espnet_ext.reporting.analysis_figures import plot_trajectories, plot_update_vs_delta
+    from espnet_ext.reporting.figures import HeatmapPanel, plot_heatmap, plot_matrix
+
+    outcomes, setups, depth_table = stats.outcomes, stats.setups, stats.depth_table
+    names = [o.name for o in outcomes]
+    metric_up = coll.metric.upper()
+    figures = _seed_heatmaps(coll, out_dir)
+    if len(outcomes) > 2:  # two runs: the pairs table says it all
+        figures.append(plot_matrix(
+            names, _matrix(names, stats.pairs, "jaccard"), out_dir / "stability_jaccard.png",
+            title="Jaccard of ambient sets (runs of other sizes: by depth cell)",
+            label="Jaccard", vmin=0.0, vmax=1.0))
+        figures.append(plot_matrix(
+            names, _matrix(names, stats.pairs, "spearman"), out_dir / "stability_spearman.png",
+            title=f"Spearman of Δ{metric_up} (runs of other sizes: by depth cell)",
+            label="Spearman rho", vmin=-1.0, vmax=1.0))
+    depth_cells = []
+    for v in setups:
+        for c in depth_table[v]:
+            if c not in depth_cells:
+                depth_cells.append(c)
+    depth_profile = HeatmapPanel(
+        [[depth_table[v][c].mean_delta if c in depth_table[v] else math.nan for v in setups]
+         for c in depth_cells],
+        frame=[[c in depth_table[v] and depth_table[v][c].ambient_fraction >= 0.5 for v in setups]
+               for c in depth_cells])
+    figures.append(plot_heatmap(
+        [depth_profile], [f"{k} {st.bin_label(b, nb)}" for k, b in depth_cells], setups,
+        out_dir / "depth_profile.png",
+        title=f"Mean Δ{metric_up} over seeds by kind and normalized depth (framed: ambient in >= half)",
+        colorbar_label=f"Δ{metric_up} (points)", annotate=True))
+    xlabel = ("relative weight update ||θT−θτ||/||θτ|| (τ of the reset)"
+              if any(r.scan.reset[0] == REINIT and r.scan.reset[1] for r in coll.runs)
+              else "relative weight update ||θT−θ0||/||θ0||")
+    figures.append(plot_update_vs_delta(
+        [(f"{o.name}: rho {rep.fmt(stats.per_run_update[o.name].rho)}",
+          [(g.update, g.delta, g.kind, g.ambient) for g in o.layers]) for o in outcomes],
+        out_dir / "update_vs_delta.png", xlabel=xlabel,
+        ylabel=f"Δ{metric_up} after reset (points)"))
+    figures.append(plot_trajectories(
+        [(f"{r.info.name} (θT = {r.updates.final_file.name})", r.updates.epochs,
+          [(u.group, u.kind, u.from_init, u.to_final) for u in r.updates.groups]) for r in coll.runs],
+        out_dir / "trajectories.png"))
+    return figures
+
+
+def _analysis_json(coll: Collection, stats: _Statistics, opts: AnalysisOptions, figures: Sequence[Path],
+                   timing_s: Dict[str, float]) -> dict:
+    """The content of analysis.json (see the module doc)."""
+    nb = opts.depth_bins
+    return {
+        "options": {"exp_dirs": [str(r.info.exp_dir) for r in coll.runs], "granularity": coll.granularity,
+                    "dataset": opts.dataset, "mode": opts.mode, "value": opts.value,
+                    "depth_bins": nb, "metric": coll.metric, "criterion": coll.criterion},
+        "runs": [{"name": r.info.name, "exp_dir": str(r.info.exp_dir), "variant": r.info.setup,
+                  "norm": r.info.norm, "size": r.info.size, "seed": r.info.seed,
+                  "encoder": r.info.encoder, "scan_dir": str(r.scan.scan_dir),
+                  "reset": {"mode": r.scan.reset[0], "value": r.scan.reset[1]},
+                  "baseline": r.scan.baseline, "final_weights": str(r.updates.final_file),
+                  "epochs": r.updates.epochs, "layers": r.outcome.layers,
+                  "weight_updates": r.updates.groups} for r in coll.runs],
+        "seed_stability": stats.seed_stability,
+        "pairs": stats.pairs,
+        "pair_kinds": stats.pair_kinds,
+        "norm_sizes": stats.norm_sizes,
+        "by_kind": stats.kind_table,
+        "by_depth": {v: [{"kind": c[0], "bin": c[1], "range": st.bin_label(c[1], nb), **dataclasses.asdict(s)}
+                         for c, s in t.items()] for v, t in stats.depth_table.items()},
+        "by_group": stats.group_table,
+        "update_vs_delta": {"per_run": stats.per_run_update, "pooled": stats.pooled_update,
+                            "median_update_ambient_critical": stats.median_updates},
+        "reading": stats.reading,
+        "figures": [p.name for p in figures],
+        "skipped": coll.skipped,
+        "notes": coll.notes,
+        "timing_s": timing_s,
+    }
+
+
 def analyse_collection(coll: Collection, out_dir: Path, opts: AnalysisOptions,
                        load_seconds: float = math.nan) -> AnalysisResult:
     """Statistics, figures and reports of one granularity's runs into `out_dir`.
@@ -269,116 +412,32 @@ def analyse_collection(coll: Collection, out_dir: Path, opts: AnalysisOptions,
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    nb = opts.depth_bins
-    outcomes = [r.outcome for r in coll.runs]
-    names = [o.name for o in outcomes]
-    run_variant = {o.name: o.variant for o in outcomes}
-    variants = list(st.by_variant(outcomes))
-    variant_norm = {o.variant: o.norm for o in outcomes}
-
-    seed_stab = st.seed_stability(outcomes, nb)
-    pairs = st.pairwise(outcomes, nb)
-    cross = [p for p in pairs if run_variant[p.a] != run_variant[p.b]]
-    pair_kinds = st.agreement_by_pair_kind(outcomes, pairs)
-    norm_sizes = st.norm_pairs(outcomes)
-    kind_table = st.variant_kind_table(outcomes)
-    depth_table = st.variant_depth_table(outcomes, nb)
-    group_table = st.variant_group_table(outcomes)
-    per_run_update = {o.name: st.update_vs_delta(o) for o in outcomes}
-    pooled_update = st.pooled_update_vs_delta(outcomes)
-    median_updates = {o.name: st.median_update_by_label(o) for o in outcomes}
-    reading = rep.reading(coll.metric, seed_stab, norm_sizes, variant_norm, cross, run_variant,
-                          per_run_update, pooled_update, median_updates, nb, pair_kinds)
-
-    # Figures.
-    from espnet_ext.reporting.plots_analysis import plot_matrix, plot_trajectories, plot_update_vs_delta
-    from espnet_ext.reporting.plots import plot_heatmap
-
+    stats = _compute_statistics(coll, opts.depth_bins)
     t_fig = time.perf_counter()
-    metric_up = coll.metric.upper()
-    figures = _seed_heatmaps(coll, out_dir)
-    if len(outcomes) > 2:  # two runs: the pairs table says it all
-        figures.append(plot_matrix(
-            names, _matrix(names, pairs, "jaccard"), out_dir / "stability_jaccard.png",
-            title="Jaccard of ambient sets (runs of other sizes: by depth cell)",
-            label="Jaccard", vmin=0.0, vmax=1.0))
-        figures.append(plot_matrix(
-            names, _matrix(names, pairs, "spearman"), out_dir / "stability_spearman.png",
-            title=f"Spearman of Δ{metric_up} (runs of other sizes: by depth cell)",
-            label="Spearman rho", vmin=-1.0, vmax=1.0))
-    depth_cells = []
-    for v in variants:
-        for c in depth_table[v]:
-            if c not in depth_cells:
-                depth_cells.append(c)
-    figures.append(plot_heatmap(
-        [[depth_table[v][c].mean_delta if c in depth_table[v] else math.nan for v in variants]
-         for c in depth_cells],
-        [f"{k} {st.bin_label(b, nb)}" for k, b in depth_cells], variants, out_dir / "depth_profile.png",
-        title=f"Mean Δ{metric_up} over seeds by kind and normalized depth (framed: ambient in >= half)",
-        colorbar_label=f"Δ{metric_up} (points)",
-        highlight=[[c in depth_table[v] and depth_table[v][c].ambient_fraction >= 0.5 for v in variants]
-                   for c in depth_cells]))
-    xlabel = ("relative weight update ||θT−θτ||/||θτ|| (τ of the reset)"
-              if any(r.scan.reset[0] == REINIT and r.scan.reset[1] for r in coll.runs)
-              else "relative weight update ||θT−θ0||/||θ0||")
-    figures.append(plot_update_vs_delta(
-        [(f"{o.name}: rho {rep.fmt(per_run_update[o.name].rho)}",
-          [(g.update, g.delta, g.kind, g.ambient) for g in o.layers]) for o in outcomes],
-        out_dir / "update_vs_delta.png", xlabel=xlabel,
-        ylabel=f"Δ{metric_up} after reset (points)"))
-    figures.append(plot_trajectories(
-        [(f"{r.info.name} (θT = {r.updates.final_file.name})", r.updates.epochs,
-          [(u.group, u.kind, u.from_init, u.to_final) for u in r.updates.groups]) for r in coll.runs],
-        out_dir / "trajectories.png"))
+    figures = _draw_figures(coll, stats, out_dir, opts.depth_bins)
     t_fig = time.perf_counter() - t_fig
 
     _remove_stale_figures(out_dir, figures)
     write_text_atomic(out_dir / "weight_updates.tsv", _updates_tsv(coll))
     write_text_atomic(out_dir / "trajectories.tsv", _trajectories_tsv(coll))
-    md = _markdown(opts, coll, seed_stab, pairs, norm_sizes, kind_table, depth_table, group_table,
-                   per_run_update, pooled_update, median_updates, reading, figures, run_variant,
-                   pair_kinds)
+    md = _markdown(opts, coll, stats.seed_stability, stats.pairs, stats.norm_sizes, stats.kind_table,
+                   stats.depth_table, stats.group_table, stats.per_run_update, stats.pooled_update,
+                   stats.median_updates, stats.reading, figures, stats.run_setup, stats.pair_kinds)
     write_text_atomic(out_dir / "analysis.md", md)
     seconds = time.perf_counter() - t0
-    payload = {
-        "options": {"exp_dirs": [str(r.info.exp_dir) for r in coll.runs], "granularity": coll.granularity,
-                    "dataset": opts.dataset, "mode": opts.mode, "value": opts.value,
-                    "depth_bins": nb, "metric": coll.metric, "criterion": coll.criterion},
-        "runs": [{"name": r.info.name, "exp_dir": str(r.info.exp_dir), "variant": r.info.variant,
-                  "norm": r.info.norm, "size": r.info.size, "seed": r.info.seed,
-                  "encoder": r.info.encoder, "scan_dir": str(r.scan.scan_dir),
-                  "reset": {"mode": r.scan.reset[0], "value": r.scan.reset[1]},
-                  "baseline": r.scan.baseline, "final_weights": str(r.updates.final_file),
-                  "epochs": r.updates.epochs, "layers": r.outcome.layers,
-                  "weight_updates": r.updates.groups} for r in coll.runs],
-        "seed_stability": seed_stab,
-        "pairs": pairs,
-        "pair_kinds": pair_kinds,
-        "norm_sizes": norm_sizes,
-        "by_kind": kind_table,
-        "by_depth": {v: [{"kind": c[0], "bin": c[1], "range": st.bin_label(c[1], nb), **dataclasses.asdict(s)}
-                         for c, s in t.items()] for v, t in depth_table.items()},
-        "by_group": group_table,
-        "update_vs_delta": {"per_run": per_run_update, "pooled": pooled_update,
-                            "median_update_ambient_critical": median_updates},
-        "reading": reading,
-        "figures": [p.name for p in figures],
-        "skipped": coll.skipped,
-        "notes": coll.notes,
-        "timing_s": {"load_all_granularities": round(load_seconds, 3), "figures": round(t_fig, 3),
-                     "analysis": round(seconds, 3)},
-    }
+    payload = _analysis_json(coll, stats, opts, figures, {
+        "load_all_granularities": round(load_seconds, 3), "figures": round(t_fig, 3),
+        "analysis": round(seconds, 3)})
     write_text_atomic(out_dir / "analysis.json", json.dumps(_json_safe(payload), indent=1) + "\n")
-    return AnalysisResult(coll.granularity, out_dir, reading, figures, coll.skipped, seconds)
+    return AnalysisResult(coll.granularity, out_dir, stats.reading, figures, coll.skipped, seconds)
 
 
 def _markdown(opts, coll: Collection, seed_stab, pairs, norm_sizes, kind_table, depth_table,
               group_table, per_run_update, pooled_update, median_updates, reading, figures,
-              run_variant, pair_kinds) -> str:
+              run_setup, pair_kinds) -> str:
     m = coll.metric.upper()
     nb = opts.depth_bins
-    variants = list(kind_table)
+    setups = list(kind_table)
     crit = coll.criterion
     out = [f"# Layer analysis: {coll.granularity} groups on {coll.dataset}", ""]
     out.append(f"- Error change Δ{m}: error after the reset minus the trained model's, percentage points "
@@ -393,10 +452,10 @@ def _markdown(opts, coll: Collection, seed_stab, pairs, norm_sizes, kind_table, 
     out += ["", "## Reading", ""] + [f"- {line}" for line in reading]
 
     out += ["", "## Runs", ""]
-    out += rep.table(
+    out += markdown_table(
         ["run", "variant", "seed", "groups", "ambient", "uncertain", f"baseline {m} %", "reset", "θT",
          "epochs"],
-        [[r.info.name, r.info.variant, r.info.seed, len(r.outcome.layers), len(r.outcome.ambient_set()),
+        [[r.info.name, r.info.setup, r.info.seed, len(r.outcome.layers), len(r.outcome.ambient_set()),
           _uncertain_text(r), rep.fmt(r.scan.baseline.get(m)), _reset_text(r), r.updates.final_file.name,
           f"0..{r.updates.epochs[-1]}"] for r in coll.runs])
 
@@ -405,7 +464,7 @@ def _markdown(opts, coll: Collection, seed_stab, pairs, norm_sizes, kind_table, 
             "espnet_ext.analysis.stability, chance_jaccard). Without uncertain: groups whose "
             "bootstrap interval straddles the ambient threshold in either run left out (scan column "
             "label_ci; scans without intervals count every label as decided).", ""]
-    out += rep.table(
+    out += markdown_table(
         ["variant", "seeds", "mean Jaccard", "chance", "mean Jaccard without uncertain",
          f"mean Spearman Δ{m}", "ambient in every seed", "ambient in any"],
         [[s.variant, len(s.runs), rep.fmt(s.mean_jaccard), rep.fmt(s.mean_chance_jaccard),
@@ -414,18 +473,18 @@ def _markdown(opts, coll: Collection, seed_stab, pairs, norm_sizes, kind_table, 
          for s in seed_stab])
     if pair_kinds:
         out += ["", "### Agreement by what differs between two runs", ""]
-        out += rep.table(["differs in", "pairs", "mean Jaccard", "chance", "mean Jaccard without uncertain",
-                          f"mean Spearman Δ{m}"],
-                         [[k.kind, k.pairs, rep.fmt(k.mean_jaccard), rep.fmt(k.mean_chance_jaccard),
-                           rep.fmt(k.mean_jaccard_decided), rep.fmt(k.mean_spearman)] for k in pair_kinds])
+        out += markdown_table(["differs in", "pairs", "mean Jaccard", "chance", "mean Jaccard without uncertain",
+                               f"mean Spearman Δ{m}"],
+                              [[k.kind, k.pairs, rep.fmt(k.mean_jaccard), rep.fmt(k.mean_chance_jaccard),
+                                rep.fmt(k.mean_jaccard_decided), rep.fmt(k.mean_spearman)] for k in pair_kinds])
     if pairs:
         out += ["", "### Every pair of runs", ""]
-        out += rep.table(["run a", "run b", "same variant", "aligned by", "n", "Jaccard", "chance",
-                          "Jaccard without uncertain (n)", f"Spearman Δ{m}"],
-                         [[p.a, p.b, "yes" if run_variant[p.a] == run_variant[p.b] else "no",
-                           p.aligned_by, p.n, rep.fmt(p.jaccard), rep.fmt(p.chance_jaccard),
-                           f"{rep.fmt(p.jaccard_decided)} ({p.n_decided})",
-                           rep.fmt_corr(p.spearman)] for p in pairs])
+        out += markdown_table(["run a", "run b", "same variant", "aligned by", "n", "Jaccard", "chance",
+                               "Jaccard without uncertain (n)", f"Spearman Δ{m}"],
+                              [[p.a, p.b, "yes" if run_setup[p.a] == run_setup[p.b] else "no",
+                                p.aligned_by, p.n, rep.fmt(p.jaccard), rep.fmt(p.chance_jaccard),
+                                f"{rep.fmt(p.jaccard_decided)} ({p.n_decided})",
+                                rep.fmt_corr(p.spearman)] for p in pairs])
 
     for size, vs in norm_sizes.items():
         out += ["", f"## Norm variants side by side: size {size}", "",
@@ -435,27 +494,27 @@ def _markdown(opts, coll: Collection, seed_stab, pairs, norm_sizes, kind_table, 
             for g in group_table[v]:
                 if g not in names:
                     names.append(g)
-        out += [""] + rep.table(["group"] + list(vs),
-                                [[f"`{g}`"] + [rep.cell_text(group_table[v].get(g)) for v in vs]
-                                 for g in names])
+        out += [""] + markdown_table(["group"] + list(vs),
+                                     [[f"`{g}`"] + [rep.cell_text(group_table[v].get(g)) for v in vs]
+                                      for g in names])
 
     pooled = f"Cells: ambient groups / groups (pooled over seeds), mean Δ{m}."
     out += ["", "## By group kind", "", pooled, ""]
     kinds = []
-    for v in variants:
+    for v in setups:
         for k in kind_table[v]:
             if k not in kinds:
                 kinds.append(k)
-    out += rep.table(["kind"] + variants, [[k] + [rep.cell_text(kind_table[v].get(k)) for v in variants]
-                                           for k in kinds])
+    out += markdown_table(["kind"] + setups, [[k] + [rep.cell_text(kind_table[v].get(k)) for v in setups]
+                                                for k in kinds])
     out += ["", "## By normalized depth", "", pooled, ""]
-    out += rep.table(["kind", "depth"] + variants, rep.depth_rows(depth_table, variants, nb))
+    out += markdown_table(["kind", "depth"] + setups, rep.depth_rows(depth_table, setups, nb))
 
     out += ["", "## Weight update vs reset", ""]
     rows = [[name, c.n, rep.fmt(c.rho), rep.fmt_p(c.p), rep.fmt(median_updates[name][0], 3),
              rep.fmt(median_updates[name][1], 3)] for name, c in per_run_update.items()]
     rows.append(["pooled", pooled_update.n, rep.fmt(pooled_update.rho), rep.fmt_p(pooled_update.p), "", ""])
-    out += rep.table(["run", "groups", f"Spearman(update, Δ{m})", "p", "median update ambient",
-                      "median update critical"], rows)
+    out += markdown_table(["run", "groups", f"Spearman(update, Δ{m})", "p", "median update ambient",
+                           "median update critical"], rows)
     out += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figures] + [""]
     return "\n".join(out)

@@ -80,8 +80,8 @@ class RunOutcome:
     layers: Tuple[LayerOutcome, ...]
 
     @property
-    def variant(self) -> str:
-        """``<norm> <size>``: runs of one variant differ only by their seed."""
+    def setup(self) -> str:
+        """``<norm> <size>``: runs of one setup differ only by their seed."""
         return f"{self.norm} {self.size}"
 
     def ambient_set(self) -> Set[str]:
@@ -259,10 +259,10 @@ def pairwise(runs: Sequence[RunOutcome], n_bins: int = 4) -> List[PairComparison
 
 @dataclasses.dataclass(frozen=True)
 class SeedStability:
-    """How one variant's ambient layers agree across its seeds.
+    """How one setup's ambient layers agree across its seeds.
 
     Attributes:
-        variant: ``<norm> <size>``.
+        variant: The setup, ``<norm> <size>`` (named ``variant`` in analysis.json).
         runs: Run names (one per seed).
         mean_jaccard: Mean pairwise Jaccard of ambient sets (NaN with one run).
         mean_spearman: Mean pairwise Spearman rho of deltas (NaN pairs left out).
@@ -289,27 +289,27 @@ def _mean(values: Iterable[float]) -> float:
     return statistics.fmean(vals) if vals else math.nan
 
 
-def by_variant(runs: Sequence[RunOutcome]) -> Dict[str, List[RunOutcome]]:
-    """Runs grouped by variant, variants and runs in input order (runs sorted by seed)."""
+def by_setup(runs: Sequence[RunOutcome]) -> Dict[str, List[RunOutcome]]:
+    """Runs grouped by setup (norm x size), setups in input order, runs sorted by seed."""
     out: Dict[str, List[RunOutcome]] = {}
     for r in runs:
-        out.setdefault(r.variant, []).append(r)
+        out.setdefault(r.setup, []).append(r)
     for v in out.values():
         v.sort(key=lambda r: (r.seed is None, r.seed if r.seed is not None else 0, r.name))
     return out
 
 
 def seed_stability(runs: Sequence[RunOutcome], n_bins: int = 4) -> List[SeedStability]:
-    """Per variant: agreement of ambient sets and deltas across seeds."""
+    """Per setup: agreement of ambient sets and deltas across seeds."""
     out = []
-    for variant, members in by_variant(runs).items():
+    for setup, members in by_setup(runs).items():
         pairs = pairwise(members, n_bins)
         order = [g.group for g in members[0].layers]
         sets = [m.ambient_set() for m in members]
         always = set.intersection(*sets) if sets else set()
         ever = set.union(*sets) if sets else set()
         out.append(SeedStability(
-            variant=variant,
+            variant=setup,
             runs=tuple(m.name for m in members),
             mean_jaccard=_mean(p.jaccard for p in pairs),
             mean_spearman=_mean(p.spearman.rho for p in pairs),
@@ -323,16 +323,16 @@ def seed_stability(runs: Sequence[RunOutcome], n_bins: int = 4) -> List[SeedStab
     return out
 
 
-def variant_depth_table(runs: Sequence[RunOutcome], n_bins: int) -> Dict[str, Dict[Cell, CellStats]]:
-    """Per variant, outcomes pooled over seeds per (kind, depth bin) cell."""
+def setup_depth_table(runs: Sequence[RunOutcome], n_bins: int) -> Dict[str, Dict[Cell, CellStats]]:
+    """Per setup, outcomes pooled over seeds per (kind, depth bin) cell."""
     return {v: depth_profile([g for r in members for g in r.layers], n_bins)
-            for v, members in by_variant(runs).items()}
+            for v, members in by_setup(runs).items()}
 
 
-def variant_group_table(runs: Sequence[RunOutcome]) -> Dict[str, Dict[str, CellStats]]:
-    """Per variant, outcomes pooled over seeds per group name (groups in layer order)."""
+def setup_group_table(runs: Sequence[RunOutcome]) -> Dict[str, Dict[str, CellStats]]:
+    """Per setup, outcomes pooled over seeds per group name (groups in layer order)."""
     out: Dict[str, Dict[str, CellStats]] = {}
-    for v, members in by_variant(runs).items():
+    for v, members in by_setup(runs).items():
         groups: Dict[str, List[LayerOutcome]] = {}
         for r in members:
             for g in r.layers:
@@ -341,23 +341,23 @@ def variant_group_table(runs: Sequence[RunOutcome]) -> Dict[str, Dict[str, CellS
     return out
 
 
-def variant_kind_table(runs: Sequence[RunOutcome]) -> Dict[str, Dict[str, CellStats]]:
-    """Per variant, outcomes pooled over seeds per group kind."""
+def setup_kind_table(runs: Sequence[RunOutcome]) -> Dict[str, Dict[str, CellStats]]:
+    """Per setup, outcomes pooled over seeds per group kind."""
     return {v: kind_profile([g for r in members for g in r.layers])
-            for v, members in by_variant(runs).items()}
+            for v, members in by_setup(runs).items()}
 
 
 def norm_pairs(runs: Sequence[RunOutcome]) -> Dict[str, List[str]]:
-    """Sizes that have several norm variants: {size: [variants]} (batch vs group norm...)."""
+    """Sizes that have several setups (norms): {size: [setups]} (batch vs group norm...)."""
     sizes: Dict[str, List[str]] = {}
-    for v, members in by_variant(runs).items():
+    for v, members in by_setup(runs).items():
         sizes.setdefault(members[0].size, []).append(v)
     return {s: vs for s, vs in sizes.items() if len(vs) > 1}
 
 
 def cross_comparisons(runs: Sequence[RunOutcome], n_bins: int = 4) -> List[PairComparison]:
-    """Pairs of runs from *different* variants (other norm or other size)."""
-    return [compare_runs(a, b, n_bins) for a, b in combinations(runs, 2) if a.variant != b.variant]
+    """Pairs of runs from *different* setups (other norm or other size)."""
+    return [compare_runs(a, b, n_bins) for a, b in combinations(runs, 2) if a.setup != b.setup]
 
 
 def update_vs_delta(run: RunOutcome) -> Correlation:

@@ -36,9 +36,9 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
-from espnet_ext.experiment.checkpoints import epoch_file, saved_epochs
+from espnet_ext.experiment.checkpoints import epoch_file, load_state_dict_file, saved_epochs
 from espnet_ext.layers.layer_map import LayerMap, build_layer_map
-from espnet_ext.layers.reset import check_compatible, load_state_dict_file
+from espnet_ext.layers.reset import check_compatible
 
 #: Relative values with a denominator at or below this norm are undefined (NaN).
 DEFAULT_EPS = 1e-8

@@ -6,13 +6,17 @@ ESPnet has no plugin mechanism: `espnet2.tasks.asr` keeps its encoders in the mo
 in any config built in the same process.
 
 Importing `espnet_ext` arranges for `register_encoders()` to run as soon as `espnet2.tasks.asr`
-is imported (see espnet_ext/__init__.py); this module itself imports nothing heavy.
+is imported (see espnet_ext/asr/import_hook.py); this module itself imports nothing heavy. Code
+that builds models from configs naming these encoders (the entry points, the model loaders)
+calls `register_encoders()` itself, so it does not depend on that hook.
 
 ESPnet's own entry points (`python -m espnet2.bin.asr_train`, `asr_inference`, ESPnet's egs2
 `asr.sh`) never import espnet_ext. `install_site_hook` (CLI: `python -m
 espnet_ext.bin.install_hook`) writes a one-line `.pth` file into site-packages so that every
 Python process of that environment imports it at start-up; `uninstall_site_hook` removes it.
 """
+
+from __future__ import annotations
 
 import sys
 from pathlib import Path
@@ -129,7 +133,7 @@ def install_site_hook(site_dir: Path, create: bool = False) -> bool:
         SiteHookError: If `site_dir` does not exist or is not writable, or if a file of that
             name exists that espnet_ext did not write (it is left unchanged).
     """
-    import os
+    from espnet_ext.utils.atomic import write_text_atomic
 
     site_dir = Path(site_dir)
     if create and not site_dir.exists():
@@ -154,12 +158,9 @@ def install_site_hook(site_dir: Path, create: bool = False) -> bool:
             return False
     # Written next to its destination and renamed: Python never reads a half-written hook
     # (site ignores names starting with a dot).
-    tmp = site_dir / f".{SITE_HOOK_FILE}.{os.getpid()}.tmp"
     try:
-        tmp.write_text(SITE_HOOK_TEXT, encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomic(path, SITE_HOOK_TEXT)
     except OSError as e:  # no permission, read-only file system, ...
-        tmp.unlink(missing_ok=True)
         raise SiteHookError(
             f"cannot write {path}: {e.strerror}. Use a virtual environment you own, --user "
             "(your user site-packages) or --site_dir"

@@ -8,45 +8,14 @@ from) ends in one `asr_inference: error: ...` line and exit status 1; `ESPNET_EX
 the full traceback.
 """
 
-import sys
-from pathlib import Path
-from typing import Optional
+from __future__ import annotations
 
-import espnet_ext  # noqa: F401  (registers espnet_ext's encoders into ESPnet)
+import sys
+
+from espnet_ext.asr.registration import register_encoders
 from espnet_ext.bin.cli import run_guarded
 from espnet_ext.data.kaldi import DataDirError
-
-
-def model_config_of(args) -> Optional[Path]:
-    """The training config ESPnet decodes with: --asr_train_config, else the config.yaml next to
-    --asr_model_file (ESPnet's own rule); None with --model_tag only."""
-    if args.asr_train_config:
-        return Path(args.asr_train_config)
-    if args.asr_model_file:
-        return Path(args.asr_model_file).parent / "config.yaml"
-    return None
-
-
-def check_inputs(args) -> None:
-    """Checks the audio of each `sound` input (only the --key_file recordings, when given)
-    against the model's front-end sample rate.
-
-    Raises:
-        SampleRateError: Audio at another rate (names the data dir, both rates, the fix).
-        DataDirError: Unreadable audio.
-    """
-    from espnet_ext.data.audio import check_sample_rate
-    from espnet_ext.data.kaldi import read_kaldi_map
-
-    config = model_config_of(args)
-    if config is None or not config.is_file():
-        return  # ESPnet reports a missing config itself
-    keys = None
-    if args.key_file:
-        keys = read_kaldi_map(Path(args.key_file), allow_empty_value=True).keys()
-    for path, _name, kind in args.data_path_and_name_and_type:
-        if kind == "sound":
-            check_sample_rate(Path(path), config, keys=keys)
+from espnet_ext.evaluation.inference_inputs import check_decoding_audio, decoding_config
 
 
 def main(cmd=None) -> int:
@@ -54,11 +23,14 @@ def main(cmd=None) -> int:
     from espnet2.bin.asr_inference import get_parser, inference
     from espnet.utils.cli_utils import get_commandline_args
 
+    register_encoders()
     print(get_commandline_args(), file=sys.stderr)
     args = get_parser().parse_args(cmd)
 
     def run():
-        check_inputs(args)
+        check_decoding_audio(args.data_path_and_name_and_type,
+                             decoding_config(args.asr_train_config, args.asr_model_file),
+                             args.key_file)
         kwargs = vars(args)
         kwargs.pop("config", None)
         inference(**kwargs)

@@ -6,15 +6,18 @@ A config that ESPnet cannot build a model from (unknown encoder, bad encoder opt
 line naming the config file and exit status 1; `ESPNET_EXT_DEBUG=1` shows the full traceback.
 """
 
+from __future__ import annotations
+
 import sys
 
-import espnet_ext  # noqa: F401  (registers espnet_ext's encoders into ESPnet)
+from espnet_ext.asr.registration import register_encoders
 from espnet_ext.bin.cli import run_guarded
 from espnet_ext.experiment.training import CheckpointKeepingASRTask
 
 
 def main(cmd=None) -> int:
     """Runs ESPnet's training; returns the exit status (1: the model config cannot be built)."""
+    register_encoders()
     return run_guarded("asr_train", lambda: CheckpointKeepingASRTask.main(cmd=cmd))
 
 

@@ -7,6 +7,8 @@ Example (what stage 4 of egs2/TEMPLATE/asr1/asr.sh runs):
     python -m espnet_ext.bin.check_scan_taus --taus 0,1,5,last --configs conf/a.yaml conf/b.yaml
 """
 
+from __future__ import annotations
+
 import argparse
 import sys
 from pathlib import Path

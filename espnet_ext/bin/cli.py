@@ -1,9 +1,13 @@
-"""What the entry points share: their log format and their output contract (one summary line per
-data dir written, or one ``<prog>: error: ...`` line and exit status 1 for bad input).
+"""What every entry point in espnet_ext.bin shares: its log format (:func:`setup_logging`), the
+parsing of list and optional arguments (:func:`csv_list`, :func:`int_list`, ...) and its output
+contract: one ``<prog>: error: ...`` line and exit status 1 for bad input (:func:`run_guarded`),
+e.g. one summary line per data dir written by the data preparation tools.
 
 Bad input (a data dir, an option, a model config ESPnet cannot build) ends in one line, never a
 traceback; set the environment variable ``ESPNET_EXT_DEBUG=1`` to get the full traceback instead.
-Exceptions that are not bad input are bugs and always keep their traceback.
+Exceptions that are not bad input are bugs and always keep their traceback. Options argparse
+itself rejects (a missing required option, ``type=`` parsers below) end in argparse's usage
+message and its exit status 2.
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Protocol, Tuple, Type
+from typing import Callable, Iterable, List, Optional, Protocol, Tuple, Type, Union
 
 from espnet_ext.data.kaldi import DataDirError
 
 LOG_FORMAT = "%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s"
+#: Exit status of every entry point for bad input (and for a run that could not do its work).
+BAD_INPUT = 1
 # Set to 1 (any value but empty or 0) for full tracebacks instead of one-line errors.
 DEBUG_ENV = "ESPNET_EXT_DEBUG"
 # What ESPnet's model building raises for a bad config: unknown choices and bad values
@@ -33,15 +39,75 @@ class Summary(Protocol):
     def line(self) -> str: ...
 
 
-def setup_logging(level: int = logging.INFO) -> None:
-    """INFO messages on stderr in ESPnet's format."""
-    logging.basicConfig(level=level, format=LOG_FORMAT)
+def setup_logging(level: Union[int, str] = logging.INFO) -> None:
+    """Log messages from `level` on (a number, or a name such as ``"warning"``) on stderr in
+    ESPnet's format."""
+    logging.basicConfig(level=level.upper() if isinstance(level, str) else level, format=LOG_FORMAT)
 
 
 def fail(prog: str, message: object) -> int:
-    """Prints ``<prog>: error: <message>`` on stderr; returns the exit status 1."""
+    """Prints ``<prog>: error: <message>`` on stderr; returns the exit status 1 (BAD_INPUT)."""
     print(f"{prog}: error: {message}", file=sys.stderr)
-    return 1
+    return BAD_INPUT
+
+
+# ---- argparse ``type=`` parsers ----------------------------------------------------------------
+
+
+def csv_list(value: str) -> List[str]:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]``: comma-separated items, blanks dropped."""
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def int_list(value: str) -> List[int]:
+    """``"1,2,3"`` -> ``[1, 2, 3]``.
+
+    Raises:
+        argparse.ArgumentTypeError: An item is not an integer.
+    """
+    try:
+        return [int(v) for v in csv_list(value)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {value!r}") from None
+
+
+def float_list(value: str) -> List[float]:
+    """``"0.25,0.5"`` -> ``[0.25, 0.5]``.
+
+    Raises:
+        argparse.ArgumentTypeError: An item is not a number.
+    """
+    try:
+        return [float(v) for v in csv_list(value)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {value!r}") from None
+
+
+def boolean(value: str) -> bool:
+    """``true``/``1``/``yes`` or ``false``/``0``/``no`` (any case).
+
+    Raises:
+        argparse.ArgumentTypeError: Anything else.
+    """
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def _is_none(value: str) -> bool:
+    return value.lower() in ("none", "off", "")
+
+
+def str_or_none(value: str) -> Optional[str]:
+    """``none``, ``off`` or empty -> None; anything else as given."""
+    return None if _is_none(value) else value
+
+
+def float_or_none(value: str) -> Optional[float]:
+    """``none``, ``off`` or empty -> None; else a float (ValueError: argparse's own message)."""
+    return None if _is_none(value) else float(value)
 
 
 def debug_enabled() -> bool:
@@ -122,7 +188,8 @@ def run_guarded(prog: str, func: Callable[[], Optional[int]],
             (see :func:`model_build_error`).
 
     Returns:
-        The exit status. With ``ESPNET_EXT_DEBUG=1`` every error propagates with its traceback.
+        The exit status (bad input: BAD_INPUT). With ``ESPNET_EXT_DEBUG=1`` every error
+        propagates with its traceback.
     """
     try:
         status = func()

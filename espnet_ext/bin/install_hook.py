@@ -13,6 +13,8 @@ Examples:
     python -m espnet_ext.bin.install_hook --uninstall
 """
 
+from __future__ import annotations
+
 import argparse
 import sys
 from pathlib import Path

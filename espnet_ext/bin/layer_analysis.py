@@ -14,12 +14,15 @@ Examples (from the recipe directory):
         --dataset dev --out_dir 'exp/analysis_{granularity}_dev'
 """
 
+from __future__ import annotations
+
 import argparse
-import logging
 import sys
 from pathlib import Path
 
-import espnet_ext  # noqa: F401  (registers espnet_ext's encoders; imports nothing heavy)
+# No register_encoders() here: ESPnet builds a model only where a run's checkpoint 0 must be
+# reconstructed, and that code registers the encoders itself.
+from espnet_ext.bin.cli import fail, run_guarded, setup_logging
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -58,8 +61,7 @@ def get_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = get_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+    setup_logging(args.log_level)
     if args.tau is not None and args.mode != "reinit":
         parser.error("--tau needs --mode reinit")
     if args.reset_seed is not None and args.mode != "rerandomize":
@@ -77,8 +79,7 @@ def main(argv=None) -> int:
         try:
             args.exp_dirs.append(str(open_packed_model(source).exp.path))
         except ExperimentError as e:
-            print(f"layer_analysis: error: {e}", file=sys.stderr)
-            return 1
+            return fail("layer_analysis", e)
     import torch
 
     torch.set_num_threads(args.num_threads)
@@ -93,8 +94,6 @@ def main(argv=None) -> int:
         value=args.tau if args.mode == "reinit" else args.reset_seed,
         depth_bins=args.depth_bins, allow_missing=args.allow_missing,
     )
-    from espnet_ext.bin.cli import run_guarded
-
     # Bad input: one clear message, no traceback.
     results = []
     status = run_guarded("layer_analysis", lambda: results.extend(run_layer_analysis(opts)),

@@ -11,30 +11,24 @@ Example:
         --granularity block --modes reinit,rerandomize --taus 0,1,last
 """
 
+from __future__ import annotations
+
 import argparse
-import logging
 import sys
 from pathlib import Path
 
-import espnet_ext  # noqa: F401  (registers espnet_ext's encoders into ESPnet)
+from espnet_ext.asr.registration import register_encoders
+from espnet_ext.bin.cli import (
+    boolean,
+    csv_list,
+    fail,
+    float_or_none,
+    int_list,
+    run_guarded,
+    setup_logging,
+)
 
 ADAPTIVE_DEFAULT = False
-
-
-def _floats_or_none(value: str):
-    return None if value.lower() in ("none", "off", "") else float(value)
-
-
-def _bool(value: str) -> bool:
-    if value.lower() in ("true", "1", "yes"):
-        return True
-    if value.lower() in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
-
-
-def _csv(value: str):
-    return [v.strip() for v in value.split(",") if v.strip()]
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -57,13 +51,13 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--pattern", action="append", default=[],
                    help="regular expression for --granularity pattern (repeatable); capturing "
                         "parentheses split groups, e.g. 'encoder\\.encoders\\.(\\d+)\\.conv_module'")
-    p.add_argument("--groups", type=_csv, default=None,
+    p.add_argument("--groups", type=csv_list, default=None,
                    help="comma-separated group names to scan (default: all)")
-    p.add_argument("--modes", type=_csv, default=["reinit", "rerandomize"],
+    p.add_argument("--modes", type=csv_list, default=["reinit", "rerandomize"],
                    help="comma-separated: reinit, rerandomize (default: both)")
-    p.add_argument("--taus", type=_csv, default=["0"],
+    p.add_argument("--taus", type=csv_list, default=["0"],
                    help="checkpoints for reinit: comma-separated epochs, 'last', 'all' (default: 0)")
-    p.add_argument("--seeds", type=lambda v: [int(x) for x in _csv(v)], default=None,
+    p.add_argument("--seeds", type=int_list, default=None,
                    help="comma-separated re-randomization seeds (default: training seed + 1)")
     p.add_argument("--scoring", default="ctc_greedy", choices=["ctc_greedy", "beam"],
                    help="ctc_greedy: fast, decoder not scanned; beam: ESPnet's joint CTC/attention "
@@ -76,10 +70,10 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=16, help="utterances per batch (default: %(default)s)")
     p.add_argument("--metric", default="cer", choices=["cer", "wer"],
                    help="error rate that labels layers (default: %(default)s)")
-    p.add_argument("--threshold_abs", type=_floats_or_none, default=2.0,
+    p.add_argument("--threshold_abs", type=float_or_none, default=2.0,
                    help="ambient if the error rises by at most this many points ('none' to disable; "
                         "default: %(default)s)")
-    p.add_argument("--threshold_rel", type=_floats_or_none, default=0.10,
+    p.add_argument("--threshold_rel", type=float_or_none, default=0.10,
                    help="... or by at most this fraction of the baseline error ('none' to disable; "
                         "default: %(default)s)")
     p.add_argument("--threshold_combine", default="any", choices=["any", "all"],
@@ -90,7 +84,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap_samples", type=int, default=1000,
                    help="bootstrap resamples per interval (default: %(default)s)")
     p.add_argument("--bootstrap_seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
-    p.add_argument("--adaptive", type=_bool, default=ADAPTIVE_DEFAULT,
+    p.add_argument("--adaptive", type=boolean, default=ADAPTIVE_DEFAULT,
                    help="true: score each variant on growing prefixes of a seeded utterance order "
                         "(16, 32, 64, ..., all) and stop once its label is decided at the "
                         "Bonferroni-corrected confidence; false: every variant on every utterance "
@@ -111,8 +105,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+    setup_logging(args.log_level)
     from espnet_ext.scan.labels import AmbientCriterion
     from espnet_ext.scan.scanner import ScanOptions, run_scan
 
@@ -141,11 +134,12 @@ def main(argv=None) -> int:
         try:
             packed = open_packed_model(args.packed_model, args.unpack_dir)
         except ExperimentError as e:
-            print(f"layer_scan: error: {e}", file=sys.stderr)
-            return 1
+            return fail("layer_scan", e)
         args.exp_dir = packed.exp.path
         model_file = args.model_file or str(packed.model_file)
-    out_dir = args.out_dir or args.exp_dir / f"scan_{args.granularity}_{args.data_dir[0].name}"
+    from espnet_ext.scan.result import scan_dir
+
+    out_dir = args.out_dir or scan_dir(args.exp_dir, args.granularity, args.data_dir[0].name)
     import torch
 
     if args.num_threads > 0:
@@ -164,8 +158,7 @@ def main(argv=None) -> int:
         bootstrap_samples=args.bootstrap_samples, bootstrap_seed=args.bootstrap_seed,
         adaptive=args.adaptive, adaptive_first=args.adaptive_first,
     )
-    from espnet_ext.bin.cli import run_guarded
-
+    register_encoders()
     # Bad input (and a config ESPnet cannot build): one clear line, no traceback.
     results = []
     status = run_guarded("layer_scan", lambda: results.append(run_scan(opts)),

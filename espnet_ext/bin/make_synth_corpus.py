@@ -13,7 +13,7 @@ from typing import List, Optional
 from espnet_ext.corpora.sentences import SentenceSourceError
 from espnet_ext.corpora.synth_corpus import CorpusOptionsError, build_synth_corpus
 from espnet_ext.corpora.tts import TTSError
-from espnet_ext.bin.cli import setup_logging
+from espnet_ext.bin.cli import fail, setup_logging
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -64,8 +64,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             progress=not args.no_progress,
         )
     except (CorpusOptionsError, SentenceSourceError, TTSError, ValueError) as e:
-        print(f"make_synth_corpus: error: {e}", file=sys.stderr)
-        return 1
+        return fail("make_synth_corpus", e)
     splits = ", ".join(f"{s} {n}" for s, n in summary.num_utterances.items())
     print(
         f"{summary.corpus_dir}: {summary.num_speakers} speakers, utterances: {splits}; "

@@ -12,19 +12,15 @@ import argparse
 import sys
 from typing import Dict, List, Optional
 
-from espnet_ext.bin.cli import print_summaries, setup_logging
+from espnet_ext.bin.cli import csv_list, print_summaries, setup_logging
 from espnet_ext.corpora.librispeech import ALL_PARTS, PARTS_100H, SPEAKER_UNITS, prepare_librispeech
-
-
-def _csv(value: str) -> List[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
 
 
 def _combine(value: str) -> tuple:
     name, sep, sources = value.partition("=")
-    if not sep or not name.strip() or not _csv(sources):
+    if not sep or not name.strip() or not csv_list(sources):
         raise argparse.ArgumentTypeError(f"expected NAME=DIR1,DIR2 (e.g. dev=dev_clean,dev_other), got {value!r}")
-    return name.strip(), _csv(sources)
+    return name.strip(), csv_list(sources)
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -36,7 +32,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--librispeech_dir", required=True,
                    help="folder holding LibriSpeech/ (as extracted from the openslr.org/12 archives)")
     p.add_argument("--data_dir", default="data", help="parent of the Kaldi dirs written")
-    p.add_argument("--parts", type=_csv, default=list(PARTS_100H),
+    p.add_argument("--parts", type=csv_list, default=list(PARTS_100H),
                    help=f"comma-separated parts among {', '.join(ALL_PARTS)}")
     p.add_argument("--combine", type=_combine, action="append", default=[],
                    help="NAME=DIR1,DIR2: also write <data_dir>/NAME combining prepared dirs; repeatable")

@@ -12,11 +12,13 @@ Examples:
     python -m espnet_ext.bin.reconstruct_init --packed_model model.zip   # unpacked to exp/packed_model
 """
 
+from __future__ import annotations
+
 import argparse
 import sys
 from pathlib import Path
 
-import espnet_ext  # noqa: F401  (registers espnet_ext's encoders into ESPnet)
+from espnet_ext.asr.registration import register_encoders
 from espnet_ext.bin.cli import run_guarded, setup_logging
 
 
@@ -33,9 +35,10 @@ def main(argv=None) -> int:
     if (args.exp_dir is None) == (args.packed_model is None):
         p.error("give one of --exp_dir and --packed_model")
     setup_logging()
+    register_encoders()
 
     def run() -> int:
-        from espnet_ext.experiment.experiment_dir import ExperimentDir, ExperimentError  # noqa: F401
+        from espnet_ext.experiment.experiment_dir import ExperimentDir
 
         if args.packed_model is not None:
             from espnet_ext.experiment.packed_model import open_packed_model

@@ -5,6 +5,8 @@ Missing files or hypotheses of utterances the reference lacks end in one `score:
 line and exit status 1.
 """
 
+from __future__ import annotations
+
 import argparse
 import sys
 from pathlib import Path

@@ -4,6 +4,8 @@ A vocabulary size the transcripts cannot give (e.g. 500 pieces from a few senten
 line naming the largest (or smallest) size allowed, and exit status 1.
 """
 
+from __future__ import annotations
+
 import argparse
 import sys
 from pathlib import Path

@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import List, Optional
 
-from espnet_ext.bin.cli import setup_logging
+from espnet_ext.bin.cli import fail, setup_logging
 from espnet_ext.data.validate import DataDirError, validate_data_dir
 
 
@@ -39,8 +39,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 run_pipes=args.run_pipes,
             )
         except DataDirError as e:
-            print(f"validate_data_dir: error: {e}", file=sys.stderr)
-            return 1
+            return fail("validate_data_dir", e)
         print(summary.line())
     return 0
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 import subprocess
 from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
 import soundfile
+
+from espnet_ext.utils.atomic import atomic_output
 
 SAMPLE_RATE = 16000
 PEAK_LEVEL = 0.7  # ~ -3 dBFS: loud enough, with headroom.
@@ -116,14 +117,8 @@ def to_pcm16(signal: np.ndarray) -> np.ndarray:
 
 def write_flac_atomic(path: Path, samples: np.ndarray) -> None:
     """Write int16 samples as 16 kHz FLAC via a temporary file and rename (never half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_output(path) as tmp:
         soundfile.write(str(tmp), samples, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def render_utterance(

@@ -34,11 +34,12 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import soundfile
 from tqdm import tqdm
 
-from espnet_ext.data.kaldi import PathLike, Utterance, kaldi_sort_key, write_data_dir, write_text_atomic
+from espnet_ext.data.kaldi import PathLike, Utterance, kaldi_sort_key, write_data_dir
 from espnet_ext.corpora.render import NOISE_COLORS, SAMPLE_RATE, Condition, render_utterance, seed_from
 from espnet_ext.corpora.sentences import load_wordnet_sentences, sentences_digest
 from espnet_ext.corpora.tts import check_tools, engine_versions, synthesize_batch
 from espnet_ext.corpora.voices import SpeakerVoice, make_speakers
+from espnet_ext.utils.atomic import write_text_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,11 @@
-"""The sample rate a model's front end expects, checked against a data dir's audio.
+"""A data dir's audio: how a wav.scp value gives it, reading it, and the rate a model expects.
+
+A wav.scp value gives a recording's audio in one of three ways (:func:`audio_kind`): an audio
+file path, a command ending in ``|`` that prints audio, or a Kaldi ark reference
+(``[ark:]<file>.ark:<byte offset>``, loaded with kaldiio). :func:`read_audio` reads the samples
+of any of them, :func:`read_audio_header` only what the header says (rate, channels, length),
+:func:`read_recording` one recording as ESPnet's ``sound`` data type reads it (mono files, no
+pipes), and :func:`utterance_audio` the utterances of a data dir, cut from their recordings.
 
 ESPnet's front ends compute features for one sample rate (``frontend_conf.fs`` of the training
 config, 16 kHz when absent) and never resample: audio at another rate gives features the model
@@ -9,19 +16,250 @@ the audio headers (``soundfile.info``), so it costs milliseconds per file.
 
 from __future__ import annotations
 
+import io
+import re
+import subprocess
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Tuple, Union
+from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import soundfile
 import yaml
 
-from espnet_ext.data.kaldi import DataDirError, PathLike, read_kaldi_map
+from espnet_ext.data.kaldi import DataDirError, KaldiDataDir, PathLike, Segment, read_kaldi_map
 
 # ESPnet's DefaultFrontend (and every other front end in espnet2.tasks.asr) defaults to 16 kHz.
 DEFAULT_FS = 16000
 
-__all__ = ["DEFAULT_FS", "SampleRateError", "check_sample_rate", "model_sample_rate",
-           "recording_rates"]
+# A Kaldi ark reference: an optional "ark:", the ark file, a colon and the byte offset.
+_ARK_REF = re.compile(r"^(ark:)?\S+\.ark:\d+$")
+AUDIO_KINDS = ("path", "pipe", "ark")
+# Seconds a piped command may take: checking a header is meant to be quick, while extracting
+# audio may run a slow conversion of a long recording.
+HEADER_PIPE_TIMEOUT_S = 60
+READ_PIPE_TIMEOUT_S = 600
+
+__all__ = ["AUDIO_KINDS", "DEFAULT_FS", "AudioHeader", "SampleRateError", "audio_kind",
+           "audio_path", "check_sample_rate", "cut_segment", "model_sample_rate", "read_audio",
+           "read_audio_header", "read_recording", "recording_rates", "utterance_audio",
+           "wav_truncation"]
+
+
+def audio_kind(value: str) -> str:
+    """How a wav.scp value gives its audio: "path" (an audio file), "pipe" (a command ending in
+    '|' that prints audio) or "ark" (a Kaldi ark reference, ``[ark:]<file>.ark:<offset>``)."""
+    if value.rstrip().endswith("|"):
+        return "pipe"
+    if _ARK_REF.match(value):
+        return "ark"
+    return "path"
+
+
+def audio_path(value: str, base: Optional[PathLike] = None) -> str:
+    """The file a "path" wav.scp value names.
+
+    Args:
+        value: The wav.scp value.
+        base: Folder that relative paths are taken from; None: the value as written (so
+            relative to the current directory, and named as written in errors).
+    """
+    if base is None:
+        return value
+    path = Path(value)
+    return str(path if path.is_absolute() else Path(base) / path)
+
+
+def _run_pipe(value: str, timeout_s: float) -> bytes:
+    """What the command of a piped wav.scp value ("<command> |") prints.
+
+    Raises:
+        RuntimeError: The command exits with an error (its status and the end of its stderr).
+        subprocess.TimeoutExpired: It runs longer than `timeout_s` seconds.
+    """
+    proc = subprocess.run(value.rstrip()[:-1], shell=True, capture_output=True, timeout=timeout_s)
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"command exited with status {proc.returncode}: "
+            f"{proc.stderr.decode(errors='replace').strip()[-300:]}"
+        )
+    return proc.stdout
+
+
+def _load_ark(value: str) -> Tuple[np.ndarray, int]:
+    """(samples as stored, rate in Hz) of an ark reference holding audio.
+
+    Raises:
+        RuntimeError: The entry holds a matrix (features) rather than audio.
+    """
+    import kaldiio  # Only needed for ark references; keeps reading plain files light.
+
+    loaded = kaldiio.load_mat(value[4:] if value.startswith("ark:") else value)
+    if not (isinstance(loaded, tuple) and len(loaded) == 2):
+        raise RuntimeError("the ark entry holds a matrix (features), not audio")
+    rate, samples = loaded
+    return np.asarray(samples), int(rate)
+
+
+class AudioHeader(NamedTuple):
+    """What a recording's header says.
+
+    Attributes:
+        sample_rate: Samples per second (Hz).
+        channels: Number of channels.
+        seconds: Duration in seconds.
+    """
+
+    sample_rate: int
+    channels: int
+    seconds: float
+
+
+def read_audio_header(value: str, base: Optional[PathLike] = None,
+                      pipe_timeout_s: float = HEADER_PIPE_TIMEOUT_S) -> AudioHeader:
+    """Rate, channels and duration of one wav.scp value, without decoding a file's samples.
+
+    Files are read with ``soundfile.info`` (header only); an ark entry is loaded; a piped
+    command is run, and its samples counted when its WAV header carries no length.
+
+    Args:
+        value: The wav.scp value.
+        base: Folder of relative paths (see :func:`audio_path`).
+        pipe_timeout_s: Seconds a piped command may run.
+
+    Raises:
+        Exception: Whatever the reader raises for missing or unreadable audio (soundfile's
+            errors, OSError, RuntimeError, subprocess.TimeoutExpired).
+    """
+    kind = audio_kind(value)
+    if kind == "ark":
+        samples, rate = _load_ark(value)
+        channels = 1 if samples.ndim == 1 else samples.shape[1]
+        return AudioHeader(rate, int(channels), samples.shape[0] / float(rate))
+    if kind == "pipe":
+        with soundfile.SoundFile(io.BytesIO(_run_pipe(value, pipe_timeout_s))) as f:
+            frames = f.frames
+            if frames <= 0:  # Piped WAV headers often carry no length; count what arrives.
+                frames = sum(len(b) for b in f.blocks(blocksize=65536))
+            return AudioHeader(f.samplerate, f.channels, frames / float(f.samplerate))
+    info = soundfile.info(audio_path(value, base))
+    return AudioHeader(info.samplerate, info.channels, info.frames / float(info.samplerate))
+
+
+def read_audio(value: str, base: Optional[PathLike] = None,
+               pipe_timeout_s: float = READ_PIPE_TIMEOUT_S) -> Tuple[np.ndarray, int]:
+    """Samples and rate of one wav.scp value (a file, a piped command or an ark entry).
+
+    Args:
+        value: The wav.scp value.
+        base: Folder of relative paths (see :func:`audio_path`).
+        pipe_timeout_s: Seconds a piped command may run.
+
+    Returns:
+        (float32 samples, [time] for mono or [time, channels]; rate in Hz). Files and piped
+        audio are scaled to [-1, 1] by soundfile; 16-bit ark audio is divided by 32768.
+
+    Raises:
+        Exception: Whatever the reader raises for missing or unreadable audio.
+    """
+    kind = audio_kind(value)
+    if kind == "pipe":
+        samples, rate = soundfile.read(io.BytesIO(_run_pipe(value, pipe_timeout_s)), dtype="float32")
+        return samples, rate
+    if kind == "ark":
+        samples, rate = _load_ark(value)
+        if samples.dtype == np.int16:
+            samples = samples.astype(np.float32) / 32768.0
+        return samples.astype(np.float32), rate
+    samples, rate = soundfile.read(audio_path(value, base), dtype="float32")
+    return samples, rate
+
+
+def read_recording(data_dir: PathLike, rec: str, value: str) -> Tuple[np.ndarray, int]:
+    """(float32 mono samples, rate in Hz) of one wav.scp entry, as ESPnet's ``sound`` type
+    reads it: relative paths from the current directory, no piped commands.
+
+    Args:
+        data_dir: The data dir (named in errors).
+        rec: The recording id (named in errors).
+        value: Its wav.scp value.
+
+    Raises:
+        DataDirError: A piped command, unreadable audio, or multi-channel audio.
+    """
+    if audio_kind(value) == "pipe":
+        raise DataDirError(
+            f"{data_dir}/wav.scp: recording '{rec}' is a piped command; ESPnet's 'sound' reader "
+            "(and this scan) needs audio files: write the audio to files first"
+        )
+    try:
+        audio, rate = read_audio(value)
+    except Exception as e:  # soundfile raises RuntimeError/LibsndfileError/OSError
+        raise DataDirError(f"{data_dir}/wav.scp: recording '{rec}': cannot read {value}: {e}") from None
+    if audio.ndim != 1:
+        raise DataDirError(
+            f"{data_dir}/wav.scp: recording '{rec}' ({value}) has {audio.shape[1]} channels; "
+            "the scan needs mono audio"
+        )
+    return audio, rate
+
+
+def cut_segment(samples: np.ndarray, rate: int, segment: Segment) -> np.ndarray:
+    """The samples of `segment` (times in seconds, end -1: to the end) of its recording."""
+    end = len(samples) if segment.end == -1 else int(round(segment.end * rate))
+    return samples[int(round(segment.start * rate)):end]
+
+
+def utterance_audio(data: KaldiDataDir, utterances: Sequence[str],
+                    data_dir: PathLike) -> Iterator[Tuple[str, np.ndarray, int]]:
+    """(utterance id, contiguous float32 mono samples, rate in Hz) of each utterance, in the
+    order given: recordings read with :func:`read_recording`, each once, segments cut from them.
+
+    Args:
+        data: The data dir's contents.
+        utterances: Utterance ids of `data`.
+        data_dir: The data dir (named in errors).
+
+    Raises:
+        DataDirError: A recording missing from wav.scp, or one :func:`read_recording` refuses.
+    """
+    recordings: Dict[str, Tuple[np.ndarray, int]] = {}
+    for utt in utterances:
+        rec = data.recording_of(utt)
+        if rec not in data.wav_scp:
+            raise DataDirError(f"{data_dir}/wav.scp: recording '{rec}' of utterance '{utt}' is missing")
+        if rec not in recordings:
+            recordings[rec] = read_recording(data_dir, rec, data.wav_scp[rec])
+        samples, rate = recordings[rec]
+        if data.segments is not None:
+            samples = cut_segment(samples, rate, data.segments[utt])
+        yield utt, np.ascontiguousarray(samples), rate
+
+
+def wav_truncation(file: PathLike) -> Optional[Tuple[int, int]]:
+    """(bytes of sample data the header of a RIFF/WAVE file declares, bytes the file holds), when
+    the file holds fewer; None for complete WAV files and for other formats.
+
+    Reads the chunk headers only (a few bytes per chunk), never the samples. Readers such as
+    soundfile silently shorten a truncated file to what is there, so its frame count alone does
+    not show the loss. A declared size of 0xFFFFFFFF (streamed WAV of unknown length) is not a
+    promise and is accepted.
+    """
+    file = Path(file)
+    size = file.stat().st_size
+    with open(file, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        for _ in range(1000):  # real files have a handful of chunks; a bound guards odd ones
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return None
+            declared = int.from_bytes(chunk[4:8], "little")
+            if chunk[:4] == b"data":
+                present = size - f.tell()
+                return (declared, present) if declared != 0xFFFFFFFF and present < declared else None
+            f.seek(declared + (declared & 1), io.SEEK_CUR)  # chunks are padded to even sizes
+    return None
 
 
 class SampleRateError(DataDirError):
@@ -107,13 +345,12 @@ def recording_rates(source: PathLike, keys: Optional[Iterable[str]] = None) -> D
     wanted = None if keys is None else set(keys)
     rates: Dict[str, Tuple[int, str]] = {}
     for rec, value in read_kaldi_map(scp).items():
-        value = value.strip()
         if wanted is not None and rec not in wanted:
             continue
-        if value.endswith("|") or value.startswith("ark:") or ".ark:" in value:
+        if audio_kind(value) != "path":
             continue
         try:
-            rate = soundfile.info(value).samplerate
+            rate = read_audio_header(value).sample_rate
         except Exception as e:  # soundfile raises RuntimeError/LibsndfileError/OSError
             raise DataDirError(f"{scp}: recording '{rec}': cannot read {value}: {e}") from None
         rates[rec] = (int(rate), value)

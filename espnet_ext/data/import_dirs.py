@@ -16,38 +16,28 @@ no-op, and a different source for the same name is an error rather than a silent
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
 import re
-import subprocess
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import soundfile
 
-from espnet_ext.data.kaldi import DataDirError, KaldiDataDir, PathLike
+from espnet_ext.data.audio import audio_kind, cut_segment, read_audio
+from espnet_ext.data.kaldi import DataDirError, KaldiDataDir, PathLike, Segment
 from espnet_ext.data.outdir import building_dir
 from espnet_ext.data.validate import DataDirSummary, validate_data_dir
+from espnet_ext.utils.atomic import atomic_output
 
 logger = logging.getLogger(__name__)
 
 MODES = ("copy", "link")
 MARKER = ".import.json"
 AUDIO_SUBDIR = "audio"
-_ARK_REF = re.compile(r"^(ark:)?\S+\.ark:\d+$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-def audio_kind(value: str) -> str:
-    """How a wav.scp value gives its audio: "path", "pipe" (command ending in '|') or "ark"."""
-    if value.rstrip().endswith("|"):
-        return "pipe"
-    if _ARK_REF.match(value):
-        return "ark"
-    return "path"
 
 
 def unsupported_audio(data: KaldiDataDir) -> Optional[str]:
@@ -118,6 +108,18 @@ def import_data_dir(
     if _already_imported(dst, marker):
         logger.info("%s: already imported from %s; kept (delete it to import again)", dst, src)
         return validate_data_dir(dst, check_audio=False, expected_rate=expected_rate)
+    _refuse_existing(src, dst)
+    data = _read_source(src, extract_audio, expected_rate)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if mode == "link":
+        return _link(src, dst, data, base, marker, check_audio, expected_rate)
+    _copy(src, dst, data, base, marker, extract_audio, check_audio, expected_rate)
+    logger.info("%s: imported from %s (%s%s)", dst, src, mode, ", audio extracted" if extract_audio else "")
+    return validate_data_dir(dst, check_audio=False, expected_rate=expected_rate)
+
+
+def _refuse_existing(src: Path, dst: Path) -> None:
+    """Raise when `dst` exists (it was not imported from `src` with the same options)."""
     if dst.exists() or dst.is_symlink():
         previous = _read_marker(dst)
         origin = f"was imported from {previous['source']} with other options" if previous else \
@@ -127,7 +129,10 @@ def import_data_dir(
             f"or import under another name"
         )
 
-    # Structure first (sorting, keys, transcripts); audio is checked on the result.
+
+def _read_source(src: Path, extract_audio: bool, expected_rate: int) -> KaldiDataDir:
+    """The source dir, its structure (sorting, keys, transcripts) validated; audio the `sound`
+    loader cannot read is refused unless it is to be extracted. Audio is checked on the result."""
     validate_data_dir(src, check_audio=False, expected_rate=expected_rate)
     data = KaldiDataDir.read(src)
     reason = unsupported_audio(data)
@@ -139,22 +144,31 @@ def import_data_dir(
             f"\"--extract_audio true\"; local/data.sh: --extract_audio true) to write each utterance "
             f"as a FLAC file, or give each utterance its own audio file"
         )
+    return data
 
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if mode == "link":
-        relative = [v for v in data.wav_scp.values() if not os.path.isabs(v)]
-        if relative and base != Path.cwd():
-            raise DataDirError(
-                f"{src}/wav.scp has relative audio paths (e.g. '{relative[0]}'), which a link can "
-                f"only keep relative to the recipe directory; import it with mode copy instead"
-            )
-        summary = validate_data_dir(src, check_audio=check_audio, expected_rate=expected_rate)
-        os.symlink(src, dst, target_is_directory=True)
-        _write_marker_for_link(dst, marker)
-        return summary
 
-    # Built in a fresh hidden folder next to dst, which any failure removes again (with the audio
-    # extracted so far): only a complete, validated import appears under its name.
+def _link(src: Path, dst: Path, data: KaldiDataDir, base: Path, marker: dict, check_audio: bool,
+          expected_rate: int) -> DataDirSummary:
+    """Make `dst` a symbolic link to the validated `src`, its marker next to it."""
+    relative = [v for v in data.wav_scp.values() if not os.path.isabs(v)]
+    if relative and base != Path.cwd():
+        raise DataDirError(
+            f"{src}/wav.scp has relative audio paths (e.g. '{relative[0]}'), which a link can "
+            f"only keep relative to the recipe directory; import it with mode copy instead"
+        )
+    summary = validate_data_dir(src, check_audio=check_audio, expected_rate=expected_rate)
+    os.symlink(src, dst, target_is_directory=True)
+    _write_marker_for_link(dst, marker)
+    return summary
+
+
+def _copy(src: Path, dst: Path, data: KaldiDataDir, base: Path, marker: dict, extract_audio: bool,
+          check_audio: bool, expected_rate: int) -> None:
+    """Write `dst` as a copy of `data`: audio paths made absolute, or the audio extracted.
+
+    Built in a fresh hidden folder next to dst, which any failure removes again (with the audio
+    extracted so far): only a complete, validated import appears under its name.
+    """
     with building_dir(dst) as tmp:
         if extract_audio:
             data = _extract(data, src, base, tmp / AUDIO_SUBDIR, dst.absolute() / AUDIO_SUBDIR, expected_rate)
@@ -169,8 +183,6 @@ def import_data_dir(
             raise DataDirError(str(e).replace(str(tmp), str(src))) from None
         (tmp / MARKER).write_text(json.dumps(marker, indent=1) + "\n")
         tmp.rename(dst)
-    logger.info("%s: imported from %s (%s%s)", dst, src, mode, ", audio extracted" if extract_audio else "")
-    return validate_data_dir(dst, check_audio=False, expected_rate=expected_rate)
 
 
 def import_data_dirs(
@@ -223,32 +235,47 @@ def _write_marker_for_link(dst: Path, marker: dict) -> None:
     (dst.with_name(f".{dst.name}{MARKER}")).write_text(json.dumps(marker, indent=1) + "\n")
 
 
-def _read_recording(value: str, base: Path) -> Tuple[np.ndarray, int]:
-    """(samples as float32 [time] or [time, channels], rate) of one wav.scp value."""
-    kind = audio_kind(value)
-    if kind == "pipe":
-        proc = subprocess.run(value.rstrip()[:-1], shell=True, capture_output=True, timeout=600)
-        if proc.returncode != 0:
-            raise RuntimeError(
-                f"command exited with status {proc.returncode}: "
-                f"{proc.stderr.decode(errors='replace').strip()[-300:]}"
-            )
-        samples, rate = soundfile.read(io.BytesIO(proc.stdout), dtype="float32")
-        return samples, rate
-    if kind == "ark":
-        import kaldiio  # Only needed for ark references.
+def _read_source_recording(src: Path, rec: str, value: str, base: Path,
+                           expected_rate: int) -> Tuple[np.ndarray, int]:
+    """(float32 mono samples, rate in Hz) of one recording of the source, for extraction.
 
-        loaded = kaldiio.load_mat(value[4:] if value.startswith("ark:") else value)
-        if not (isinstance(loaded, tuple) and len(loaded) == 2):
-            raise RuntimeError("the ark entry holds a matrix (features), not audio")
-        rate, samples = loaded
-        samples = np.asarray(samples)
-        if samples.dtype == np.int16:
-            samples = samples.astype(np.float32) / 32768.0
-        return samples.astype(np.float32), int(rate)
-    path = Path(value) if os.path.isabs(value) else base / value
-    samples, rate = soundfile.read(str(path), dtype="float32")
+    Raises:
+        DataDirError: Unreadable audio, more than one channel, or another rate than expected.
+    """
+    try:
+        samples, rate = read_audio(value, base)
+    except Exception as e:  # noqa: BLE001 - any reader failure is reported the same way
+        raise DataDirError(
+            f"{src}/wav.scp: recording '{rec}': cannot read audio '{value}': {e}; "
+            f"fix the entry or the file"
+        ) from None
+    if samples.ndim != 1:
+        raise DataDirError(
+            f"{src}/wav.scp: recording '{rec}' has {samples.shape[1]} channels, expected mono; "
+            f"downmix it (e.g. `sox in.wav -c 1 out.flac`, or `remix 1` for one channel)"
+        )
+    if expected_rate and rate != expected_rate:
+        raise DataDirError(
+            f"{src}/wav.scp: recording '{rec}': sample rate {rate} Hz, expected "
+            f"{expected_rate} Hz; resample it (e.g. `sox in.wav -r {expected_rate} out.flac`)"
+        )
     return samples, rate
+
+
+def _cut_checked_segment(src: Path, utt: str, rec: str, samples: np.ndarray, rate: int,
+                         segment: Segment) -> np.ndarray:
+    """The samples of utterance `utt`'s segment of recording `rec`.
+
+    Raises:
+        DataDirError: The segment ends more than 10 ms after the recording.
+    """
+    end = len(samples) if segment.end == -1 else int(round(segment.end * rate))
+    if end > len(samples) + int(0.01 * rate):
+        raise DataDirError(
+            f"{src}/segments: utterance '{utt}' ends at {segment.end} s, after the end of "
+            f"recording '{rec}' ({len(samples) / rate:.3f} s); fix the times"
+        )
+    return cut_segment(samples, rate, segment)
 
 
 def _extract(
@@ -264,35 +291,10 @@ def _extract(
     for utt in data.utterances:
         rec = data.recording_of(utt)
         if cached[0] != rec:  # segments of one recording are usually adjacent: read it once
-            try:
-                samples, rate = _read_recording(data.wav_scp[rec], base)
-            except Exception as e:  # noqa: BLE001 - any reader failure is reported the same way
-                raise DataDirError(
-                    f"{src}/wav.scp: recording '{rec}': cannot read audio '{data.wav_scp[rec]}': {e}; "
-                    f"fix the entry or the file"
-                ) from None
-            if samples.ndim != 1:
-                raise DataDirError(
-                    f"{src}/wav.scp: recording '{rec}' has {samples.shape[1]} channels, expected mono; "
-                    f"downmix it (e.g. `sox in.wav -c 1 out.flac`, or `remix 1` for one channel)"
-                )
-            if expected_rate and rate != expected_rate:
-                raise DataDirError(
-                    f"{src}/wav.scp: recording '{rec}': sample rate {rate} Hz, expected "
-                    f"{expected_rate} Hz; resample it (e.g. `sox in.wav -r {expected_rate} out.flac`)"
-                )
-            cached = (rec, samples, rate)
+            cached = (rec, *_read_source_recording(src, rec, data.wav_scp[rec], base, expected_rate))
         _, samples, rate = cached
         if data.segments is not None:
-            seg = data.segments[utt]
-            start = int(round(seg.start * rate))
-            end = len(samples) if seg.end == -1 else int(round(seg.end * rate))
-            if end > len(samples) + int(0.01 * rate):
-                raise DataDirError(
-                    f"{src}/segments: utterance '{utt}' ends at {seg.end} s, after the end of "
-                    f"recording '{rec}' ({len(samples) / rate:.3f} s); fix the times"
-                )
-            samples = samples[start:end]
+            samples = _cut_checked_segment(src, utt, rec, samples, rate, data.segments[utt])
         if len(samples) == 0:
             where = f"recording '{rec}' ('{data.wav_scp[rec]}')"
             if data.segments is not None:
@@ -302,9 +304,8 @@ def _extract(
                 f"it: fix the audio or remove the utterance from every file of the data dir"
             )
         name = f"{utt}.flac"
-        tmp = out_dir / f".{name}.tmp"
-        soundfile.write(str(tmp), np.clip(samples, -1.0, 1.0), rate, subtype="PCM_16", format="FLAC")
-        os.replace(tmp, out_dir / name)
+        with atomic_output(out_dir / name) as tmp:
+            soundfile.write(str(tmp), np.clip(samples, -1.0, 1.0), rate, subtype="PCM_16", format="FLAC")
         wav_scp[utt] = str(final_dir / name)
     return KaldiDataDir(
         wav_scp=wav_scp,

@@ -15,9 +15,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
+
+from espnet_ext.utils.atomic import write_text_atomic
 
 PathLike = Union[str, os.PathLike]
 
@@ -167,50 +168,6 @@ def write_kaldi_map(path: PathLike, mapping: Mapping[str, object]) -> None:
         ValueError: A key with whitespace or a value with a line break.
     """
     write_text_atomic(path, render_kaldi_map(path, mapping))
-
-
-def current_umask() -> int:
-    """The process umask (e.g. 0o022), read without changing it where Linux allows."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def default_file_mode() -> int:
-    """Mode a plain `open(..., "w")` gives a new file: 0o666 less the umask (0o644 under 022)."""
-    return 0o666 & ~current_umask()
-
-
-def default_dir_mode() -> int:
-    """Mode a plain `mkdir` gives a new folder: 0o777 less the umask (0o755 under 022)."""
-    return 0o777 & ~current_umask()
-
-
-def write_text_atomic(path: PathLike, content: str) -> None:
-    """Write a text file via a temporary file and rename, so readers never see half a file.
-
-    The file gets the mode a plain write would give it (0o644 under umask 022), not the
-    owner-only 0o600 of `tempfile.mkstemp`, so other users of a shared machine can read it.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, default_file_mode())
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(content)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def spk2utt_from_utt2spk(utt2spk: Mapping[str, str]) -> Dict[str, List[str]]:

@@ -24,7 +24,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Set
 
-from espnet_ext.data.kaldi import REQUIRED_FILES, DataDirError, PathLike, default_dir_mode
+from espnet_ext.data.kaldi import REQUIRED_FILES, DataDirError, PathLike
+from espnet_ext.utils.atomic import default_dir_mode
 
 MARKER = ".espnet_ext.json"
 # Marker key listing the files the tool wrote (the marker itself excluded).

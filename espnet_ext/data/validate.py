@@ -19,20 +19,17 @@ raised as `DataDirError` naming the file, the line or key, and the fix. Checks, 
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
 import os
-import re
-import subprocess
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
-import soundfile
-
+from espnet_ext.data.audio import audio_kind, read_audio_header, wav_truncation
 from espnet_ext.data.kaldi import (
     CORE_UTT_FILES,
     DataDirError,
     PathLike,
+    Segment,
     iter_kaldi_lines,
     kaldi_sort_key,
     parse_segment,
@@ -42,8 +39,6 @@ from espnet_ext.data.kaldi import (
 __all__ = ["DataDirError", "DataDirSummary", "validate_data_dir"]
 
 logger = logging.getLogger(__name__)
-
-_ARK_REF = re.compile(r"^(ark:)?\S+\.ark:\d+$")
 
 
 def _spk2utt_command(path: Path) -> str:
@@ -123,16 +118,8 @@ def _compare_keys(
     )
 
 
-def _audio_kind(value: str) -> str:
-    if value.endswith("|"):
-        return "pipe"
-    if _ARK_REF.match(value):
-        return "ark"
-    return "path"
-
-
 def _check_wav_scp_value(path: Path, lineno: int, key: str, value: str) -> str:
-    kind = _audio_kind(value)
+    kind = audio_kind(value)
     if kind == "pipe":
         if not value[:-1].strip():
             raise DataDirError(
@@ -147,64 +134,273 @@ def _check_wav_scp_value(path: Path, lineno: int, key: str, value: str) -> str:
     return kind
 
 
-def _read_pipe(command: str) -> soundfile.SoundFile:
-    proc = subprocess.run(command[:-1], shell=True, capture_output=True, timeout=60)
-    if proc.returncode != 0:
-        raise RuntimeError(
-            f"command exited with status {proc.returncode}: "
-            f"{proc.stderr.decode(errors='replace').strip()[-300:]}"
-        )
-    return soundfile.SoundFile(io.BytesIO(proc.stdout))
+@dataclasses.dataclass
+class _MapFiles:
+    """The map files of a data dir, each `{key: (line number, value)}`; segments parsed.
 
-
-def _audio_header(value: str, kind: str, base: Path) -> Tuple[int, int, float]:
-    """(sample_rate_hz, channels, duration_s) of one wav.scp value; raises on failure."""
-    if kind == "ark":
-        import kaldiio  # Only needed for ark references; keeps plain validation light.
-
-        loaded = kaldiio.load_mat(value[4:] if value.startswith("ark:") else value)
-        if not (isinstance(loaded, tuple) and len(loaded) == 2):
-            raise RuntimeError("the ark entry holds a matrix (features), not audio")
-        rate, samples = loaded
-        channels = 1 if samples.ndim == 1 else samples.shape[1]
-        return int(rate), int(channels), samples.shape[0] / float(rate)
-    if kind == "pipe":
-        with _read_pipe(value) as f:
-            frames = f.frames
-            if frames <= 0:  # Piped WAV headers often carry no length; count what arrives.
-                frames = sum(len(b) for b in f.blocks(blocksize=65536))
-            return f.samplerate, f.channels, frames / float(f.samplerate)
-    file = Path(value)
-    if not file.is_absolute():
-        file = base / file
-    info = soundfile.info(str(file))
-    return info.samplerate, info.channels, info.frames / float(info.samplerate)
-
-
-def wav_truncation(file: PathLike) -> Optional[Tuple[int, int]]:
-    """(bytes of sample data the header of a RIFF/WAVE file declares, bytes the file holds), when
-    the file holds fewer; None for complete WAV files and for other formats.
-
-    Reads the chunk headers only (a few bytes per chunk), never the samples. Readers such as
-    soundfile silently shorten a truncated file to what is there, so its frame count alone does
-    not show the loss. A declared size of 0xFFFFFFFF (streamed WAV of unknown length) is not a
-    promise and is accepted.
+    Attributes:
+        wav_scp, text, utt2spk, spk2utt: The required files.
+        segments: Utterance -> (line number, Segment), or None without a segments file.
     """
-    file = Path(file)
-    size = file.stat().st_size
-    with open(file, "rb") as f:
-        head = f.read(12)
-        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-            return None
-        for _ in range(1000):  # real files have a handful of chunks; a bound guards odd ones
-            chunk = f.read(8)
-            if len(chunk) < 8:
-                return None
-            declared = int.from_bytes(chunk[4:8], "little")
-            if chunk[:4] == b"data":
-                present = size - f.tell()
-                return (declared, present) if declared != 0xFFFFFFFF and present < declared else None
-            f.seek(declared + (declared & 1), io.SEEK_CUR)  # chunks are padded to even sizes
+
+    wav_scp: Dict[str, Tuple[int, str]]
+    text: Dict[str, Tuple[int, str]]
+    utt2spk: Dict[str, Tuple[int, str]]
+    spk2utt: Dict[str, Tuple[int, str]]
+    segments: Optional[Dict[str, Tuple[int, Segment]]]
+
+    @property
+    def utt_file(self) -> str:
+        """The file whose keys are the utterances: segments if there is one, else wav.scp."""
+        return "segments" if self.segments is not None else "wav.scp"
+
+    @property
+    def utterances(self) -> Set[str]:
+        """Utterance ids (keys of :attr:`utt_file`)."""
+        return set(self.segments if self.segments is not None else self.wav_scp)
+
+
+def _check_required_files(path: Path) -> None:
+    """Raise unless `path` is a folder holding wav.scp, text, utt2spk and spk2utt."""
+    if not path.is_dir():
+        raise DataDirError(
+            f"{path}: data dir does not exist (or is not a folder); run the data preparation "
+            f"stage (local/data.sh) first"
+        )
+    for name in ("wav.scp", "text", "utt2spk"):
+        if not (path / name).is_file():
+            raise DataDirError(
+                f"{path}/{name}: required file is missing; a Kaldi data dir needs wav.scp, text, "
+                f"utt2spk and spk2utt"
+            )
+    if not (path / "spk2utt").is_file():
+        raise DataDirError(
+            f"{path}/spk2utt: required file is missing; create it from utt2spk with: "
+            f"{_spk2utt_command(path)}"
+        )
+
+
+def _read_map_files(path: Path) -> _MapFiles:
+    """Read the required files and segments, each checked for unique, sorted keys."""
+    wav_scp = _read_sorted_map(path / "wav.scp")
+    text = _read_sorted_map(path / "text", allow_empty_value=True)
+    utt2spk = _read_sorted_map(path / "utt2spk")
+    spk2utt = _read_sorted_map(path / "spk2utt")
+    segments = None
+    if (path / "segments").is_file():
+        segments = {
+            utt: (lineno, parse_segment(path / "segments", utt, value))
+            for utt, (lineno, value) in _read_sorted_map(path / "segments").items()
+        }
+    return _MapFiles(wav_scp, text, utt2spk, spk2utt, segments)
+
+
+def _check_utterance_keys(path: Path, files: _MapFiles) -> None:
+    """Raise unless text and utt2spk cover the utterances, and segments name known recordings."""
+    utts = files.utterances
+    _compare_keys(path, files.utt_file, utts, "text", set(files.text), "utterance")
+    _compare_keys(path, files.utt_file, utts, "utt2spk", set(files.utt2spk), "utterance")
+    if files.segments is not None:
+        for utt, (lineno, seg) in files.segments.items():
+            if seg.recording not in files.wav_scp:
+                raise DataDirError(
+                    f"{path}/segments line {lineno}: utterance '{utt}' refers to recording "
+                    f"'{seg.recording}', which is not in wav.scp; add the recording to wav.scp or "
+                    f"remove the segment"
+                )
+
+
+def _check_spk2utt(path: Path, files: _MapFiles) -> Set[str]:
+    """Raise unless spk2utt is exactly the inverse of utt2spk; returns the speaker ids."""
+    expected = spk2utt_from_utt2spk({u: s for u, (_, s) in files.utt2spk.items()})
+    for spk, (lineno, value) in files.spk2utt.items():
+        listed = value.split()
+        if spk not in expected or sorted(listed) != sorted(expected[spk]) or len(set(listed)) != len(listed):
+            extra = sorted(set(listed) - set(expected.get(spk, [])))
+            missing = sorted(set(expected.get(spk, [])) - set(listed))
+            detail = (
+                f"lists '{extra[0]}', which utt2spk does not give to '{spk}'"
+                if extra
+                else f"lacks '{missing[0]}'"
+                if missing
+                else "lists an utterance twice"
+            )
+            raise DataDirError(
+                f"{path}/spk2utt line {lineno}: speaker '{spk}' disagrees with utt2spk ({detail}); "
+                f"regenerate spk2utt from utt2spk: {_spk2utt_command(path)}"
+            )
+    missing_spk = sorted(set(expected) - set(files.spk2utt), key=kaldi_sort_key)
+    if missing_spk:
+        raise DataDirError(
+            f"{path}/spk2utt: speaker '{missing_spk[0]}' of utt2spk has no line in spk2utt; "
+            f"regenerate spk2utt from utt2spk: {_spk2utt_command(path)}"
+        )
+    return set(expected)
+
+
+def _check_speaker_order(path: Path, utt2spk: Dict[str, Tuple[int, str]]) -> None:
+    """Raise unless sorting by (speaker, utterance) gives the utterance order.
+
+    Kaldi/ESPnet tools that walk utt2spk and spk2utt in step go wrong otherwise.
+    """
+    by_speaker = sorted(utt2spk, key=lambda u: (kaldi_sort_key(utt2spk[u][1]), kaldi_sort_key(u)))
+    for (u_file, u_spk) in zip(utt2spk, by_speaker):
+        if u_file != u_spk:
+            raise DataDirError(
+                f"{path}/utt2spk line {utt2spk[u_file][0]}: utterance '{u_file}' (speaker "
+                f"'{utt2spk[u_file][1]}') breaks speaker order: sorted by speaker, '{u_spk}' "
+                f"(speaker '{utt2spk[u_spk][1]}') would come here; make each speaker id a prefix "
+                f"of its utterance ids (e.g. '<spk>-<utt>')"
+            )
+
+
+def _check_transcripts(path: Path, text: Dict[str, Tuple[int, str]]) -> None:
+    """Raise at the first empty transcript."""
+    for utt, (lineno, transcript) in text.items():
+        if not transcript.strip():
+            raise DataDirError(
+                f"{path}/text line {lineno}: utterance '{utt}' has an empty transcript; give it "
+                f"its words, or remove the utterance from every file of the data dir"
+            )
+
+
+def _check_utt2dur(meta: Path, entries: Dict[str, Tuple[int, str]]) -> None:
+    """Raise at the first utt2dur value that is not a non-negative number of seconds."""
+    for utt, (lineno, value) in entries.items():
+        try:
+            ok = float(value) >= 0
+        except ValueError:
+            ok = False
+        if not ok:
+            raise DataDirError(
+                f"{meta} line {lineno}: utterance '{utt}': duration '{value}' is not a "
+                f"non-negative number of seconds"
+            )
+
+
+def _check_metadata(path: Path, files: _MapFiles, speakers: Set[str]) -> Optional[Dict[str, Tuple[int, str]]]:
+    """Raise unless every `utt2*`/`spk2*` metadata file covers the same keys as the files it
+    annotates (and utt2dur holds durations); returns utt2dur's entries, or None without one."""
+    utt2dur = None
+    for meta in sorted(p for p in path.iterdir() if p.is_file()):
+        name = meta.name
+        if name.startswith("utt2") and name not in CORE_UTT_FILES and name != "utt2spk":
+            entries = _read_sorted_map(meta)
+            _compare_keys(path, files.utt_file, files.utterances, name, set(entries), "utterance")
+            if name == "utt2dur":
+                utt2dur = entries
+                _check_utt2dur(meta, entries)
+        elif name.startswith("spk2") and name != "spk2utt":
+            entries = _read_sorted_map(meta)
+            _compare_keys(path, "utt2spk", speakers, name, set(entries), "speaker")
+    return utt2dur
+
+
+def _warn_if_truncated(path: Path, lineno: int, rec: str, file: Path) -> None:
+    """Log a warning when a WAV file holds fewer samples than its header declares."""
+    try:
+        shortfall = wav_truncation(file)
+    except OSError:
+        shortfall = None  # unreadable: the header read that follows reports it
+    if shortfall is not None:
+        declared, present = shortfall
+        logger.warning(
+            "%s/wav.scp line %d: recording '%s': %s is truncated: its header declares "
+            "%d bytes of samples but the file holds only %d (%.1f%%); training reads only "
+            "what is there: copy or re-create the file", path, lineno, rec, file,
+            declared, present, 100.0 * present / declared)
+
+
+def _check_recording(path: Path, files: _MapFiles, rec: str, kind: str, base: Path,
+                     expected_rate: Optional[int]) -> float:
+    """Check one recording's audio (exists, readable, rate, mono, not empty); its seconds."""
+    lineno, value = files.wav_scp[rec]
+    if kind == "path":
+        file = Path(value) if os.path.isabs(value) else base / value
+        if not file.is_file():
+            raise DataDirError(
+                f"{path}/wav.scp line {lineno}: recording '{rec}': audio file {value} does "
+                f"not exist (relative paths are taken from {base}); fix the path or "
+                f"re-run the data preparation"
+            )
+        _warn_if_truncated(path, lineno, rec, file)
+    try:
+        rate, channels, seconds = read_audio_header(value, base)
+    except Exception as e:  # noqa: BLE001 - any reader failure is reported the same way
+        raise DataDirError(
+            f"{path}/wav.scp line {lineno}: recording '{rec}': cannot read audio "
+            f"'{value}': {e}; replace the file or fix the entry"
+        ) from None
+    if expected_rate is not None and rate != expected_rate:
+        raise DataDirError(
+            f"{path}/wav.scp line {lineno}: recording '{rec}': sample rate {rate} Hz, "
+            f"expected {expected_rate} Hz ({value}); resample, e.g. `sox in.wav -r "
+            f"{expected_rate} out.flac`"
+        )
+    if channels != 1:
+        raise DataDirError(
+            f"{path}/wav.scp line {lineno}: recording '{rec}': {channels} channels, "
+            f"expected mono ({value}); downmix, e.g. `sox in.wav -c 1 out.flac` (or pick a channel "
+            f"with `remix 1`)"
+        )
+    if seconds <= 0:
+        utts_of_rec = (
+            [rec] if files.segments is None
+            else [u for u, (_, seg) in files.segments.items() if seg.recording == rec]
+        )
+        shown = "', '".join(utts_of_rec[:3]) + ("', ..." if len(utts_of_rec) > 3 else "'")
+        raise DataDirError(
+            f"{path}/wav.scp line {lineno}: recording '{rec}': audio '{value}' has no "
+            f"samples (a header only), so utterance(s) '{shown} cannot be trained or "
+            f"scored on; re-create the file, or remove the utterance(s) from every file of "
+            f"the data dir"
+        )
+    return seconds
+
+
+def _check_audio(path: Path, files: _MapFiles, kinds: Dict[str, str], expected_rate: Optional[int],
+                 run_pipes: bool) -> Dict[str, float]:
+    """Check every recording's audio (piped ones only with `run_pipes`); recording -> seconds.
+
+    Relative audio paths are taken from the current directory, as training reads them.
+    """
+    base = Path.cwd()
+    durations: Dict[str, float] = {}
+    for rec in files.wav_scp:
+        if kinds[rec] == "pipe" and not run_pipes:
+            continue
+        durations[rec] = _check_recording(path, files, rec, kinds[rec], base, expected_rate)
+    return durations
+
+
+def _check_segment_ends(path: Path, files: _MapFiles, durations: Dict[str, float]) -> None:
+    """Raise at the first segment that ends after its recording (when that one was read)."""
+    for utt, (lineno, seg) in (files.segments or {}).items():
+        rec_seconds = durations.get(seg.recording)
+        if rec_seconds is not None and seg.end > rec_seconds + 0.01:
+            raise DataDirError(
+                f"{path}/segments line {lineno}: utterance '{utt}' ends at {seg.end} s, after "
+                f"the end of recording '{seg.recording}' ({rec_seconds:.3f} s); fix the times"
+            )
+
+
+def _total_seconds(files: _MapFiles, durations: Dict[str, float],
+                   utt2dur: Optional[Dict[str, Tuple[int, str]]]) -> Optional[float]:
+    """Speech duration in seconds: from segments (with the audio read where a segment runs to
+    the end), from every recording's audio, or from utt2dur; None when none of these tells."""
+    if files.segments is not None:
+        total: Optional[float] = 0.0
+        for _, seg in files.segments.values():
+            rec_seconds = durations.get(seg.recording)
+            if seg.end == -1:
+                total = None if rec_seconds is None or total is None else total + rec_seconds - seg.start
+            elif total is not None:
+                total += seg.end - seg.start
+        return total
+    if durations and len(durations) == len(files.wav_scp):
+        return sum(durations.values())
+    if utt2dur is not None:
+        return sum(float(v) for _, v in utt2dur.values())
     return None
 
 
@@ -230,205 +426,25 @@ def validate_data_dir(
         DataDirError: The first problem found, naming the file, the line or key, and the fix.
     """
     path = Path(path)
-    if not path.is_dir():
-        raise DataDirError(
-            f"{path}: data dir does not exist (or is not a folder); run the data preparation "
-            f"stage (local/data.sh) first"
-        )
-    for name in ("wav.scp", "text", "utt2spk"):
-        if not (path / name).is_file():
-            raise DataDirError(
-                f"{path}/{name}: required file is missing; a Kaldi data dir needs wav.scp, text, "
-                f"utt2spk and spk2utt"
-            )
-    if not (path / "spk2utt").is_file():
-        raise DataDirError(
-            f"{path}/spk2utt: required file is missing; create it from utt2spk with: "
-            f"{_spk2utt_command(path)}"
-        )
-
-    wav_scp = _read_sorted_map(path / "wav.scp")
-    text = _read_sorted_map(path / "text", allow_empty_value=True)
-    utt2spk = _read_sorted_map(path / "utt2spk")
-    spk2utt = _read_sorted_map(path / "spk2utt")
-    segments = None
-    if (path / "segments").is_file():
-        segments = {
-            utt: (lineno, parse_segment(path / "segments", utt, value))
-            for utt, (lineno, value) in _read_sorted_map(path / "segments").items()
-        }
-
-    # Key agreement across the per-utterance files.
-    utt_file = "segments" if segments is not None else "wav.scp"
-    utts = set(segments if segments is not None else wav_scp)
-    _compare_keys(path, utt_file, utts, "text", set(text), "utterance")
-    _compare_keys(path, utt_file, utts, "utt2spk", set(utt2spk), "utterance")
-    if segments is not None:
-        for utt, (lineno, seg) in segments.items():
-            if seg.recording not in wav_scp:
-                raise DataDirError(
-                    f"{path}/segments line {lineno}: utterance '{utt}' refers to recording "
-                    f"'{seg.recording}', which is not in wav.scp; add the recording to wav.scp or "
-                    f"remove the segment"
-                )
-
-    # spk2utt must be exactly the inverse of utt2spk.
-    expected = spk2utt_from_utt2spk({u: s for u, (_, s) in utt2spk.items()})
-    for spk, (lineno, value) in spk2utt.items():
-        listed = value.split()
-        if spk not in expected or sorted(listed) != sorted(expected[spk]) or len(set(listed)) != len(listed):
-            extra = sorted(set(listed) - set(expected.get(spk, [])))
-            missing = sorted(set(expected.get(spk, [])) - set(listed))
-            detail = (
-                f"lists '{extra[0]}', which utt2spk does not give to '{spk}'"
-                if extra
-                else f"lacks '{missing[0]}'"
-                if missing
-                else "lists an utterance twice"
-            )
-            raise DataDirError(
-                f"{path}/spk2utt line {lineno}: speaker '{spk}' disagrees with utt2spk ({detail}); "
-                f"regenerate spk2utt from utt2spk: {_spk2utt_command(path)}"
-            )
-    missing_spk = sorted(set(expected) - set(spk2utt), key=kaldi_sort_key)
-    if missing_spk:
-        raise DataDirError(
-            f"{path}/spk2utt: speaker '{missing_spk[0]}' of utt2spk has no line in spk2utt; "
-            f"regenerate spk2utt from utt2spk: {_spk2utt_command(path)}"
-        )
-    # Sorting by (speaker, utterance) must give the utterance order, else Kaldi/ESPnet tools that
-    # walk utt2spk and spk2utt in step go wrong.
-    by_speaker = sorted(utt2spk, key=lambda u: (kaldi_sort_key(utt2spk[u][1]), kaldi_sort_key(u)))
-    for (u_file, u_spk) in zip(utt2spk, by_speaker):
-        if u_file != u_spk:
-            raise DataDirError(
-                f"{path}/utt2spk line {utt2spk[u_file][0]}: utterance '{u_file}' (speaker "
-                f"'{utt2spk[u_file][1]}') breaks speaker order: sorted by speaker, '{u_spk}' "
-                f"(speaker '{utt2spk[u_spk][1]}') would come here; make each speaker id a prefix "
-                f"of its utterance ids (e.g. '<spk>-<utt>')"
-            )
-
-    for utt, (lineno, transcript) in text.items():
-        if not transcript.strip():
-            raise DataDirError(
-                f"{path}/text line {lineno}: utterance '{utt}' has an empty transcript; give it "
-                f"its words, or remove the utterance from every file of the data dir"
-            )
-
-    # Metadata files must cover the same keys as the files they annotate.
-    speakers = set(expected)
-    utt2dur = None
-    for meta in sorted(p for p in path.iterdir() if p.is_file()):
-        name = meta.name
-        if name.startswith("utt2") and name not in CORE_UTT_FILES and name != "utt2spk":
-            entries = _read_sorted_map(meta)
-            _compare_keys(path, utt_file, utts, name, set(entries), "utterance")
-            if name == "utt2dur":
-                utt2dur = entries
-                for utt, (lineno, value) in entries.items():
-                    try:
-                        ok = float(value) >= 0
-                    except ValueError:
-                        ok = False
-                    if not ok:
-                        raise DataDirError(
-                            f"{meta} line {lineno}: utterance '{utt}': duration '{value}' is not a "
-                            f"non-negative number of seconds"
-                        )
-        elif name.startswith("spk2") and name != "spk2utt":
-            entries = _read_sorted_map(meta)
-            _compare_keys(path, "utt2spk", speakers, name, set(entries), "speaker")
-
+    _check_required_files(path)
+    files = _read_map_files(path)
+    _check_utterance_keys(path, files)
+    speakers = _check_spk2utt(path, files)
+    _check_speaker_order(path, files.utt2spk)
+    _check_transcripts(path, files.text)
+    utt2dur = _check_metadata(path, files, speakers)
     kinds = {
         rec: _check_wav_scp_value(path / "wav.scp", lineno, rec, value)
-        for rec, (lineno, value) in wav_scp.items()
+        for rec, (lineno, value) in files.wav_scp.items()
     }
-
-    durations: Dict[str, float] = {}
-    if check_audio:
-        base = Path.cwd()
-        for rec, (lineno, value) in wav_scp.items():
-            kind = kinds[rec]
-            if kind == "pipe" and not run_pipes:
-                continue
-            if kind == "path":
-                file = Path(value) if os.path.isabs(value) else base / value
-                if not file.is_file():
-                    raise DataDirError(
-                        f"{path}/wav.scp line {lineno}: recording '{rec}': audio file {value} does "
-                        f"not exist (relative paths are taken from {base}); fix the path or "
-                        f"re-run the data preparation"
-                    )
-            if kind == "path":
-                try:
-                    shortfall = wav_truncation(file)
-                except OSError:
-                    shortfall = None  # unreadable: the header read below reports it
-                if shortfall is not None:
-                    declared, present = shortfall
-                    logger.warning(
-                        "%s/wav.scp line %d: recording '%s': %s is truncated: its header declares "
-                        "%d bytes of samples but the file holds only %d (%.1f%%); training reads only "
-                        "what is there: copy or re-create the file", path, lineno, rec, file,
-                        declared, present, 100.0 * present / declared)
-            try:
-                rate, channels, seconds = _audio_header(value, kind, base)
-            except Exception as e:  # noqa: BLE001 - any reader failure is reported the same way
-                raise DataDirError(
-                    f"{path}/wav.scp line {lineno}: recording '{rec}': cannot read audio "
-                    f"'{value}': {e}; replace the file or fix the entry"
-                ) from None
-            if expected_rate is not None and rate != expected_rate:
-                raise DataDirError(
-                    f"{path}/wav.scp line {lineno}: recording '{rec}': sample rate {rate} Hz, "
-                    f"expected {expected_rate} Hz ({value}); resample, e.g. `sox in.wav -r "
-                    f"{expected_rate} out.flac`"
-                )
-            if channels != 1:
-                raise DataDirError(
-                    f"{path}/wav.scp line {lineno}: recording '{rec}': {channels} channels, "
-                    f"expected mono ({value}); downmix, e.g. `sox in.wav -c 1 out.flac` (or pick a channel "
-                    f"with `remix 1`)"
-                )
-            if seconds <= 0:
-                utts_of_rec = (
-                    [rec] if segments is None
-                    else [u for u, (_, seg) in segments.items() if seg.recording == rec]
-                )
-                shown = "', '".join(utts_of_rec[:3]) + ("', ..." if len(utts_of_rec) > 3 else "'")
-                raise DataDirError(
-                    f"{path}/wav.scp line {lineno}: recording '{rec}': audio '{value}' has no "
-                    f"samples (a header only), so utterance(s) '{shown} cannot be trained or "
-                    f"scored on; re-create the file, or remove the utterance(s) from every file of "
-                    f"the data dir"
-                )
-            durations[rec] = seconds
-
-    total: Optional[float] = None
-    if segments is not None:
-        total = 0.0
-        for utt, (lineno, seg) in segments.items():
-            rec_seconds = durations.get(seg.recording)
-            if rec_seconds is not None and seg.end > rec_seconds + 0.01:
-                raise DataDirError(
-                    f"{path}/segments line {lineno}: utterance '{utt}' ends at {seg.end} s, after "
-                    f"the end of recording '{seg.recording}' ({rec_seconds:.3f} s); fix the times"
-                )
-            if seg.end == -1:
-                total = None if rec_seconds is None or total is None else total + rec_seconds - seg.start
-            elif total is not None:
-                total += seg.end - seg.start
-    elif durations and len(durations) == len(wav_scp):
-        total = sum(durations.values())
-    elif utt2dur is not None:
-        total = sum(float(v) for _, v in utt2dur.values())
-
+    durations = _check_audio(path, files, kinds, expected_rate, run_pipes) if check_audio else {}
+    _check_segment_ends(path, files, durations)
     return DataDirSummary(
         path=str(path),
-        num_utterances=len(utts),
+        num_utterances=len(files.utterances),
         num_speakers=len(speakers),
-        num_recordings=len(wav_scp),
-        total_seconds=total,
+        num_recordings=len(files.wav_scp),
+        total_seconds=_total_seconds(files, durations, utt2dur),
     )
 
 

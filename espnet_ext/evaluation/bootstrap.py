@@ -33,7 +33,11 @@ from typing import Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
-from espnet_ext.scan.labels import AMBIENT, CRITICAL, UNCERTAIN
+# The labels of a layer's error change (see the module doc); the scan's ambient/critical rule
+# (:mod:`espnet_ext.scan.labels`) uses the same ones.
+AMBIENT = "ambient"
+CRITICAL = "critical"
+UNCERTAIN = "uncertain"
 
 DEFAULT_CONFIDENCE = 0.95
 DEFAULT_SAMPLES = 1000

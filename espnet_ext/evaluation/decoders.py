@@ -1,6 +1,6 @@
-"""Hypotheses from encoder output: the scan's two scoring modes.
+"""Hypotheses from encoder output, in two scoring modes.
 
-* ``ctc_greedy`` (default for scans): batched greedy CTC; uses only the encoder and the CTC
+* ``ctc_greedy`` (the scan's default, and the federated evaluation's mode): batched greedy CTC; uses only the encoder and the CTC
   layer, so decoder layers cannot change its result and are not scanned with it.
 * ``beam``: ESPnet's joint CTC/attention beam search (``Speech2Text``'s own search on the same
   in-memory model), one utterance at a time, as stage 5 decodes.

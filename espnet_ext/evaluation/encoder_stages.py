@@ -50,16 +50,6 @@ class HiddenState:
     masks: torch.Tensor
 
 
-def _subsampling_classes() -> tuple:
-    from espnet.nets.pytorch_backend.transformer import subsampling as s
-
-    # The input layers that take and return the padding mask (those the encoders' forward
-    # lists); any other input layer is called on the features alone.
-    names = ("Conv2dSubsampling", "Conv1dSubsampling1", "Conv1dSubsampling2", "Conv1dSubsampling3",
-             "Conv2dSubsampling1", "Conv2dSubsampling2", "Conv2dSubsampling6", "Conv2dSubsampling8")
-    return tuple(getattr(s, n) for n in names if hasattr(s, n))
-
-
 #: Encoder families whose forward the stages reproduce (names as in the fallback message).
 STAGEABLE_FAMILIES = ("Conformer", "Transformer", "Branchformer", "E-Branchformer")
 
@@ -138,8 +128,10 @@ class EncoderStages:
         """Fewest feature frames an utterance needs to pass the encoder's subsampling (0: any)."""
         from espnet.nets.pytorch_backend.transformer.subsampling import check_short_utt
 
+        from espnet_ext.asr.encoder.subsampling_mask import masked_subsampling_classes
+
         embed = getattr(self.model.encoder, "embed", None)
-        if embed is None or not isinstance(embed, _subsampling_classes()):
+        if embed is None or not isinstance(embed, masked_subsampling_classes()):
             return 0
         short, limit = check_short_utt(embed, 0)
         return limit if short else 0
@@ -150,11 +142,13 @@ class EncoderStages:
         from espnet.nets.pytorch_backend.nets_utils import make_pad_mask
         from espnet.nets.pytorch_backend.transformer.subsampling import check_short_utt
 
+        from espnet_ext.asr.encoder.subsampling_mask import masked_subsampling_classes
+
         enc = self.model.encoder
         masks = (~make_pad_mask(feats_lengths)[:, None, :]).to(feats.device)
         if enc.embed is None:
             xs = feats
-        elif isinstance(enc.embed, _subsampling_classes()):
+        elif isinstance(enc.embed, masked_subsampling_classes()):
             short, limit = check_short_utt(enc.embed, feats.size(1))
             if short:
                 raise ValueError(

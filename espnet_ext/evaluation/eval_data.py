@@ -1,7 +1,8 @@
 """Evaluation sets held in memory: audio read once, references, length-sorted batches.
 
-Audio is read as ESPnet's `sound` data type reads it (soundfile, float32 in [-1, 1], mono),
-so that features and hypotheses match `espnet2.bin.asr_inference` on the same data dir.
+Audio is read as ESPnet's `sound` data type reads it (soundfile, float32 in [-1, 1], mono;
+:func:`espnet_ext.data.audio.read_recording`), so that features and hypotheses match
+`espnet2.bin.asr_inference` on the same data dir.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
-import soundfile
 
+from espnet_ext.data.audio import utterance_audio
 from espnet_ext.data.kaldi import DataDirError, KaldiDataDir
 
 
@@ -45,32 +46,6 @@ class EvalSet:
         return sum(self.num_samples) / self.sample_rate / 3600.0
 
 
-def read_recording(data_dir: Path, rec: str, path: str) -> tuple:
-    """(float32 mono samples, sampling rate) of one wav.scp entry, as ESPnet's `sound` type reads it.
-
-    Raises:
-        DataDirError: A piped command, an unreadable file, or multi-channel audio.
-    """
-    if path.rstrip().endswith("|"):
-        raise DataDirError(
-            f"{data_dir}/wav.scp: recording '{rec}' is a piped command; ESPnet's 'sound' reader "
-            "(and this scan) needs audio files: write the audio to files first"
-        )
-    try:
-        audio, rate = soundfile.read(path, dtype="float32", always_2d=False)
-    except Exception as e:  # soundfile raises RuntimeError/LibsndfileError/OSError
-        raise DataDirError(f"{data_dir}/wav.scp: recording '{rec}': cannot read {path}: {e}") from None
-    if audio.ndim != 1:
-        raise DataDirError(
-            f"{data_dir}/wav.scp: recording '{rec}' ({path}) has {audio.shape[1]} channels; "
-            "the scan needs mono audio"
-        )
-    return audio, rate
-
-
-_read_recording = read_recording  # earlier name, still imported elsewhere
-
-
 def load_eval_set(data_dir: Path, name: Optional[str] = None) -> EvalSet:
     """Read a Kaldi data dir (wav.scp, text, optional segments) and all its audio.
 
@@ -88,20 +63,9 @@ def load_eval_set(data_dir: Path, name: Optional[str] = None) -> EvalSet:
     missing = [u for u in keys if u not in d.text]
     if missing:
         raise DataDirError(f"{data_dir}/text: utterance '{missing[0]}' has no transcript")
-    recordings: Dict[str, tuple] = {}
     audio, rates = [], set()
-    for utt in keys:
-        rec = d.recording_of(utt)
-        if rec not in d.wav_scp:
-            raise DataDirError(f"{data_dir}/wav.scp: recording '{rec}' of utterance '{utt}' is missing")
-        if rec not in recordings:
-            recordings[rec] = read_recording(data_dir, rec, d.wav_scp[rec])
-        samples, rate = recordings[rec]
-        if d.segments is not None:
-            seg = d.segments[utt]
-            end = len(samples) if seg.end == -1 else int(round(seg.end * rate))
-            samples = samples[int(round(seg.start * rate)):end]
-        audio.append(np.ascontiguousarray(samples))
+    for _, samples, rate in utterance_audio(d, keys, data_dir):
+        audio.append(samples)
         rates.add(rate)
     if len(rates) > 1:
         raise DataDirError(f"{data_dir}: recordings have different sampling rates {sorted(rates)}")

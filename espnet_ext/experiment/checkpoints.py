@@ -13,17 +13,22 @@ config entries that decide the initial weights (:data:`INIT_CONFIG_KEYS`). A che
 identity differs from the run's ``config.yaml`` is from another attempt (e.g. a killed training
 re-run with another seed) and must not be used.
 
-Kept free of ESPnet imports so that read-only tools start fast.
+Also the one reader of weight files (:func:`load_state_dict_file`). Kept free of ESPnet
+imports, and of torch until weights are read, so that read-only tools start fast.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
-from typing import List, Optional, Union
+from typing import TYPE_CHECKING, Dict, List, Optional, Union
+
+from espnet_ext.utils.atomic import write_json_atomic
+
+if TYPE_CHECKING:
+    import torch
 
 CHECKPOINT_DIR = "checkpoints"
 EPOCH_FILE = re.compile(r"^(\d+)epoch\.pth$")
@@ -114,8 +119,14 @@ def init_identity(config: dict) -> dict:
             "config_sha256": hashlib.sha256(blob).hexdigest()}
 
 
+def init_param_path(init_param: str) -> str:
+    """The file of an ESPnet ``--init_param`` spec (``<file>:<src_key>:<dst_key>:<exclude>``)."""
+    # ESPnet's load_pretrained_model splits the same way.
+    return init_param.split(":", 4)[0]
+
+
 def _without_dirs(init_param: str) -> str:
-    path = init_param.split(":", 4)[0]
+    path = init_param_path(init_param)
     return Path(path).name + init_param[len(path):]
 
 
@@ -155,9 +166,7 @@ def write_identity(weights_file: Union[str, Path], identity: dict, reconstructed
     record = {"reconstructed": bool(reconstructed), **identity, "versions": _versions(),
               "python": platform.python_version(), **extra}
     path = identity_path(weights_file)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json_atomic(path, record, indent=2, sort_keys=True)
     return path
 
 
@@ -171,3 +180,64 @@ def _versions() -> dict:
         except metadata.PackageNotFoundError:
             out[dist] = None
     return out
+
+
+def _resume_file_globals():
+    """Types ESPnet's ``checkpoint.pth`` pickles besides tensors (its reporter's statistics)."""
+    import datetime
+
+    import numpy as np
+
+    types = [np.dtype, datetime.timedelta]
+    core = getattr(np, "_core", None) or getattr(np, "core")
+    types.append(core.multiarray.scalar)
+    # numpy >= 1.25 pickles dtypes by their classes (numpy.dtypes.Float64DType, ...).
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        types += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")]
+    return types
+
+
+def load_state_dict_file(path: Union[str, Path], what: str = "model file") -> Dict[str, "torch.Tensor"]:
+    """Load a state dict written by ESPnet (``*.pth``) onto the CPU, as weights only.
+
+    Nothing is unpickled beyond tensors and plain containers (``torch.load(weights_only=True)``).
+    ESPnet's resume file ``checkpoint.pth`` (model, optimizer and scheduler states, reporter
+    statistics) is read the same way, with NumPy scalars/dtypes and ``timedelta`` allowed for
+    its statistics, and its ``"model"`` entry returned.
+
+    Args:
+        path: The file.
+        what: How to name it in errors (``model file``, ``init_param file``...).
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+        ValueError: The file holds no state dict, or objects other than weights (names them).
+    """
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+        allowed = {f"{t.__module__}.{t.__qualname__}" for t in _resume_file_globals()}
+        if not unsafe or not unsafe <= allowed:
+            raise ValueError(
+                f"{path} ({what}) holds pickled objects other than weights "
+                f"({', '.join(sorted(unsafe - allowed)) or 'unknown'}); espnet_ext loads weights "
+                "only: save the model's state dict alone (torch.save(model.state_dict(), path)) "
+                "and pass that file") from None
+        with torch.serialization.safe_globals(_resume_file_globals()):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError) as e:
+        raise ValueError(f"{path} ({what}) is not a readable torch file: {e}") from None
+    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+        obj = obj["model"]  # ESPnet's checkpoint.pth (model + optimizer states)
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{path} ({what}) does not hold a model state dict")
+    return obj

@@ -37,10 +37,14 @@ import torch
 import yaml
 
 from espnet_ext.experiment import checkpoints as ckpt
-from espnet_ext.layers.reset import check_compatible, init_param_path, load_state_dict_file
+from espnet_ext.experiment.checkpoints import init_param_path, load_state_dict_file
+from espnet_ext.layers.reset import check_compatible
+from espnet_ext.utils.atomic import save_torch_atomic, write_text_atomic
 
 TRAIN_COMMAND = "python -m espnet_ext.bin.asr_train"
 RESUME_FILE = "checkpoint.pth"
+#: Training wall time in seconds, one number (the recipe driver adds each training's time).
+TRAIN_WALL_FILE = "train_wall_s.txt"
 
 #: Components that load pre-trained weights from outside the experiment when they are built
 #: (downloads or external checkpoints): a model with one is neither rebuilt nor re-sampled here.
@@ -62,6 +66,32 @@ class ExperimentError(ValueError):
 
     The message says what is missing, where, and how to get it.
     """
+
+
+def read_config_file(path: Union[str, Path]) -> dict:
+    """A training config file (config.yaml, or a copy of it) as a dict.
+
+    Raises:
+        ExperimentError: The file is not a YAML mapping.
+        FileNotFoundError: The file does not exist.
+    """
+    with open(path, encoding="utf-8") as f:
+        config = yaml.safe_load(f)
+    if not isinstance(config, dict):
+        raise ExperimentError(f"{path} is not a YAML mapping")
+    return config
+
+
+def load_weights_file(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
+    """A model file's state dict on the CPU, weights only.
+
+    Raises:
+        ExperimentError: Missing, or not a weights-only state dict.
+    """
+    try:
+        return load_state_dict_file(path)
+    except (ValueError, FileNotFoundError) as e:
+        raise ExperimentError(str(e)) from None
 
 
 def read_train_config(exp_dir: Path) -> dict:
@@ -151,11 +181,7 @@ class ExperimentDir:
                     f"(train it with stage 4 / {TRAIN_COMMAND} or python -m espnet2.bin.asr_train, "
                     "or pass a packed model with --packed_model)"
                 )
-            with open(path, encoding="utf-8") as f:
-                config = yaml.safe_load(f)
-            if not isinstance(config, dict):
-                raise ExperimentError(f"{path} is not a YAML mapping")
-            self._config = config
+            self._config = read_config_file(path)
         return self._config
 
     @property
@@ -170,6 +196,20 @@ class ExperimentDir:
     def check_config_paths(self, keys: Sequence[str] = ("bpemodel", "stats_file", "token_list")) -> None:
         """See :func:`check_config_paths`."""
         check_config_paths(self.config, self.config_path, keys)
+
+    # -- what the recipe driver records -------------------------------------------------------
+
+    @property
+    def train_wall_path(self) -> Path:
+        """``train_wall_s.txt``: the training's wall time, written by the recipe's training stage."""
+        return self.path / TRAIN_WALL_FILE
+
+    def train_wall_s(self) -> Optional[float]:
+        """Training wall time in seconds (summed over resumed trainings); None if not recorded."""
+        try:
+            return float(self.train_wall_path.read_text().split()[0])
+        except (FileNotFoundError, IndexError, ValueError):
+            return None
 
     def write_resolved_config(self, out_path: Union[str, Path]) -> Path:
         """Copy config.yaml to `out_path` with the files it names made absolute.
@@ -205,11 +245,7 @@ class ExperimentDir:
                 str(Path(init_param_path(p)).resolve()) + p[len(init_param_path(p)):]
                 if Path(init_param_path(p)).is_file() else p for p in config["init_param"]]
         out_path = Path(out_path)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out_path.with_name(out_path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            yaml.safe_dump(config, f, allow_unicode=True, sort_keys=False)
-        tmp.replace(out_path)
+        write_text_atomic(out_path, yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
         return out_path
 
     # -- model files --------------------------------------------------------------------------
@@ -250,11 +286,7 @@ class ExperimentDir:
         Raises:
             ExperimentError: Not found, or not a weights-only state dict.
         """
-        path = self.resolve_model_file(model_file)
-        try:
-            return load_state_dict_file(path)
-        except (ValueError, FileNotFoundError) as e:
-            raise ExperimentError(str(e)) from None
+        return load_weights_file(self.resolve_model_file(model_file))
 
     # -- checkpoints by tau -------------------------------------------------------------------
 
@@ -379,10 +411,7 @@ class ExperimentDir:
                                   f"({type(e).__name__}: {e}); is it the config.yaml an ESPnet "
                                   "training wrote?") from None
         try:
-            out_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out_path.with_name(out_path.name + ".tmp")
-            torch.save(state, tmp)
-            tmp.replace(out_path)
+            save_torch_atomic(state, out_path)
             ckpt.write_identity(out_path, self.init_identity(), reconstructed=True,
                                 config_file=str(self.config_path.resolve()),
                                 trained_with_espnet=trained_with or None)
@@ -558,8 +587,11 @@ def build_model(config_path: Path, state: Dict[str, torch.Tensor], state_name: s
         ArchitectureMismatchError: The weights do not match the model of the config.
         ExperimentError: An unknown decoding option.
     """
-    import espnet_ext  # noqa: F401  (registers espnet_ext's encoders before ESPnet builds)
     from espnet2.tasks.asr import ASRTask
+
+    from espnet_ext.asr.registration import register_encoders
+
+    register_encoders()  # before ESPnet builds a config naming espnet_ext's encoders
 
     speech2text = None
     if decode_options is None:

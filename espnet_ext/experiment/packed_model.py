@@ -36,7 +36,8 @@ from typing import List, Optional, Union
 import yaml
 
 from espnet_ext.experiment.experiment_dir import ExperimentDir, ExperimentError
-from espnet_ext.layers.reset import init_param_path
+from espnet_ext.experiment.checkpoints import init_param_path
+from espnet_ext.utils.atomic import write_text_atomic
 
 MARKER = ".espnet_ext_model.json"
 META = "meta.yaml"
@@ -267,10 +268,7 @@ def _write_config(src: Path, dst: Path, roots: List[Path]) -> None:
     if not isinstance(config, dict):
         raise ExperimentError(f"{src} is not a YAML mapping (an ESPnet training config)")
     config = _absolute(config, roots)
-    tmp = dst.with_name(dst.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        yaml.safe_dump(config, f, allow_unicode=True, sort_keys=False)
-    tmp.replace(dst)
+    write_text_atomic(dst, yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
 
 
 def _rebase_config(config_path: Path, old: str, new: str) -> None:
@@ -286,7 +284,4 @@ def _rebase_config(config_path: Path, old: str, new: str) -> None:
 
     with open(config_path, encoding="utf-8") as f:
         config = yaml.safe_load(f)
-    tmp = config_path.with_name(config_path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        yaml.safe_dump(walk(config), f, allow_unicode=True, sort_keys=False)
-    tmp.replace(config_path)
+    write_text_atomic(config_path, yaml.safe_dump(walk(config), allow_unicode=True, sort_keys=False))

@@ -23,17 +23,16 @@ import yaml
 from espnet2.tasks.asr import ASRTask
 from espnet2.train.trainer import Trainer
 
-# checkpoint_path and saved_epochs are re-exported for callers of this module.
-from espnet_ext.experiment.checkpoints import (  # noqa: F401
+from espnet_ext.experiment.checkpoints import (
     CHECKPOINT_DIR,
     EPOCH_FILE,
     checkpoint_path,
     identity_mismatch,
     init_identity,
     read_identity,
-    saved_epochs,
     write_identity,
 )
+from espnet_ext.utils.atomic import save_torch_atomic
 
 def _is_writer(distributed_option) -> bool:
     return not distributed_option.distributed or distributed_option.dist_rank == 0
@@ -107,10 +106,7 @@ def save_initial_weights(model: torch.nn.Module, output_dir: Path, resuming: boo
             "(python -m espnet_ext.bin.reconstruct_init) where the config allows it."
         )
         return
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, dst)
+    save_torch_atomic(state, dst)
     if identity is not None:
         write_identity(dst, identity, reconstructed=False)
     logging.info(f"Saved the initial weights (checkpoint 0) to {dst}")

@@ -28,6 +28,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 
+from espnet_ext.data.audio import utterance_audio
 from espnet_ext.federated.cost import PeakMemory, optimizer_state_factor, tensor_bytes
 
 CLIENT_OPTIMIZERS = ("sgd", "adam")
@@ -96,26 +97,14 @@ def load_utterances(data, utterances: Sequence[str],
     """(utterance id, waveform float32, transcript) of each utterance of a KaldiDataDir.
 
     Audio is read as ESPnet's ``sound`` type reads it (soundfile, float32, mono); segments are
-    cut from their recordings. `data_dir` names the data dir in error messages.
+    cut from their recordings (:func:`espnet_ext.data.audio.utterance_audio`). `data_dir` names
+    the data dir in error messages.
 
     Raises:
         DataDirError: A piped or unreadable recording, or multi-channel audio.
     """
-    from espnet_ext.evaluation.eval_data import read_recording
-
-    cache: Dict[str, Tuple[np.ndarray, int]] = {}
-    out = []
-    for utt in utterances:
-        rec = data.recording_of(utt)
-        if rec not in cache:
-            cache[rec] = read_recording(Path(data_dir), rec, data.wav_scp[rec])
-        audio, rate = cache[rec]
-        if data.segments is not None:
-            seg = data.segments[utt]
-            end = len(audio) if seg.end == -1 else int(round(seg.end * rate))
-            audio = audio[int(round(seg.start * rate)):end]
-        out.append((utt, np.ascontiguousarray(audio, dtype=np.float32), data.text[utt]))
-    return out
+    return [(utt, np.ascontiguousarray(audio, dtype=np.float32), data.text[utt])
+            for utt, audio, _ in utterance_audio(data, utterances, Path(data_dir))]
 
 
 def _optimizer(params, opts: LocalTraining) -> torch.optim.Optimizer:
@@ -182,7 +171,7 @@ class ClientRuntime:
     the adaptation data. Built once per process (per Ray worker) and cached.
 
     Args:
-        setup: The run's :class:`espnet_ext.federated.simulation.FederatedSetup`.
+        setup: The run's :class:`espnet_ext.federated.options.FederatedSetup`.
     """
 
     _cache: Dict[str, "ClientRuntime"] = {}

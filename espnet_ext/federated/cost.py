@@ -31,6 +31,7 @@ import torch
 
 from espnet_ext.federated.submodel import kept_units
 from espnet_ext.federated.units import DroppableModule
+from espnet_ext.utils.atomic import write_text_atomic
 
 
 def tensor_bytes(state: Mapping[str, torch.Tensor]) -> int:
@@ -224,9 +225,7 @@ class CostLedger:
         for r in self.rows:
             lines.append("\t".join(
                 str(getattr(r, n)).replace("\t", " ").replace("\n", " ") for n in _FIELDS))
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, "\n".join(lines) + "\n")
 
     def summary(self) -> Dict[str, float]:
         """Totals and means over successful updates (failed ones counted separately).

@@ -2,9 +2,10 @@
 
 The model is built and the audio and features are loaded once; each evaluation swaps the
 global model's tensors into the model (:class:`espnet_ext.layers.reset.WeightSwap` through the
-scan's :class:`espnet_ext.evaluation.evaluator.Evaluator`) and decodes with greedy CTC, the
-scan's fast scoring mode. Features are reused across evaluations because federated training
-changes no frontend or normalization parameters (they are fixed buffers).
+evaluation layer's :class:`espnet_ext.evaluation.evaluator.Evaluator`), decodes with greedy CTC
+(:class:`espnet_ext.evaluation.decoders.CtcGreedyDecoder`) and counts errors with
+:mod:`espnet_ext.evaluation.scoring`. Features are reused across evaluations because federated
+training changes no frontend or normalization parameters (they are fixed buffers).
 
 The final model's per-utterance error counts go to ``per_utt.tsv`` next to ``results.json``
 (:func:`write_per_utterance`): paired comparisons of runs on the same test utterances
@@ -14,13 +15,16 @@ The final model's per-utterance error counts go to ``per_utt.tsv`` next to ``res
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
 from espnet_ext.data.kaldi import kaldi_sort_key
+
+if TYPE_CHECKING:
+    from espnet_ext.evaluation.scoring import ErrorCounts
+from espnet_ext.utils.atomic import write_text_atomic
 
 Scores = Dict[str, Dict[str, float]]
 PER_UTT_FILE = "per_utt.tsv"
@@ -33,9 +37,14 @@ def per_utterance_counts(refs: Mapping[str, str], hyps: Mapping[str, str]) -> Li
     the sums give the set's WER and CER exactly); a missing hypothesis is empty."""
     from espnet_ext.evaluation.scoring import utterance_counts
 
-    words, chars = utterance_counts(refs, hyps, "word"), utterance_counts(refs, hyps, "char")
+    return _per_utterance_rows(utterance_counts(refs, hyps, "word"), utterance_counts(refs, hyps, "char"))
+
+
+def _per_utterance_rows(words: Mapping[str, "ErrorCounts"],
+                        chars: Mapping[str, "ErrorCounts"]) -> List[Tuple[str, int, int, int, int]]:
+    """:func:`per_utterance_counts` rows from each utterance's word and character counts."""
     return [(k, words[k].ref_tokens, words[k].errors, chars[k].ref_tokens, chars[k].errors)
-            for k in sorted(refs, key=kaldi_sort_key)]
+            for k in sorted(words, key=kaldi_sort_key)]
 
 
 def write_per_utterance(path: Path, counts: Mapping[str, List[Tuple[str, int, int, int, int]]]) -> Path:
@@ -45,9 +54,7 @@ def write_per_utterance(path: Path, counts: Mapping[str, List[Tuple[str, int, in
     lines = ["\t".join(PER_UTT_COLUMNS)]
     for name, rows in counts.items():
         lines += ["\t".join([name] + [str(v) for v in row]) for row in rows]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, "\n".join(lines) + "\n")
     return path
 
 
@@ -117,17 +124,21 @@ class GlobalModelEvaluator:
                  per_utt: Optional[Path] = None) -> Scores:
         """{set: {"WER": %, "CER": %}}; hypotheses written to ``<hyp_dir>/<set>/text`` and
         per-utterance error counts to `per_utt` (:func:`write_per_utterance`) if given."""
-        from espnet_ext.evaluation.scoring import score_texts
+        from espnet_ext.evaluation.scoring import score_texts, sum_counts, utterance_counts
 
         hyps = self.hypotheses(state)
         out: Scores = {}
         counts = {}
         for s in self.sets:
             h = hyps[s.name]
-            out[s.name] = {"WER": round(score_texts(s.refs, h, "word").error_rate, 2),
-                           "CER": round(score_texts(s.refs, h, "char").error_rate, 2)}
-            if per_utt is not None:
-                counts[s.name] = per_utterance_counts(s.refs, h)
+            if per_utt is None:
+                words, chars = score_texts(s.refs, h, "word"), score_texts(s.refs, h, "char")
+            else:
+                # Each utterance is aligned once: the set's totals are the sums of its rows.
+                by_word, by_char = utterance_counts(s.refs, h, "word"), utterance_counts(s.refs, h, "char")
+                counts[s.name] = _per_utterance_rows(by_word, by_char)
+                words, chars = sum_counts(by_word.values()), sum_counts(by_char.values())
+            out[s.name] = {"WER": round(words.error_rate, 2), "CER": round(chars.error_rate, 2)}
             if hyp_dir is not None:
                 path = Path(hyp_dir) / s.name / "text"
                 path.parent.mkdir(parents=True, exist_ok=True)

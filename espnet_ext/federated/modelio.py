@@ -14,9 +14,13 @@ from pathlib import Path
 from typing import Callable, Dict, Tuple
 
 import torch
-import yaml
 
-from espnet_ext.experiment.experiment_dir import ExperimentDir, ExperimentError
+from espnet_ext.experiment.experiment_dir import (
+    ExperimentDir,
+    ExperimentError,
+    load_weights_file,
+    read_config_file,
+)
 
 #: The pre-trained model or its config cannot be used for a federated run. The one error type of
 #: experiment dirs: catching either name catches both.
@@ -35,15 +39,21 @@ def resolve_train_config(exp_dir: Path, out_path: Path) -> Path:
 
 
 def read_config(config_path: Path) -> dict:
-    with open(config_path, encoding="utf-8") as f:
-        return yaml.safe_load(f)
+    """The run's copy of the training config (:func:`resolve_train_config`) as a dict.
+
+    Raises:
+        ModelSetupError: Not a YAML mapping.
+    """
+    return read_config_file(config_path)
 
 
 def build_asr_model(config_path: Path, device: str = "cpu") -> torch.nn.Module:
     """An ESPnet ASR model of a training config (initial weights; load weights after)."""
-    import espnet_ext  # noqa: F401  (registers espnet_ext's encoders before ESPnet builds)
     from espnet2.tasks.asr import ASRTask
 
+    from espnet_ext.asr.registration import register_encoders
+
+    register_encoders()  # before ESPnet builds a config naming espnet_ext's encoders
     model, _ = ASRTask.build_model_from_file(Path(config_path), None, device)
     return model
 
@@ -54,15 +64,10 @@ def load_weights(path: Path) -> Dict[str, torch.Tensor]:
     Raises:
         ModelSetupError: The file is missing or holds more than weights.
     """
-    from espnet_ext.layers.reset import load_state_dict_file
-
     path = Path(path)
     if not path.is_file():
         raise ModelSetupError(f"model file {path} not found")
-    try:
-        return load_state_dict_file(path)
-    except ValueError as e:
-        raise ModelSetupError(str(e)) from None
+    return load_weights_file(path)
 
 
 def resolve_model_file(exp_dir: Path, model_file: str) -> Path:
@@ -81,8 +86,11 @@ def build_data_pipeline(config_path: Path) -> Tuple[Callable, Callable]:
         (preprocess_fn(uid, {"speech": wav, "text": str}) -> {"speech", "text" ids},
          collate_fn([(uid, data), ...]) -> (uids, batch with *_lengths)).
     """
-    import espnet_ext  # noqa: F401
     from espnet2.tasks.asr import ASRTask
+
+    from espnet_ext.asr.registration import register_encoders
+
+    register_encoders()  # as for every ESPnet call on this config
 
     args = argparse.Namespace(**read_config(config_path))
     return ASRTask.build_preprocess_fn(args, train=True), ASRTask.build_collate_fn(args, train=True)

@@ -10,7 +10,8 @@
 * **Withheld-domain splits** for "central pre-training on domain A, federated adaptation on
   domain B": by an ``utt2<field>`` value (e.g. ``utt2condition`` = noisy), by utterance
   duration (``utt2dur``, e.g. short-form utterances below 2 s, as the source paper withheld
-  short-form data), or by a speaker list.
+  short-form data), by a speaker list, by every n-th speaker (LibriSpeech's withheld readers),
+  or by each speaker's last chapter (``utt2chapter``; the withheld readers' held-out test data).
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from espnet_ext.data.kaldi import DataDirError, KaldiDataDir, PathLike, kaldi_sort_key, write_text_atomic
+from espnet_ext.data.kaldi import DataDirError, KaldiDataDir, PathLike, kaldi_sort_key
 from espnet_ext.data.outdir import check_replaceable, is_complete, read_record, write_dir
+from espnet_ext.utils.atomic import write_text_atomic
 
-SPLIT_METHODS = ("field", "duration", "speakers")
+SPLIT_METHODS = ("field", "duration", "speakers", "every_nth_speaker", "last_chapter")
 SPLIT_TOOL = "fl_simulate split"
 
 
@@ -134,7 +136,8 @@ class DomainSplit:
     rule: str
 
     def write(self, out_dir: PathLike, central_name: str = "central",
-              withheld_name: str = "withheld", overwrite: bool = False) -> Tuple[Path, Path]:
+              withheld_name: str = "withheld", overwrite: bool = False,
+              overwrite_hint: Optional[str] = None) -> Tuple[Path, Path]:
         """Write both parts as data dirs ``<out_dir>/<central_name>``, ``<out_dir>/<withheld_name>``
         and the rule as ``<out_dir>/split_rule``.
 
@@ -148,6 +151,8 @@ class DomainSplit:
             out_dir: Parent of the two dirs (created).
             central_name, withheld_name: Names of the two dirs.
             overwrite: Replace the outputs of an earlier, different split.
+            overwrite_hint: How the caller's user asks for `overwrite` (e.g. ``--overwrite``),
+                named in the message when it is needed; None: the message says to move the dir.
 
         Returns:
             (central dir, withheld dir).
@@ -162,7 +167,7 @@ class DomainSplit:
                    for p, kind, d in parts}
         pending = [p for p, _, _ in parts if not is_complete(p, options[p])]
         for p in pending:
-            check_replaceable(p, SPLIT_TOOL, overwrite=overwrite, overwrite_hint=None)
+            check_replaceable(p, SPLIT_TOOL, overwrite=overwrite, overwrite_hint=overwrite_hint)
         rule_file = out / "split_rule"
         rule_text = self.rule + "\n"
         # split_rule carries no marker: it counts as the split's own when both dirs next to it do.
@@ -176,7 +181,7 @@ class DomainSplit:
             )
         for p, kind, d in parts:
             write_dir(p, d.write, SPLIT_TOOL, options[p], overwrite=overwrite,
-                      overwrite_hint=None)
+                      overwrite_hint=overwrite_hint)
         if not rule_file.is_file() or rule_file.read_text(encoding="utf-8") != rule_text:
             write_text_atomic(rule_file, rule_text)
         return paths
@@ -214,6 +219,46 @@ def _durations(d: KaldiDataDir, where: str) -> Dict[str, float]:
     return out
 
 
+def every_nth_speaker(data: Union[KaldiDataDir, PathLike], every: Optional[int],
+                      where: str = "data dir") -> List[str]:
+    """Speakers number `every`, 2*`every`, ... (1-based) in C byte order of speaker ids: the
+    order of ``spk2utt``, so every 5th of LibriSpeech's 251 train-clean-100 readers gives 50.
+
+    Raises:
+        PartitionError: `every` is not an integer >= 2, or the data has fewer speakers.
+    """
+    if isinstance(every, bool) or not isinstance(every, int) or every < 2:
+        raise PartitionError(f"every_nth_speaker needs every >= 2 (an integer), got {every!r}")
+    speakers = _as_data(data).speakers
+    picked = speakers[every - 1::every]
+    if not picked:
+        raise PartitionError(f"{where} has {len(speakers)} speaker(s), fewer than every={every}: lower every")
+    return picked
+
+
+def last_chapters(data: Union[KaldiDataDir, PathLike], where: str = "data dir") -> Dict[str, str]:
+    """{speaker: chapter of its last utterance in C byte order}, from ``utt2chapter``.
+
+    With LibriSpeech's ``<reader>-<chapter>-<n>`` utterance ids this is each reader's last
+    chapter in id order; its utterances are speech that the reader's other chapters (a client's training
+    data) do not contain, so they score adaptation on unseen recordings of a seen speaker.
+
+    Raises:
+        PartitionError: No ``utt2chapter``, or an utterance without a chapter.
+    """
+    d = _as_data(data)
+    if "chapter" not in d.utt_fields:
+        have = ", ".join(f"utt2{f}" for f in sorted(d.utt_fields)) or "none"
+        raise PartitionError(f"{where}: no utt2chapter file to split by (metadata files: {have})")
+    chapter = d.utt_fields["chapter"]
+    last: Dict[str, str] = {}
+    for utt in d.utterances:
+        if utt not in chapter:
+            raise PartitionError(f"{where}/utt2chapter: utterance {utt!r} has no chapter")
+        last[d.utt2spk[utt]] = chapter[utt]
+    return last
+
+
 def split_withheld_domain(
     data: Union[KaldiDataDir, PathLike],
     method: str,
@@ -222,6 +267,7 @@ def split_withheld_domain(
     max_duration: Optional[float] = None,
     min_duration: Optional[float] = None,
     speakers: Iterable[str] = (),
+    every: Optional[int] = None,
 ) -> DomainSplit:
     """Split a data dir into a central domain and a withheld domain.
 
@@ -229,12 +275,16 @@ def split_withheld_domain(
         data: The data dir (path or loaded).
         method: ``field`` (withhold utterances whose ``utt2<field>`` value is in `values`),
             ``duration`` (withhold utterances shorter than `max_duration` seconds and/or at
-            least `min_duration` seconds long) or ``speakers`` (withhold these speakers).
+            least `min_duration` seconds long), ``speakers`` (withhold these speakers),
+            ``every_nth_speaker`` (withhold every `every`-th speaker: see
+            :func:`every_nth_speaker`) or ``last_chapter`` (withhold each speaker's last
+            chapter: see :func:`last_chapters`).
         field: Metadata field for ``field``: ``condition`` reads ``utt2condition``.
         values: Withheld values for ``field``.
         max_duration: ``duration``: withhold utterances with duration < this (short-form).
         min_duration: ``duration``: withhold utterances with duration >= this (long-form).
         speakers: Withheld speaker ids for ``speakers``.
+        every: ``every_nth_speaker``: withhold speakers every-th, 2*every-th, ... (>= 2).
 
     Returns:
         The split; both parts non-empty.
@@ -278,6 +328,16 @@ def split_withheld_domain(
         if max_duration is not None:
             parts.append(f"duration < {max_duration:g} s")
         rule = " and ".join(parts)
+    elif method == "every_nth_speaker":
+        picked = every_nth_speaker(d, every, where)
+        wanted = set(picked)
+        withheld = {u for u in d.utterances if d.utt2spk[u] in wanted}
+        rule = f"speakers {every}, {2 * every}, ... in C byte order: speaker in {{{', '.join(picked)}}}"
+    elif method == "last_chapter":
+        chapters = last_chapters(d, where)
+        withheld = {u for u in d.utterances if d.utt_fields["chapter"][u] == chapters[d.utt2spk[u]]}
+        rule = ("each speaker's last chapter: utt2chapter in "
+                f"{{{', '.join(sorted(set(chapters.values()), key=kaldi_sort_key))}}}")
     else:
         wanted_spk = list(speakers)
         if not wanted_spk:

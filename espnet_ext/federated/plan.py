@@ -299,25 +299,22 @@ def read_scan_importance(scan_tsv: Path, dataset: Optional[str] = None) -> Tuple
     Raises:
         PlanError: Missing/empty file or unknown dataset.
     """
-    from espnet_ext.scan.report import REINIT, read_tsv, reference_variant
+    from espnet_ext.scan.result import ScanResult, ScanResultError, variant_title
 
-    scan_tsv = Path(scan_tsv)
-    if not scan_tsv.is_file():
-        raise PlanError(f"scan result {scan_tsv} not found; run the layer-reset scan (stage 6) first")
     try:
-        rows = read_tsv(scan_tsv)
-    except ValueError as e:
+        scan = ScanResult.load(scan_tsv)
+    except ScanResultError as e:
         raise PlanError(str(e)) from None
-    if not rows:
-        raise PlanError(f"{scan_tsv} has no rows")
-    datasets = list(dict.fromkeys(r.dataset for r in rows))
-    dataset = dataset or datasets[0]
-    if dataset not in datasets:
-        raise PlanError(f"{scan_tsv}: no rows for dataset {dataset!r}; datasets: {', '.join(datasets)}")
-    mode, value = reference_variant([r for r in rows if r.dataset == dataset])
-    chosen = [r for r in rows if r.dataset == dataset and r.mode == mode
-              and (r.tau if mode == REINIT else r.seed) == value]
-    desc = f"{scan_tsv} ({dataset}, {mode} {'tau' if mode == REINIT else 'seed'}={value})"
+    if not scan.rows:
+        raise PlanError(f"{scan.tsv_path} has no rows")
+    dataset = dataset or scan.rows[0].dataset
+    try:
+        scan.check_dataset(dataset)
+    except ScanResultError as e:
+        raise PlanError(str(e)) from None
+    mode, value = scan.reference_variant(dataset)
+    chosen = scan.reference_rows(dataset)
+    desc = f"{scan_tsv} ({dataset}, {mode} {variant_title(mode, value)})"
     return [GroupImportance(r.group, r.label, r.delta_cer) for r in chosen], desc
 
 

@@ -26,6 +26,10 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from espnet_ext.reporting.federated_figures import ClientSizeRow
+from espnet_ext.reporting.tables import fixed, markdown_table, signed
+from espnet_ext.utils.atomic import write_json_atomic, write_text_atomic
+
 MB = 1e6
 SEED_DIR = re.compile(r"^seed(\d+)$")
 METRICS = ("WER", "CER")
@@ -64,10 +68,7 @@ def write_results(out_dir: Path, setup, info, ledger, history) -> dict:
                      "failures": r.get("failures", 0), "scores": r.get("scores", {})}
                     for r in history.rows],
     }
-    path = Path(out_dir) / "results.json"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json_atomic(Path(out_dir) / "results.json", results, indent=2, sort_keys=True)
     (Path(out_dir) / "results.md").write_text(comparison_table([results]), encoding="utf-8")
     return results
 
@@ -125,14 +126,14 @@ def load_group(entry: Union[Path, Sequence[Path]]) -> List[dict]:
     return runs
 
 
-def _fmt(v, digits=2) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    return f"{v:.{digits}f}"
+def _fmt(v: Optional[float], digits: int = 2) -> str:
+    """A number for results.md (`digits` decimals); ``-`` for None/NaN."""
+    return fixed(v, digits, missing="-")
 
 
-def _signed(v, digits=2) -> str:
-    return "-" if v is None or math.isnan(v) else f"{v:+.{digits}f}"
+def _signed(v: Optional[float], digits: int = 2) -> str:
+    """A difference for results.md (sign, `digits` decimals); ``-`` for None/NaN."""
+    return signed(v, digits, missing="-")
 
 
 def aggregate(runs: Sequence[dict]) -> dict:
@@ -217,10 +218,9 @@ def comparison_table(runs: Sequence[Union[dict, Sequence[dict]]],
     head = ["model", "plan", "rounds", "client params", "MB down/update", "MB up/update",
             "MB total", "step ms", "peak RSS MB", "round s", "failed", "seeds"]
     head += [f"{s} {m}" for s in sets for m in METRICS]
-    lines = ["|" + "|".join(head) + "|", "|" + "|".join("---" for _ in head) + "|"]
     pre = groups[0][0]["scores"]["pretrained"]
-    lines.append("|" + "|".join(["pre-trained", "-", "0", "-", "-", "-", "-", "-", "-", "-", "-", "-"]
-                               + [_fmt(pre.get(s, {}).get(m)) for s in sets for m in METRICS]) + "|")
+    table = [["pre-trained", "-", "0", "-", "-", "-", "-", "-", "-", "-", "-", "-"]
+             + [_fmt(pre.get(s, {}).get(m)) for s in sets for m in METRICS]]
     for label, agg in zip(labels, aggs):
         c = agg["cost"]
         n = max(c["updates"], 1)
@@ -234,7 +234,8 @@ def comparison_table(runs: Sequence[Union[dict, Sequence[dict]]],
             ",".join(str(s) for s in agg["seeds"]),
         ]
         cells += [_score_cell(agg["final"].get(s, {}).get(m)) for s in sets for m in METRICS]
-        lines.append("|" + "|".join(cells) + "|")
+        table.append(cells)
+    lines = markdown_table(head, table, padded=False)
     if any(a["n"] > 1 for a in aggs):
         lines.append("\nRows with several seeds: WER and CER as mean ± sample standard deviation (min-max) "
                      "over the seeds; cost columns are means over the seeds.")
@@ -279,13 +280,12 @@ def differences_table(rows: Sequence[PairedRow]) -> str:
     lines = [f"Paired differences of the final models (a - b, percentage points; negative: a is better): "
              f"{100 * first.confidence:g}% paired bootstrap interval over the same test utterances "
              f"({first.resamples} resamples, resampling seed {first.seed}), each side's per-utterance errors "
-             "averaged over its seeds.\n",
-             "|a - b|set|metric|difference|interval|utterances|seeds a/b|",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        d = r.result
-        lines.append(f"|{r.a} - {r.b}|{r.set}|{r.metric}|{_signed(d.difference)}|"
-                     f"[{_signed(d.low)}, {_signed(d.high)}]|{d.utterances}|{d.seeds_a}/{d.seeds_b}|")
+             "averaged over its seeds.\n"]
+    lines += markdown_table(
+        ["a - b", "set", "metric", "difference", "interval", "utterances", "seeds a/b"],
+        [[f"{r.a} - {r.b}", r.set, r.metric, _signed(r.result.difference),
+          f"[{_signed(r.result.low)}, {_signed(r.result.high)}]", r.result.utterances,
+          f"{r.result.seeds_a}/{r.result.seeds_b}"] for r in rows], padded=False)
     return "\n".join(lines) + "\n"
 
 
@@ -352,7 +352,7 @@ def paired_differences(groups: Sequence[Sequence[dict]], labels: Sequence[str], 
 
     Returns:
         (rows, notes): the differences, and one note per pair that could not be computed (no
-        per-utterance errors, or runs scored on different utterances).
+        per-utterance errors, runs scored on different utterances, or a run not scored on a set).
     """
     from espnet_ext.federated.bootstrap import paired_bootstrap
 
@@ -366,6 +366,12 @@ def paired_differences(groups: Sequence[Sequence[dict]], labels: Sequence[str], 
             continue
         sets = [s for s in groups[i][0]["scores"]["final"] if s in groups[j][0]["scores"]["final"]]
         for s in sets:
+            unscored = [r["run_dir"] for k, side in zip((i, j), counts) for r, c in zip(groups[k], side)
+                        if s not in c]
+            if unscored:
+                notes.append(f"{labels[i]} - {labels[j]}: no paired interval on {s}: the run in {unscored[0]} "
+                             f"has no {s} scores (it was not evaluated on {s})")
+                continue
             utts = list(counts[0][0][s])
             if any(list(c[s]) != utts for side in counts for c in side):
                 notes.append(f"{labels[i]} - {labels[j]}: no paired interval on {s}: the runs were scored "
@@ -400,6 +406,26 @@ def load_labelled(run_dirs: Sequence[Union[Path, Sequence[Path]]]) -> List[List[
     return groups
 
 
+def client_size_rows(groups: Sequence[Sequence[dict]]) -> List[ClientSizeRow]:
+    """The numbers of the error-vs-client-size figure, one item per table row.
+
+    Args:
+        groups: Results dicts per table row (the seeds of one plan, or one run), each with a
+            ``label`` (:func:`load_labelled`) or else its ``run`` name.
+
+    Returns:
+        One :class:`ClientSizeRow` per row: its plan, its mean client parameter fraction and its
+        final error rates over seeds (:func:`aggregate`).
+    """
+    rows = []
+    for g in groups:
+        agg = aggregate(g)
+        rows.append(ClientSizeRow(label=g[0].get("label", g[0]["run"]), plan=agg["plan"],
+                                  params_fraction=agg["cost"]["params_fraction"], final=agg["final"],
+                                  seeds=agg["n"]))
+    return rows
+
+
 def write_comparison(run_dirs: Sequence[Union[Path, Sequence[Path]]], out: Path, plot: Optional[Path] = None,
                      resamples: int = 2000, bootstrap_seed: int = 0) -> str:
     """Combine finished runs into one markdown table written to `out`.
@@ -410,8 +436,8 @@ def write_comparison(run_dirs: Sequence[Union[Path, Sequence[Path]]], out: Path,
             seeds of one plan, labelled by their plan directory).
         out: Markdown file to write.
         plot: Optional PNG: error rate vs client model size with seed error bars, and the paired
-            differences (:func:`espnet_ext.federated.plots.plot_error_vs_client_size`), linked from
-            `out`.
+            differences (:func:`espnet_ext.reporting.federated_figures.plot_error_vs_client_size`),
+            linked from `out`.
         resamples: Bootstrap resamples of each paired difference.
         bootstrap_seed: Seed of the resampling (the same seed gives the same intervals).
 
@@ -432,12 +458,10 @@ def write_comparison(run_dirs: Sequence[Union[Path, Sequence[Path]]], out: Path,
     differences, notes = paired_differences(groups, labels, resamples, bootstrap_seed)
     table = comparison_table(groups, differences, notes)
     if plot is not None:
-        from espnet_ext.federated.plots import plot_error_vs_client_size
+        from espnet_ext.reporting.federated_figures import plot_error_vs_client_size
 
-        plot_error_vs_client_size(groups, plot, differences=differences)
+        plot_error_vs_client_size(client_size_rows(groups), groups[0][0]["scores"]["pretrained"], plot,
+                                  differences=differences)
         table += f"\n![CER vs client model size]({os.path.relpath(plot, Path(out).parent)})\n"
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(out).with_name(Path(out).name + ".tmp")
-    tmp.write_text(table, encoding="utf-8")
-    os.replace(tmp, out)
+    write_text_atomic(out, table)
     return table

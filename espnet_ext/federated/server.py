@@ -24,46 +24,44 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 
 from espnet_ext.federated.cost import CostLedger
+from espnet_ext.utils.atomic import save_torch_atomic, write_text_atomic
 
-CHECKPOINT_DIR = "checkpoints"
-_CKPT = re.compile(r"^round(\d+)\.pth$")
+ROUND_CHECKPOINT_DIR = "checkpoints"
+_ROUND_CHECKPOINT = re.compile(r"^round(\d+)\.pth$")
 logger = logging.getLogger(__name__)
 
 
-def checkpoint_path(out_dir: Path, server_round: int) -> Path:
-    return Path(out_dir) / CHECKPOINT_DIR / f"round{server_round}.pth"
+def round_checkpoint_path(out_dir: Path, server_round: int) -> Path:
+    """The global model after federated round `server_round`: ``<out_dir>/checkpoints/round<N>.pth``."""
+    return Path(out_dir) / ROUND_CHECKPOINT_DIR / f"round{server_round}.pth"
 
 
 def saved_rounds(out_dir: Path) -> List[int]:
-    """Rounds with a complete checkpoint (written atomically), ascending."""
-    d = Path(out_dir) / CHECKPOINT_DIR
+    """Rounds with a complete round checkpoint (written atomically), ascending."""
+    d = Path(out_dir) / ROUND_CHECKPOINT_DIR
     if not d.is_dir():
         return []
-    return sorted(int(m.group(1)) for p in d.iterdir() if (m := _CKPT.match(p.name)))
+    return sorted(int(m.group(1)) for p in d.iterdir() if (m := _ROUND_CHECKPOINT.match(p.name)))
 
 
-def save_checkpoint(out_dir: Path, server_round: int, state: Dict[str, torch.Tensor], keep: int) -> None:
-    """Write the global state after `server_round` atomically; keep the last `keep` ones."""
-    path = checkpoint_path(out_dir, server_round)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"round": server_round, "state": state}, tmp)
-    os.replace(tmp, path)
+def save_round_checkpoint(out_dir: Path, server_round: int, state: Dict[str, torch.Tensor], keep: int) -> None:
+    """Write the global state after `server_round` atomically; keep the last `keep` rounds' files."""
+    save_torch_atomic({"round": server_round, "state": state}, round_checkpoint_path(out_dir, server_round))
     for r in saved_rounds(out_dir)[:-keep]:
-        checkpoint_path(out_dir, r).unlink(missing_ok=True)
+        round_checkpoint_path(out_dir, r).unlink(missing_ok=True)
 
 
-def load_checkpoint(out_dir: Path, server_round: int) -> Dict[str, torch.Tensor]:
-    data = torch.load(checkpoint_path(out_dir, server_round), map_location="cpu", weights_only=True)
+def load_round_checkpoint(out_dir: Path, server_round: int) -> Dict[str, torch.Tensor]:
+    """The global state saved after `server_round` (:func:`save_round_checkpoint`)."""
+    data = torch.load(round_checkpoint_path(out_dir, server_round), map_location="cpu", weights_only=True)
     return data["state"]
 
 
@@ -89,9 +87,7 @@ class History:
         self.save()
 
     def save(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in self.rows), encoding="utf-8")
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.rows))
 
     def row(self, server_round: int) -> Optional[dict]:
         return next((r for r in self.rows if r["round"] == server_round), None)
@@ -128,6 +124,98 @@ def map_nodes_to_clients(grid, nodes: List[int], timeout: float) -> Dict[int, in
     return node_of_client
 
 
+def connect_clients(grid, num_clients: int, timeout: float) -> Dict[int, int]:
+    """Wait for a node per client and learn which node runs which client.
+
+    Returns:
+        Client index (partition id) -> node id.
+
+    Raises:
+        TimeoutError: Fewer nodes than clients after the wait.
+        RuntimeError: A node that does not report its client, or a client no node reported.
+    """
+    nodes = wait_for_nodes(grid, num_clients)
+    node_of_client = map_nodes_to_clients(grid, nodes, timeout)
+    missing = [c for c in range(num_clients) if c not in node_of_client]
+    if missing:
+        raise RuntimeError(f"no node reported client {missing[0]}")
+    return node_of_client
+
+
+def resume_point(out_dir: Path, rounds: int, initial: Dict[str, torch.Tensor]) -> Tuple[int, Dict[str, torch.Tensor]]:
+    """(last finished round, global state after it): the newest round checkpoint of at most
+    `rounds`, or (0, copies of `initial`) for a new run."""
+    done = [r for r in saved_rounds(out_dir) if r <= rounds]
+    if not done:
+        return 0, {k: v.clone() for k, v in initial.items()}
+    logger.info(f"resuming after round {done[-1]} from {round_checkpoint_path(out_dir, done[-1])}")
+    return done[-1], load_round_checkpoint(out_dir, done[-1])
+
+
+def _evaluate_pretrained(evaluator, history: History, state: Dict[str, torch.Tensor], out_dir: Path) -> None:
+    """History row 0: the pre-trained model's scores (once per run directory)."""
+    if history.row(0) is not None:
+        return
+    t0 = time.perf_counter()
+    scores = evaluator.evaluate(state, Path(out_dir) / "decode" / "round0") if evaluator else {}
+    history.add({"round": 0, "seconds": 0.0, "eval_seconds": time.perf_counter() - t0, "scores": scores})
+
+
+def _train_round(strategy, grid, server_round: int, state: Dict[str, torch.Tensor],
+                 timeout: float) -> Tuple[Dict[str, torch.Tensor], Optional[Mapping[str, float]]]:
+    """One round of client training and merging: (new global state, round metrics or None).
+
+    A round without any client update keeps `state` and has no metrics.
+    """
+    from flwr.app import ArrayRecord, ConfigRecord
+
+    messages = strategy.configure_train(server_round, ArrayRecord(torch_state_dict=state), ConfigRecord(), grid)
+    replies = grid.send_and_receive(messages, timeout=timeout)
+    arrays, metrics = strategy.aggregate_train(server_round, replies)
+    return (arrays.to_torch_state_dict() if arrays is not None else state), metrics
+
+
+def _evaluate_round(evaluator, setup, server_round: int, state: Dict[str, torch.Tensor]) -> Tuple[dict, float]:
+    """(scores, seconds) of the global model after `server_round`: every ``eval_every`` rounds
+    and after the last (which also writes its hypotheses and ``per_utt.tsv``); ({}, 0) otherwise."""
+    from espnet_ext.federated.evaluate import PER_UTT_FILE
+
+    last = server_round == setup.rounds
+    if not evaluator or not (last or (setup.eval_every and server_round % setup.eval_every == 0)):
+        return {}, 0.0
+    out = Path(setup.out_dir)
+    t0 = time.perf_counter()
+    scores = (evaluator.evaluate(state, out / "decode" / f"round{server_round}", out / PER_UTT_FILE)
+              if last else evaluator.evaluate(state))
+    return scores, time.perf_counter() - t0
+
+
+def _round_row(server_round: int, seconds: float, eval_seconds: float, metrics: Optional[Mapping[str, float]],
+               costs, scores: dict) -> dict:
+    """A round's ``history.jsonl`` row (seconds: wall time of training and merging)."""
+    return {
+        "round": server_round, "seconds": seconds, "eval_seconds": eval_seconds,
+        "loss": float(metrics["loss"]) if metrics is not None else float("nan"),
+        "clients": int(metrics["clients"]) if metrics is not None else 0,
+        "failures": sum(1 for c in costs if c.failed),
+        "scores": scores,
+    }
+
+
+def _log_round(setup, row: dict) -> None:
+    """Without a progress bar (recipe stages, logs), one line per round shows progress instead."""
+    scores = " ".join(f"{name} CER {s['CER']:.2f}" for name, s in row["scores"].items())
+    logger.info(f"round {row['round']}/{setup.rounds} ({setup.plan.name}): loss {row['loss']:.3g}, "
+                f"{row['failures']} failed, {row['seconds']:.1f} s {scores}".rstrip())
+
+
+def _save_final_model(out_dir: Path, pretrained: Dict[str, torch.Tensor], state: Dict[str, torch.Tensor]) -> None:
+    """``model.pth``: the full ESPnet state dict, the federated entries replaced by `state`."""
+    final = {k: v.clone() for k, v in pretrained.items()}
+    final.update(state)
+    save_torch_atomic(final, Path(out_dir) / "model.pth")
+
+
 def run_server(grid, setup) -> dict:
     """Run (or resume) the federated rounds of `setup` on a Flower grid.
 
@@ -138,7 +226,6 @@ def run_server(grid, setup) -> dict:
     Returns:
         The results dict (also written to ``results.json``).
     """
-    from flwr.app import ArrayRecord, ConfigRecord
     from tqdm import tqdm
 
     from espnet_ext.federated.evaluate import PER_UTT_FILE, GlobalModelEvaluator
@@ -156,34 +243,17 @@ def run_server(grid, setup) -> dict:
     setup.plan.validate(info)
     clients = speaker_clients(setup.adapt_data, setup.min_utts)
     sampler = ClientSampler(len(clients), setup.clients_per_round, setup.seed)
+    node_of_client = connect_clients(grid, len(clients), setup.round_timeout)
 
-    nodes = wait_for_nodes(grid, len(clients))
-    node_of_client = map_nodes_to_clients(grid, nodes, setup.round_timeout)
-    missing = [c for c in range(len(clients)) if c not in node_of_client]
-    if missing:
-        raise RuntimeError(f"no node reported client {missing[0]}")
-
-    done = [r for r in saved_rounds(out) if r <= setup.rounds]
-    start = done[-1] if done else 0
-    state = (load_checkpoint(out, start) if start else
-             {k: pretrained[k].clone() for k in info.sent_keys})
-    if start:
-        logger.info(f"resuming after round {start} from {checkpoint_path(out, start)}")
+    sent_pretrained = {k: pretrained[k] for k in info.sent_keys}
+    start, state = resume_point(out, setup.rounds, sent_pretrained)
     ledger = CostLedger(out / "costs.tsv")
     ledger.truncate_after(start)
     history = History(out / "history.jsonl")
     history.truncate_after(start)
-
-    evaluator = None
-    if setup.eval_data:
-        evaluator = GlobalModelEvaluator(setup.config_path, pretrained, setup.eval_data,
-                                         setup.device, setup.eval_batch_size)
-    if history.row(0) is None:
-        t0 = time.perf_counter()
-        scores = evaluator.evaluate({k: pretrained[k] for k in info.sent_keys},
-                                    out / "decode" / "round0") if evaluator else {}
-        history.add({"round": 0, "seconds": 0.0, "eval_seconds": time.perf_counter() - t0,
-                     "scores": scores})
+    evaluator = (GlobalModelEvaluator(setup.config_path, pretrained, setup.eval_data, setup.device,
+                                      setup.eval_batch_size) if setup.eval_data else None)
+    _evaluate_pretrained(evaluator, history, sent_pretrained, out)
 
     strategy = FederatedDropoutFedAvg(info, setup.plan, clients, sampler, node_of_client,
                                       seed=setup.seed, server_lr=setup.server_lr)
@@ -192,46 +262,21 @@ def run_server(grid, setup) -> dict:
                unit="round", disable=not setup.progress)
     for server_round in range(start + 1, setup.rounds + 1):
         t0 = time.perf_counter()
-        messages = strategy.configure_train(server_round, ArrayRecord(torch_state_dict=state),
-                                            ConfigRecord(), grid)
-        replies = grid.send_and_receive(messages, timeout=setup.round_timeout)
-        arrays, metrics = strategy.aggregate_train(server_round, replies)
-        if arrays is not None:
-            state = arrays.to_torch_state_dict()
+        state, metrics = _train_round(strategy, grid, server_round, state, setup.round_timeout)
         seconds = time.perf_counter() - t0
         ledger.add(strategy.last_costs)
         ledger.save()
-        last = server_round == setup.rounds
-        scores, eval_seconds = {}, 0.0
-        if evaluator and (last or (setup.eval_every and server_round % setup.eval_every == 0)):
-            t1 = time.perf_counter()
-            scores = (evaluator.evaluate(state, out / "decode" / f"round{server_round}", out / PER_UTT_FILE)
-                      if last else evaluator.evaluate(state))
-            eval_seconds = time.perf_counter() - t1
-        history.add({
-            "round": server_round, "seconds": seconds, "eval_seconds": eval_seconds,
-            "loss": float(metrics["loss"]) if metrics is not None else float("nan"),
-            "clients": int(metrics["clients"]) if metrics is not None else 0,
-            "failures": sum(1 for c in strategy.last_costs if c.failed),
-            "scores": scores,
-        })
-        save_checkpoint(out, server_round, state, setup.keep_checkpoints)
+        scores, eval_seconds = _evaluate_round(evaluator, setup, server_round, state)
+        history.add(_round_row(server_round, seconds, eval_seconds, metrics, strategy.last_costs, scores))
+        save_round_checkpoint(out, server_round, state, setup.keep_checkpoints)
         row = history.row(server_round)
         bar.set_postfix(loss=f"{row['loss']:.3g}", failed=row["failures"])
         bar.update(1)
         if not setup.progress:
-            # Without a bar (recipe stages, logs), one line per round shows progress instead.
-            done = " ".join(f"{name} CER {s['CER']:.2f}" for name, s in scores.items())
-            logger.info(f"round {server_round}/{setup.rounds} ({setup.plan.name}): loss {row['loss']:.3g}, "
-                        f"{row['failures']} failed, {seconds:.1f} s {done}".rstrip())
+            _log_round(setup, row)
     bar.close()
     if evaluator and not (out / PER_UTT_FILE).is_file():
         # A run finished before per-utterance counts were kept gets them from its final model.
         evaluator.evaluate(state, per_utt=out / PER_UTT_FILE)
-
-    final = {k: v.clone() for k, v in pretrained.items()}
-    final.update(state)
-    tmp = out / "model.pth.tmp"
-    torch.save(final, tmp)
-    os.replace(tmp, out / "model.pth")
+    _save_final_model(out, pretrained, state)
     return write_results(out, setup, info, ledger, history)

@@ -24,10 +24,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import tempfile
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from espnet_ext.federated.options import FederatedSetup, OptionsError, check_same_run
 from espnet_ext.federated.plan import (
@@ -41,6 +40,7 @@ from espnet_ext.federated.plan import (
     uniform_plan,
 )
 from espnet_ext.federated.units import UNIT_KINDS
+from espnet_ext.utils.atomic import atomic_output, write_json_atomic
 
 logger = logging.getLogger(__name__)
 RUN_FILE = "run.json"
@@ -96,7 +96,7 @@ def make_plan(kind: str, info: ModelInfo, rate: float = 0.0, scan_tsv: Optional[
 
 def prepare_run(exp_dir: Path, model_file: str, adapt_data: Path,
                 eval_data: Sequence[Tuple[str, Path]], out_dir: Path, plan: DropoutPlan,
-                **options) -> FederatedSetup:
+                *, check_rates: bool = True, **options) -> FederatedSetup:
     """Create the run directory (config copy with absolute paths, plan) and the setup.
 
     Args:
@@ -106,40 +106,60 @@ def prepare_run(exp_dir: Path, model_file: str, adapt_data: Path,
         eval_data: (name, data dir) pairs to score.
         out_dir: Run directory.
         plan: The dropout plan (:func:`make_plan`).
+        check_rates: Check the audio's sample rate against the model's (False where the caller
+            already checked these data dirs, e.g. :func:`run_plans` once for all its runs).
         **options: Further :class:`FederatedSetup` fields (rounds, clients_per_round, local, ...).
 
     Raises:
         OptionsError / ModelSetupError / DataDirError: Bad options, model or data.
     """
-    from espnet_ext.data.validate import validate_data_dir
     from espnet_ext.federated.modelio import resolve_model_file, resolve_train_config
 
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    for _, d in [("adapt", adapt_data)] + list(eval_data):
-        validate_data_dir(Path(d), expected_rate=None)
+    data_dirs = [adapt_data] + [d for _, d in eval_data]
+    check_data_dirs(data_dirs)
     # Nothing in out_dir is replaced before the options are known to fit the run stored there.
-    staged = resolve_train_config(Path(exp_dir), out_dir / ".config.yaml.new")
-    setup = FederatedSetup(
-        out_dir=out_dir, config_path=out_dir / "config.yaml",
-        model_file=resolve_model_file(Path(exp_dir), model_file),
-        adapt_data=Path(adapt_data).resolve(),
-        eval_data=tuple((n, Path(p).resolve()) for n, p in eval_data),
-        plan=plan, **options)
-    try:
-        from espnet_ext.data.audio import check_sample_rate
-
-        for _, d in [("adapt", adapt_data)] + list(eval_data):  # before any client count check
-            check_sample_rate(Path(d), staged, str(Path(exp_dir) / "config.yaml"))
+    with atomic_output(out_dir / "config.yaml") as staged:
+        resolve_train_config(Path(exp_dir), staged)
+        setup = FederatedSetup(
+            out_dir=out_dir, config_path=out_dir / "config.yaml",
+            model_file=resolve_model_file(Path(exp_dir), model_file),
+            adapt_data=Path(adapt_data).resolve(),
+            eval_data=tuple((n, Path(p).resolve()) for n, p in eval_data),
+            plan=plan, **options)
+        if check_rates:  # before any client count check
+            check_sample_rates(exp_dir, staged, data_dirs)
         setup.validate()
         _check_clients(setup)
         _check_stored_run(setup)
-    except BaseException:
-        staged.unlink(missing_ok=True)
-        raise
-    os.replace(staged, setup.config_path)
     plan.write(out_dir / "plan.json")
     return setup
+
+
+def check_data_dirs(data_dirs: Sequence[Path]) -> None:
+    """Stop unless every data dir is a valid Kaldi data dir (any sample rate).
+
+    Raises:
+        DataDirError: Names the data dir and what is wrong.
+    """
+    from espnet_ext.data.validate import validate_data_dir
+
+    for d in data_dirs:
+        validate_data_dir(Path(d), expected_rate=None)
+
+
+def check_sample_rates(exp_dir: Path, config_path: Path, data_dirs: Sequence[Path]) -> None:
+    """Stop unless the audio of every data dir is at the sample rate (Hz) of the model that
+    `config_path` (the run's copy of `exp_dir`'s config) builds.
+
+    Raises:
+        DataDirError: Audio at another rate (naming the data dir, both rates and how to resample).
+    """
+    from espnet_ext.data.audio import check_sample_rate
+
+    for d in data_dirs:
+        check_sample_rate(Path(d), config_path, str(Path(exp_dir) / "config.yaml"))
 
 
 def model_info(config_path: Path) -> ModelInfo:
@@ -166,9 +186,7 @@ def _check_stored_run(setup: FederatedSetup) -> None:
 def _record_run(setup: FederatedSetup) -> None:
     _check_stored_run(setup)
     path = setup.out_dir / RUN_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(setup.to_json(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json_atomic(path, setup.to_json(), indent=2, sort_keys=True)
 
 
 def run_federated(setup: FederatedSetup, ray_address: Optional[str] = None) -> dict:
@@ -304,6 +322,70 @@ def run_dirs_of(out_dir: Path, plans: Sequence[str], seeds: Optional[Sequence[in
     return [[out_dir / kind / f"seed{s}" for s in seeds] for kind in plans]
 
 
+def _checked_seeds(plans: Sequence[str], seeds: Optional[Sequence[int]], options: Mapping[str, object],
+                   bootstrap_resamples: int) -> Optional[List[int]]:
+    """`seeds` as a list (None stays None) once the plan kinds, seeds and resamples are valid.
+
+    Raises:
+        OptionsError: No or repeated plan kinds, bad or repeated seeds, ``seed`` and `seeds`
+            both given, or too few resamples.
+    """
+    from espnet_ext.evaluation.bootstrap import MIN_SAMPLES
+
+    if not plans:
+        raise OptionsError("no plan to run: give at least one of none, uniform, targeted, file")
+    if len(set(plans)) != len(plans):
+        raise OptionsError(f"each plan once, got {list(plans)}")
+    if bootstrap_resamples < MIN_SAMPLES:
+        raise OptionsError(f"--bootstrap_resamples must be >= {MIN_SAMPLES} for a percentile interval, "
+                           f"got {bootstrap_resamples}")
+    if seeds is None:
+        return None
+    seeds = list(seeds)
+    if "seed" in options:
+        raise OptionsError("give one seed (--seed) or several (--seeds), not both")
+    if not seeds:
+        raise OptionsError("--seeds is empty: give at least one seed, e.g. --seeds 1,2,3")
+    bad = [s for s in seeds if not isinstance(s, int) or s < 0]
+    if bad:
+        raise OptionsError(f"seeds must be non-negative integers, got {bad[0]!r}")
+    if len(set(seeds)) != len(seeds):
+        raise OptionsError(f"each seed once, got {seeds}")
+    return seeds
+
+
+def build_plans(kinds: Sequence[str], info: ModelInfo, match_cost: Optional[str] = "params",
+                **plan_options) -> Dict[str, DropoutPlan]:
+    """The dropout plan of each kind (:func:`make_plan`); with `match_cost` and a scan,
+    ``uniform`` matches the ``targeted`` plan's client cost in that metric.
+
+    Args:
+        kinds: Plan kinds (``none``, ``uniform``, ``targeted``, ``file``).
+        info: The model.
+        match_cost: ``params``, ``bytes`` or None (``uniform`` uses ``rate``).
+        **plan_options: :func:`make_plan` arguments shared by every kind.
+    """
+    plans: Dict[str, DropoutPlan] = {}
+    if "uniform" in kinds and match_cost and plan_options.get("scan_tsv") is not None:
+        plans["targeted"] = make_plan("targeted", info, **plan_options)
+        plans["uniform"] = make_plan("uniform", info, match_plan=plans["targeted"],
+                                     match_metric=match_cost, **plan_options)
+    for kind in kinds:
+        if kind not in plans:
+            plans[kind] = make_plan(kind, info, **plan_options)
+    return {kind: plans[kind] for kind in kinds}
+
+
+def _no_update_error(idle: Sequence[Tuple[FederatedSetup, dict]], table_path: Path) -> NoUpdateError:
+    """The error for runs that merged no client update (the first one named)."""
+    setup, results = idle[0]
+    return NoUpdateError(
+        f"{len(idle)} run(s) merged no client update: {setup.out_dir} had no client update in any "
+        f"of its {results['rounds']} rounds ({results['cost']['failures']} client updates failed); "
+        "global model unchanged. Recorded in its results.json (rounds_with_updates: 0) and in "
+        f"{table_path}; lower --failure_prob or see the reasons in its costs.tsv")
+
+
 def run_plans(exp_dir: Path, model_file: str, adapt_data: Path,
               eval_data: Sequence[Tuple[str, Path]], out_dir: Path, plans: Sequence[str],
               rate: float = 0.0, scan_tsv: Optional[Path] = None, scan_dataset: Optional[str] = None,
@@ -342,49 +424,28 @@ def run_plans(exp_dir: Path, model_file: str, adapt_data: Path,
             client update in any round (e.g. every client failed); the table records it.
     """
     from espnet_ext.federated.modelio import resolve_train_config
-    from espnet_ext.evaluation.bootstrap import MIN_SAMPLES
     from espnet_ext.federated.results import rounds_with_updates, write_comparison
 
-    if not plans:
-        raise OptionsError("no plan to run: give at least one of none, uniform, targeted, file")
-    if len(set(plans)) != len(plans):
-        raise OptionsError(f"each plan once, got {list(plans)}")
-    if bootstrap_resamples < MIN_SAMPLES:
-        raise OptionsError(f"--bootstrap_resamples must be >= {MIN_SAMPLES} for a percentile interval, "
-                           f"got {bootstrap_resamples}")
-    if seeds is not None:
-        seeds = list(seeds)
-        if "seed" in options:
-            raise OptionsError("give one seed (--seed) or several (--seeds), not both")
-        if not seeds:
-            raise OptionsError("--seeds is empty: give at least one seed, e.g. --seeds 1,2,3")
-        bad = [s for s in seeds if not isinstance(s, int) or s < 0]
-        if bad:
-            raise OptionsError(f"seeds must be non-negative integers, got {bad[0]!r}")
-        if len(set(seeds)) != len(seeds):
-            raise OptionsError(f"each seed once, got {seeds}")
+    seeds = _checked_seeds(plans, seeds, options, bootstrap_resamples)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    info = model_info(resolve_train_config(Path(exp_dir), out_dir / "config.yaml"))
-    common = dict(rate=rate, scan_tsv=scan_tsv, scan_dataset=scan_dataset, target_mode=target_mode,
-                  unit_kinds=unit_kinds, group_norm_policy=group_norm_policy, plan_file=plan_file,
-                  uniform_stacks=uniform_stacks)
-    built: Dict[str, DropoutPlan] = {}
-    if "uniform" in plans and match_cost and scan_tsv is not None:
-        built["targeted"] = make_plan("targeted", info, **common)
-        built["uniform"] = make_plan("uniform", info, match_plan=built["targeted"],
-                                     match_metric=match_cost, **common)
-    for kind in plans:
-        if kind not in built:
-            built[kind] = make_plan(kind, info, **common)
+    config_path = resolve_train_config(Path(exp_dir), out_dir / "config.yaml")
+    info = model_info(config_path)
+    built = build_plans(plans, info, match_cost, rate=rate, scan_tsv=scan_tsv, scan_dataset=scan_dataset,
+                        target_mode=target_mode, unit_kinds=unit_kinds, group_norm_policy=group_norm_policy,
+                        plan_file=plan_file, uniform_stacks=uniform_stacks)
     groups = run_dirs_of(out_dir, plans, seeds)
+    # The data dirs are the same for every run: their audio is read for its rate once.
+    data_dirs = [adapt_data] + [d for _, d in eval_data]
+    check_data_dirs(data_dirs)
+    check_sample_rates(exp_dir, config_path, data_dirs)
     # Every run directory is prepared (and checked against what it holds) before any runs.
     setups = []
     for k in range(len(seeds) if seeds is not None else 1):
         for kind, dirs in zip(plans, groups):
             extra = {"seed": seeds[k]} if seeds is not None else {}
             setups.append(prepare_run(exp_dir, model_file, adapt_data, eval_data, dirs[k], built[kind],
-                                      **options, **extra))
+                                      check_rates=False, **options, **extra))
     idle = []
     for setup in setups:
         logger.info(f"plan {setup.plan.name}, seed {setup.seed}: {setup.plan.note}; per client "
@@ -395,10 +456,5 @@ def run_plans(exp_dir: Path, model_file: str, adapt_data: Path,
     # Exactly the runs of this call, not other seed<N>/ runs an earlier call left in a plan dir.
     table = write_comparison(groups, out_dir / "results.md", resamples=bootstrap_resamples)
     if idle:
-        setup, results = idle[0]
-        raise NoUpdateError(
-            f"{len(idle)} run(s) merged no client update: {setup.out_dir} had no client update in any "
-            f"of its {results['rounds']} rounds ({results['cost']['failures']} client updates failed); "
-            "global model unchanged. Recorded in its results.json (rounds_with_updates: 0) and in "
-            f"{out_dir / 'results.md'}; lower --failure_prob or see the reasons in its costs.tsv")
+        raise _no_update_error(idle, out_dir / "results.md")
     return table

@@ -44,11 +44,34 @@ class ClientFailureError(RuntimeError):
 
 @dataclasses.dataclass
 class _Sent:
+    """What the server sent one client (kept until its reply, to check and merge it)."""
+
     client: int
     index_map: IndexMap
     shapes: Dict[str, Tuple[int, ...]]
     bytes_down: int
     params: int
+
+
+@dataclasses.dataclass
+class _Update:
+    """One client's accepted update: its trained sub-model and how much it counts."""
+
+    client: int
+    state: Dict[str, torch.Tensor]
+    index_map: IndexMap
+    examples: float
+    loss: float
+
+
+def _mean_loss(updates: Sequence[_Update]) -> float:
+    """Example-weighted mean of the clients' finite losses (NaN when none is finite)."""
+    weights = np.array([u.examples for u in updates])
+    losses = np.array([u.loss for u in updates])
+    finite = np.isfinite(losses)
+    if not finite.any():
+        return float("nan")
+    return float((weights[finite] * losses[finite]).sum() / weights[finite].sum())
 
 
 def submodel_rng(seed: int, server_round: int, client: int) -> np.random.Generator:
@@ -104,14 +127,14 @@ class FederatedDropoutFedAvg(FedAvg):
         self.last_round = server_round
         messages = []
         for c in self.sampler.sample(server_round):
-            sub = choose_submodel(self.info.modules, self.module_rates,
-                                  submodel_rng(self.seed, server_round, c), self.plan.group_norm_policy)
-            small, imap = extract_submodel(self._global, sub)
+            layout = choose_submodel(self.info.modules, self.module_rates,
+                                     submodel_rng(self.seed, server_round, c), self.plan.group_norm_policy)
+            small, imap = extract_submodel(self._global, layout)
             params = sum(small[k].numel() for k in self.info.param_keys if k in small)
             cfg = ConfigRecord(dict(config))
             cfg["server-round"] = server_round
             cfg["client-index"] = c
-            cfg["structure"] = json.dumps(sub.structure(), sort_keys=True)
+            cfg["structure"] = json.dumps(layout.structure(), sort_keys=True)
             node = self.node_of_client[c]
             messages.append(Message(
                 RecordDict({self.arrayrecord_key: ArrayRecord(torch_state_dict=small),
@@ -134,60 +157,61 @@ class FederatedDropoutFedAvg(FedAvg):
                           params_trained=sent.params, params_full=self.num_params,
                           bytes_down=sent.bytes_down, failed=True, reason=reason[:500])
 
+    def _read_reply(self, sent: _Sent, msg: Message, server_round: int) -> Tuple[ClientCost, Optional[_Update]]:
+        """A client's cost, and its update if the reply is usable (else the cost says why not)."""
+        if msg.has_error():
+            return self._failed(sent, server_round, str(msg.error.reason)), None
+        state = msg.content[self.arrayrecord_key].to_torch_state_dict()
+        metrics = msg.content["metrics"]
+        shapes = {k: tuple(v.shape) for k, v in state.items()}
+        if shapes != sent.shapes:
+            wrong = next((k for k in sent.shapes if shapes.get(k) != sent.shapes[k]),
+                         next(iter(set(shapes) - set(sent.shapes)), "?"))
+            return self._failed(sent, server_round,
+                                f"returned tensors do not match what was sent (at {wrong})"), None
+        examples = int(metrics["num-examples"])
+        if examples <= 0:
+            return self._failed(sent, server_round, "reported no training examples"), None
+        cost = ClientCost(
+            server_round, sent.client, self.clients[sent.client].speaker, num_examples=examples,
+            params_trained=int(metrics["params-trained"]), params_full=self.num_params,
+            bytes_down=sent.bytes_down, bytes_up=tensor_bytes(state), steps=int(metrics["steps"]),
+            train_seconds=float(metrics["train-seconds"]),
+            step_seconds=float(metrics["step-seconds"]),
+            peak_rss_bytes=int(metrics["peak-rss-bytes"]),
+            peak_device_bytes=int(metrics["peak-device-bytes"]),
+            model_state_bytes=int(metrics["model-state-bytes"]), loss=float(metrics["loss"]))
+        return cost, _Update(sent.client, state, sent.index_map, float(examples), float(metrics["loss"]))
+
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> Tuple[Optional[ArrayRecord], Optional[MetricRecord]]:
         """Merge the sub-models of the clients that replied; record every client's cost."""
         costs: List[ClientCost] = []
-        done: List[Tuple[int, Dict[str, torch.Tensor], IndexMap, float, float]] = []
+        updates: List[_Update] = []
         for msg in replies:
             sent = self._pending.pop(msg.metadata.src_node_id, None)
             if sent is None:
                 logger.warning(f"round {server_round}: ignoring a reply from unknown node "
                                f"{msg.metadata.src_node_id}")
                 continue
-            if msg.has_error():
-                costs.append(self._failed(sent, server_round, str(msg.error.reason)))
-                continue
-            state = msg.content[self.arrayrecord_key].to_torch_state_dict()
-            metrics = msg.content["metrics"]
-            shapes = {k: tuple(v.shape) for k, v in state.items()}
-            if shapes != sent.shapes:
-                wrong = next((k for k in sent.shapes if shapes.get(k) != sent.shapes[k]),
-                             next(iter(set(shapes) - set(sent.shapes)), "?"))
-                costs.append(self._failed(sent, server_round,
-                                          f"returned tensors do not match what was sent (at {wrong})"))
-                continue
-            examples = int(metrics["num-examples"])
-            if examples <= 0:
-                costs.append(self._failed(sent, server_round, "reported no training examples"))
-                continue
-            done.append((sent.client, state, sent.index_map, float(examples), float(metrics["loss"])))
-            costs.append(ClientCost(
-                server_round, sent.client, self.clients[sent.client].speaker, num_examples=examples,
-                params_trained=int(metrics["params-trained"]), params_full=self.num_params,
-                bytes_down=sent.bytes_down, bytes_up=tensor_bytes(state), steps=int(metrics["steps"]),
-                train_seconds=float(metrics["train-seconds"]),
-                step_seconds=float(metrics["step-seconds"]),
-                peak_rss_bytes=int(metrics["peak-rss-bytes"]),
-                peak_device_bytes=int(metrics["peak-device-bytes"]),
-                model_state_bytes=int(metrics["model-state-bytes"]), loss=float(metrics["loss"])))
+            cost, update = self._read_reply(sent, msg, server_round)
+            costs.append(cost)
+            if update is not None:
+                updates.append(update)
         for sent in self._pending.values():
             costs.append(self._failed(sent, server_round, "no reply before the round's timeout"))
         self._pending = {}
         self.last_costs = sorted(costs, key=lambda c: c.client)
-        if not done:
+        if not updates:
             failures = [c.reason for c in costs]
             if failures and not any(r.startswith(INJECTED_FAILURE) for r in failures):
                 raise ClientFailureError(
                     f"round {server_round}: all {len(failures)} clients failed; first error: {failures[0]}")
             logger.warning(f"round {server_round}: no client update; the global model is unchanged")
             return None, None
-        done.sort(key=lambda d: d[0])  # merge in client order: independent of reply order
-        new = merge_update(self._global, [d[1] for d in done], [d[2] for d in done],
-                           [d[3] for d in done], server_lr=self.server_lr)
-        weights = np.array([d[3] for d in done])
-        losses = np.array([d[4] for d in done])
-        finite = np.isfinite(losses)
-        loss = float((weights[finite] * losses[finite]).sum() / weights[finite].sum()) if finite.any() else float("nan")
-        metrics = MetricRecord({"loss": loss, "clients": len(done), "failures": len(costs) - len(done)})
+        updates.sort(key=lambda u: u.client)  # merge in client order: independent of reply order
+        new = merge_update(self._global, [u.state for u in updates], [u.index_map for u in updates],
+                           [u.examples for u in updates], server_lr=self.server_lr)
+        metrics = MetricRecord({"loss": _mean_loss(updates), "clients": len(updates),
+                                "failures": len(costs) - len(updates)})
         return ArrayRecord(torch_state_dict=new), metrics

@@ -3,10 +3,11 @@
 A client's sub-model keeps a random subset of the units (feed-forward hidden units, attention
 heads, convolution channels, cgMLP channels, (E-)Branchformer merge channels; see
 :mod:`espnet_ext.federated.units`) of every module with a positive dropout rate, chosen afresh
-per client and round with a seeded generator (Caldas et al. 2018; one rate per layer group as in Guliani et al. 2022). Rates are per module here; the
-plan (:mod:`espnet_ext.federated.plan`) turns per-group rates into per-module rates.
+per client and round with a seeded generator (Caldas et al. 2018; one rate per layer group as in
+Guliani et al. 2022). Rates are per module here; the dropout plan
+(:class:`espnet_ext.federated.plan.DropoutPlan`) turns per-group rates into per-module rates.
 
-* :func:`choose_submodel` draws the kept units -> :class:`SubmodelPlan`.
+* :func:`choose_submodel` draws the kept units -> :class:`SubmodelLayout`.
 * :func:`extract_submodel` slices a state dict into the genuinely smaller tensors the client
   receives, plus the index map that says where each slice came from.
 * :func:`shrink_model_` resizes a model's modules in place (``nn.Linear``/``nn.Conv1d``/norm
@@ -71,8 +72,8 @@ def kept_units(module: DroppableModule, rate: float, policy: str = "auto") -> in
 
 
 @dataclasses.dataclass
-class SubmodelPlan:
-    """The units one client keeps.
+class SubmodelLayout:
+    """The units one client keeps in one round (drawn by :func:`choose_submodel`).
 
     Attributes:
         kept: Module name -> sorted kept unit indices (int64). Modules not listed are whole.
@@ -120,7 +121,7 @@ def choose_submodel(
     rates: Mapping[str, float],
     rng: np.random.Generator,
     group_norm_policy: str = "auto",
-) -> SubmodelPlan:
+) -> SubmodelLayout:
     """Draw the kept units of every module with a positive rate.
 
     Args:
@@ -130,7 +131,7 @@ def choose_submodel(
         group_norm_policy: ``auto``, ``whole_groups`` or ``per_group`` (see units module).
 
     Returns:
-        The plan.
+        The client's layout (kept units per module).
 
     Raises:
         ValueError: A rate outside [0, 1), or a rate for a module not in `modules`.
@@ -167,26 +168,26 @@ def choose_submodel(
             idx = (blocks[:, None] * step + np.arange(step)).reshape(-1)
         kept[m.name] = torch.as_tensor(idx, dtype=torch.long)
         used[m.name] = m
-    return SubmodelPlan(kept=kept, modules=used, group_norm_policy=group_norm_policy)
+    return SubmodelLayout(kept=kept, modules=used, group_norm_policy=group_norm_policy)
 
 
 def extract_submodel(
-    state: Mapping[str, torch.Tensor], plan: SubmodelPlan
+    state: Mapping[str, torch.Tensor], layout: SubmodelLayout
 ) -> Tuple[Dict[str, torch.Tensor], IndexMap]:
     """The client's (smaller) state dict and where each sliced entry came from.
 
     Args:
         state: Full state dict (or the subset of it that is sent).
-        plan: The client's kept units.
+        layout: The client's kept units.
 
     Returns:
         (small_state, index_map): entries in the index map are sliced copies; the others are
         the full tensors (not copied).
 
     Raises:
-        KeyError: The plan slices an entry the state does not have.
+        KeyError: The layout slices an entry the state does not have.
     """
-    imap = plan.index_map()
+    imap = layout.index_map()
     small = {}
     for key, value in state.items():
         if key in imap:
@@ -197,7 +198,7 @@ def extract_submodel(
             small[key] = value
     missing = [k for k in imap if k not in state]
     if missing:
-        raise KeyError(f"the sub-model plan slices {missing[0]!r}, which the state dict lacks")
+        raise KeyError(f"the sub-model layout slices {missing[0]!r}, which the state dict lacks")
     return small, imap
 
 
@@ -281,20 +282,20 @@ def _resize(model: torch.nn.Module, modules: Mapping[str, DroppableModule],
         _update_sizes(model, d, idx, norm_groups[name])
 
 
-def shrink_model_(model: torch.nn.Module, plan: SubmodelPlan) -> torch.nn.Module:
-    """Resize `model`'s droppable modules in place to the plan's kept units (values sliced).
+def shrink_model_(model: torch.nn.Module, layout: SubmodelLayout) -> torch.nn.Module:
+    """Resize `model`'s droppable modules in place to the layout's kept units (values sliced).
 
     The result holds exactly :func:`extract_submodel`'s tensors for the sliced entries.
 
     Args:
         model: The full model (modified in place).
-        plan: Kept units.
+        layout: Kept units.
 
     Returns:
         `model`, now the sub-model.
     """
-    groups = {n: s["norm_groups"] for n, s in plan.structure().items()}
-    _resize(model, plan.modules, plan.kept, groups)
+    groups = {n: s["norm_groups"] for n, s in layout.structure().items()}
+    _resize(model, layout.modules, layout.kept, groups)
     return model
 
 
@@ -311,16 +312,16 @@ def detach_cached_tensors_(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def build_submodel(model: torch.nn.Module, plan: SubmodelPlan) -> torch.nn.Module:
+def build_submodel(model: torch.nn.Module, layout: SubmodelLayout) -> torch.nn.Module:
     """A resized deep copy of `model` (the original is untouched but for detached caches)."""
-    return shrink_model_(copy.deepcopy(detach_cached_tensors_(model)), plan)
+    return shrink_model_(copy.deepcopy(detach_cached_tensors_(model)), layout)
 
 
 def shrink_model_to_structure_(model: torch.nn.Module, modules: Sequence[DroppableModule],
                                structure: Mapping[str, Mapping[str, int]]) -> torch.nn.Module:
     """Resize a model in place to a sub-model structure received from the server.
 
-    The client knows only how many units each module keeps (:meth:`SubmodelPlan.structure`),
+    The client knows only how many units each module keeps (:meth:`SubmodelLayout.structure`),
     not which; it resizes its own model to those sizes (the values are placeholders) and then
     loads the received state dict with ``strict=True``.
 
@@ -347,15 +348,30 @@ def shrink_model_to_structure_(model: torch.nn.Module, modules: Sequence[Droppab
     return model
 
 
-def _scatter(small: torch.Tensor, shape, slices) -> torch.Tensor:
-    """`small` placed at its indices in a zero tensor of the full `shape`, one dim at a time."""
-    out = small
-    for dim, idx in slices:
-        size = list(out.shape)
-        size[dim] = shape[dim]
-        full = torch.zeros(size, dtype=out.dtype, device=out.device)
-        out = full.index_copy_(dim, idx.to(out.device), out)
-    return out
+def add_slice_(acc: torch.Tensor, slices, value: torch.Tensor, weight: float) -> torch.Tensor:
+    """Add ``weight * value`` in place to the elements of `acc` that `slices` select.
+
+    Args:
+        acc: Full-size accumulator (modified in place).
+        slices: (dim, indices into `acc`) pairs, one per sliced dimension
+            (:data:`espnet_ext.federated.units.Slices`).
+        value: The sliced tensor: `acc`'s shape with each sliced dim cut to its indices.
+        weight: Scale of `value`.
+
+    Returns:
+        `acc`.
+    """
+    (dim, idx), rest = slices[0], slices[1:]
+    idx = idx.to(acc.device)
+    part = acc.index_select(dim, idx)
+    if rest:
+        add_slice_(part, rest, value, weight)
+    else:
+        # The same ``add_`` kernel on the same element pairs as adding a zero-filled full-size
+        # tensor, so the sums are bit-identical to that. ``index_add_`` is not: on 1-d tensors
+        # it rounds the product before adding, where ``add_`` fuses multiply and add.
+        part.add_(value, alpha=weight)
+    return acc.index_copy_(dim, idx, part)
 
 
 def merge_update(
@@ -400,26 +416,31 @@ def merge_update(
     for key, g in global_state.items():
         holders = [(s[key], m.get(key), float(w))
                    for s, m, w in zip(small_states, index_maps, weights) if key in s]
-        if not holders:
-            new[key] = g.clone()
-            continue
-        if not g.is_floating_point():  # a counter (never sliced): the most advanced one
-            new[key] = torch.stack([v.to(g.device, g.dtype).reshape(g.shape)
-                                    for v, _, _ in holders]).amax(dim=0)
-            continue
-        num = torch.zeros(g.shape, dtype=torch.float64, device=g.device)
-        den = torch.zeros(g.shape, dtype=torch.float64, device=g.device)
-        for value, sliced, w in holders:
-            v = value.to(device=g.device, dtype=torch.float64)
-            if sliced is None:
-                num.add_(v, alpha=w)
-                den.add_(w)
-            else:
-                slices = as_slices(sliced)
-                num.add_(_scatter(v, g.shape, slices), alpha=w)
-                den.add_(_scatter(torch.ones_like(v), g.shape, slices), alpha=w)
-        trained = den > 0
-        g64 = g.to(torch.float64)
-        avg = torch.where(trained, num / den.clamp(min=1e-300), g64)
-        new[key] = torch.where(trained, g64 + server_lr * (avg - g64), g64).to(g.dtype)
+        new[key] = _merge_entry(g, holders, server_lr)
     return new
+
+
+def _merge_entry(g: torch.Tensor, holders: Sequence[Tuple[torch.Tensor, object, float]],
+                 server_lr: float) -> torch.Tensor:
+    """One entry of :func:`merge_update` from its global value `g` and the clients' (value,
+    index-map entry or None for a whole tensor, weight) triples."""
+    if not holders:
+        return g.clone()
+    if not g.is_floating_point():  # a counter (never sliced): the most advanced one
+        return torch.stack([v.to(g.device, g.dtype).reshape(g.shape) for v, _, _ in holders]).amax(dim=0)
+    num = torch.zeros(g.shape, dtype=torch.float64, device=g.device)
+    den = torch.zeros(g.shape, dtype=torch.float64, device=g.device)
+    for value, sliced, w in holders:
+        v = value.to(device=g.device, dtype=torch.float64)
+        if sliced is None:
+            num.add_(v, alpha=w)
+            den.add_(w)
+        else:
+            # Only the trained slice is touched: no full-size tensor per client.
+            slices = as_slices(sliced)
+            add_slice_(num, slices, v, w)
+            add_slice_(den, slices, torch.ones_like(v), w)
+    trained = den > 0
+    g64 = g.to(torch.float64)
+    avg = torch.where(trained, num / den.clamp(min=1e-300), g64)
+    return torch.where(trained, g64 + server_lr * (avg - g64), g64).to(g.dtype)

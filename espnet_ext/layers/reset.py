@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import pickle
 import random
 from pathlib import Path
 from typing import Callable, Dict, Iterator, Mapping, Optional, Union
@@ -38,6 +37,7 @@ from typing import Callable, Dict, Iterator, Mapping, Optional, Union
 import numpy as np
 import torch
 
+from espnet_ext.experiment.checkpoints import init_param_path, load_state_dict_file
 from espnet_ext.layers.layer_map import LayerGroup
 
 StateDict = Mapping[str, torch.Tensor]
@@ -143,12 +143,6 @@ def _seed_everything(seed: int) -> None:
     set_all_random_seed(seed)
 
 
-def init_param_path(init_param: str) -> str:
-    """The file of an ESPnet ``--init_param`` spec (``<file>:<src_key>:<dst_key>:<exclude>``)."""
-    # ESPnet's load_pretrained_model splits the same way.
-    return init_param.split(":", 4)[0]
-
-
 def build_initial_model(train_args: argparse.Namespace, task=None,
                         apply_init_param: bool = True) -> torch.nn.Module:
     """The model exactly as ESPnet's trainer has it before the first update (CPU).
@@ -170,7 +164,9 @@ def build_initial_model(train_args: argparse.Namespace, task=None,
             with ``torch.load(weights_only=True)`` before ESPnet unpickles it).
     """
     if task is None:
-        import espnet_ext  # noqa: F401  (registers espnet_ext's encoders before ESPnet builds)
+        from espnet_ext.asr.registration import register_encoders
+
+        register_encoders()  # before ESPnet builds a config naming espnet_ext's encoders
         from espnet2.tasks.asr import ASRTask as task  # noqa: N813
     model = task.build_model(train_args)
     model = model.to(dtype=getattr(torch, getattr(train_args, "train_dtype", None) or "float32"))
@@ -280,61 +276,6 @@ def rerandomize(
     out.update(group_values(group, sampler.sample(seed), f"a model freshly built with seed {seed}",
                             reference=state))
     return out
-
-
-def _resume_file_globals():
-    """Types ESPnet's ``checkpoint.pth`` pickles besides tensors (its reporter's statistics)."""
-    import datetime
-
-    types = [np.dtype, datetime.timedelta]
-    core = getattr(np, "_core", None) or getattr(np, "core")
-    types.append(core.multiarray.scalar)
-    # numpy >= 1.25 pickles dtypes by their classes (numpy.dtypes.Float64DType, ...).
-    dtypes = getattr(np, "dtypes", None)
-    if dtypes is not None:
-        types += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")]
-    return types
-
-
-def load_state_dict_file(path: Union[str, Path], what: str = "model file") -> Dict[str, torch.Tensor]:
-    """Load a state dict written by ESPnet (``*.pth``) onto the CPU, as weights only.
-
-    Nothing is unpickled beyond tensors and plain containers (``torch.load(weights_only=True)``).
-    ESPnet's resume file ``checkpoint.pth`` (model, optimizer and scheduler states, reporter
-    statistics) is read the same way, with NumPy scalars/dtypes and ``timedelta`` allowed for
-    its statistics, and its ``"model"`` entry returned.
-
-    Args:
-        path: The file.
-        what: How to name it in errors (``model file``, ``init_param file``...).
-
-    Raises:
-        FileNotFoundError: The file does not exist.
-        ValueError: The file holds no state dict, or objects other than weights (names them).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
-        allowed = {f"{t.__module__}.{t.__qualname__}" for t in _resume_file_globals()}
-        if not unsafe or not unsafe <= allowed:
-            raise ValueError(
-                f"{path} ({what}) holds pickled objects other than weights "
-                f"({', '.join(sorted(unsafe - allowed)) or 'unknown'}); espnet_ext loads weights "
-                "only: save the model's state dict alone (torch.save(model.state_dict(), path)) "
-                "and pass that file") from None
-        with torch.serialization.safe_globals(_resume_file_globals()):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError) as e:
-        raise ValueError(f"{path} ({what}) is not a readable torch file: {e}") from None
-    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
-        obj = obj["model"]  # ESPnet's checkpoint.pth (model + optimizer states)
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path} ({what}) does not hold a model state dict")
-    return obj
 
 
 class WeightSwap:

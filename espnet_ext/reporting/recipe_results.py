@@ -1,10 +1,10 @@
 """Collect decoding scores of experiment dirs into one RESULTS.md (ESPnet's format).
 
-Layout read: `<expdir>/<exp>/<decode_tag>/<dataset>/scores.json` (written by the scoring stage),
-`<exp>/train_wall_s.txt` (training wall time, written by the recipe driver),
-the experiment's weight files (for the parameter count: checkpoint 0, a kept epoch or a model file,
-read through :class:`espnet_ext.experiment.experiment_dir.ExperimentDir`) and `<exp>/scan_*/scan.md` (the layer-reset
-scans, whose summary lines and heatmaps are linked).
+Layout read: `<expdir>/<exp>/<decode_tag>/<dataset>/scores.json` (written by the scoring stage);
+through :class:`espnet_ext.experiment.experiment_dir.ExperimentDir`, the training wall time and
+the experiment's weight files (for the parameter count: checkpoint 0, a kept epoch or a model
+file); through :class:`espnet_ext.scan.result.ScanResult`, the layer-reset scans of each
+experiment (their summary lines from scan.json; their scan.md and heatmaps are linked).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def count_parameters(checkpoint: Path) -> Optional[int]:
     """
     if not Path(checkpoint).exists():
         return None
-    from espnet_ext.layers.reset import load_state_dict_file
+    from espnet_ext.experiment.checkpoints import load_state_dict_file
 
     state = load_state_dict_file(checkpoint)
     return sum(v.numel() for k, v in state.items() if not k.endswith(_BUFFER_SUFFIXES))
@@ -49,13 +49,6 @@ def count_experiment_parameters(exp_dir: Path) -> Optional[int]:
         if path is not None and path.is_file():
             return count_parameters(path)
     return None
-
-
-def _read_float(path: Path) -> Optional[float]:
-    try:
-        return float(Path(path).read_text().split()[0])
-    except (FileNotFoundError, IndexError, ValueError):
-        return None
 
 
 def _environment() -> List[str]:
@@ -91,6 +84,8 @@ def write_results_md(expdir: Path, out: Path) -> str:
     Raises:
         FileNotFoundError: when no `scores.json` exists under `expdir` (nothing decoded yet).
     """
+    from espnet_ext.experiment.experiment_dir import ExperimentDir
+
     expdir = Path(expdir)
     score_files = sorted(expdir.glob("*/decode_*/*/scores.json"))
     if not score_files:
@@ -108,7 +103,7 @@ def write_results_md(expdir: Path, out: Path) -> str:
     sections = []
     for exp_dir, entries in by_exp.items():
         params = count_experiment_parameters(exp_dir)
-        wall = _read_float(exp_dir / "train_wall_s.txt")
+        wall = ExperimentDir(exp_dir).train_wall_s()
         rows = []
         for name, f in entries:
             scores = load_scores(f)
@@ -130,14 +125,17 @@ def _scan_summaries(expdir: Path, relative_to: Path) -> str:
     """Markdown: each scan's summary lines (ambient layers) with links to its table and heatmaps."""
     import os
 
+    from espnet_ext.scan.result import ScanResult, find_scan_dirs
+
     parts = []
-    for scan_md in sorted(Path(expdir).glob("*/scan_*/scan.md")):
-        rel = Path(os.path.relpath(scan_md.parent, relative_to))
-        summary = [ln.strip("* ") for ln in scan_md.read_text().splitlines() if ln.startswith("**")]
-        figures = ", ".join(f"[{p.stem}]({rel / p.name})" for p in sorted(scan_md.parent.glob("*.png")))
-        parts.append(f"- `{scan_md.parent.parent.name}` / `{scan_md.parent.name}` "
-                     f"([table]({rel / 'scan.md'}); {figures}):")
-        parts += [f"  - {line}" for line in summary]
+    for exp_dir in sorted(d for d in Path(expdir).glob("*") if d.is_dir()):
+        # Finished reports only: a scan whose first run is still going has no scan.md yet.
+        for scan_dir in [d for d in find_scan_dirs(exp_dir) if (d / "scan.md").is_file()]:
+            rel = Path(os.path.relpath(scan_dir, relative_to))
+            figures = ", ".join(f"[{p.stem}]({rel / p.name})" for p in sorted(scan_dir.glob("*.png")))
+            parts.append(f"- `{exp_dir.name}` / `{scan_dir.name}` "
+                         f"([table]({rel / 'scan.md'}); {figures}):")
+            parts += [f"  - {line}" for line in ScanResult.load(scan_dir).summary]
     if not parts:
         return ""
     return "## Layer-reset scans (ambient layers)\n\n" + "\n".join(parts) + "\n\n"

@@ -24,11 +24,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+from espnet_ext.evaluation.bootstrap import AMBIENT, CRITICAL, UNCERTAIN
+
 METRICS = ("cer", "wer")
 COMBINES = ("any", "all")
-AMBIENT = "ambient"
-CRITICAL = "critical"
-UNCERTAIN = "uncertain"
 CI_LABELS = (AMBIENT, CRITICAL, UNCERTAIN)
 
 

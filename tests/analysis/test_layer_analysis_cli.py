@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from espnet_ext.scan.labels import AmbientCriterion
-from espnet_ext.scan.report import REINIT, RERANDOMIZE, ScanRow, write_tsv
+from espnet_ext.scan.result import REINIT, RERANDOMIZE, ScanRow, write_tsv
 from espnet_ext.bin.layer_analysis import main
 from espnet_ext.layers import build_layer_map
 
@@ -313,17 +313,17 @@ def test_clear_errors(exp_root, tmp_path, capsys):
 
 
 def test_stability_with_and_without_uncertain_labels(exp_root, tmp_path, capsys, monkeypatch):
-    from espnet_ext.reporting import plots_analysis
-    from espnet_ext.scan.report import read_tsv
+    from espnet_ext.reporting import figures
+    from espnet_ext.scan.result import read_tsv
 
     drawn = {}
-    real = plots_analysis.plot_heatmap_panels
+    real = figures.plot_heatmap
 
     def spy(panels, rows, cols, path, **kw):
-        drawn[path.name] = (rows, cols, kw)
+        drawn[path.name] = (rows, cols, dict(kw, uncertain=[p.uncertain for p in panels]))
         return real(panels, rows, cols, path, **kw)
 
-    monkeypatch.setattr(plots_analysis, "plot_heatmap_panels", spy)
+    monkeypatch.setattr(figures, "plot_heatmap", spy)
 
     root = tmp_path / "exp"
     for name in ("asr_conf_seed1", "asr_conf_seed2"):

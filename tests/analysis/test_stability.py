@@ -112,9 +112,9 @@ def test_seed_stability_per_variant_and_norm_pairs():
     assert bn.ever_ambient == ("encoder.encoders.1", "encoder.encoders.2", "encoder.encoders.3")
     assert gn.mean_jaccard == 1.0 and gn.mean_spearman == pytest.approx(1.0)
     assert st.norm_pairs(runs) == {"4x8": ["batch_norm 4x8", "group_norm 4x8"]}
-    kinds = st.variant_kind_table(runs)["batch_norm 4x8"]
+    kinds = st.setup_kind_table(runs)["batch_norm 4x8"]
     assert kinds["enc_block"].n == 8 and kinds["enc_block"].ambient_fraction == pytest.approx(5 / 8)
-    groups = st.variant_group_table(runs)["batch_norm 4x8"]
+    groups = st.setup_group_table(runs)["batch_norm 4x8"]
     assert groups["encoder.encoders.2"].ambient_fraction == 0.5
     assert groups["encoder.encoders.2"].mean_delta == pytest.approx(2.5)
     # one run only: no pairs, NaN means

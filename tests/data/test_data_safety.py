@@ -21,10 +21,11 @@ from espnet_ext.bin import fl_simulate
 from espnet_ext.bin import prep_librispeech as prep_cli
 from espnet_ext.data.combine import combine_data_dirs
 from espnet_ext.data.import_dirs import import_data_dir
-from espnet_ext.data.kaldi import DataDirError, KaldiDataDir, read_kaldi_map, write_text_atomic
+from espnet_ext.data.kaldi import DataDirError, KaldiDataDir, read_kaldi_map
 from espnet_ext.corpora.librispeech import prepare_librispeech
 from espnet_ext.data.validate import validate_data_dir
 from espnet_ext.federated.partition import split_withheld_domain
+from espnet_ext.utils.atomic import write_text_atomic
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -152,7 +153,7 @@ def test_split_refuses_existing_targets_and_keeps_them_byte_identical(tmp_path, 
     before = _snapshot(out)
     rc = fl_simulate.main(["split", "--data_dir", str(src), "--out_dir", str(out), "--method", "speakers",
                            "--speakers", "spk1"])
-    assert rc == 2
+    assert rc == 1
     assert f"{central} already exists and was not written by fl_simulate split" in capsys.readouterr().err
     assert _snapshot(out) == before and not (out / "withheld").exists()  # checked before any write
 

@@ -394,3 +394,37 @@ def test_checkpoint0_without_identity_record_is_checked_by_its_weights(tmp_path)
     assert _equal(_load(ckpt0), other) and not record.exists()
     save_initial_weights(model, out, resuming=False, config=config)
     assert _equal(_load(ckpt0), model.state_dict()) and json.loads(record.read_text())["seed"] == 1
+
+
+def test_records_of_the_recipe_driver_and_config_and_weights_files(tmp_path):
+    from espnet_ext.experiment.checkpoints import init_param_path
+    from espnet_ext.experiment.experiment_dir import (
+        ExperimentDir,
+        load_weights_file,
+        read_config_file,
+    )
+
+    exp = ExperimentDir(tmp_path)
+    assert exp.train_wall_path == tmp_path / "train_wall_s.txt"
+    assert exp.train_wall_s() is None  # not recorded
+    exp.train_wall_path.write_text("")
+    assert exp.train_wall_s() is None  # cut while written
+    exp.train_wall_path.write_text("1234\n")
+    assert exp.train_wall_s() == 1234.0
+
+    (tmp_path / "copy.yaml").write_text("seed: 3\nencoder: conformer\n")
+    assert read_config_file(tmp_path / "copy.yaml") == {"seed": 3, "encoder": "conformer"}
+    (tmp_path / "list.yaml").write_text("- a\n")
+    with pytest.raises(ExperimentError, match="list.yaml is not a YAML mapping"):
+        read_config_file(tmp_path / "list.yaml")
+
+    torch.save({"w": torch.ones(2)}, tmp_path / "m.pth")
+    assert torch.equal(load_weights_file(tmp_path / "m.pth")["w"], torch.ones(2))
+    with pytest.raises(ExperimentError, match="model file not found"):
+        load_weights_file(tmp_path / "missing.pth")
+    torch.save([1, 2], tmp_path / "list.pth")
+    with pytest.raises(ExperimentError, match="does not hold a model state dict"):
+        load_weights_file(tmp_path / "list.pth")
+
+    assert init_param_path("exp/a/valid.acc.ave.pth:encoder:encoder:decoder") == "exp/a/valid.acc.ave.pth"
+    assert init_param_path("model.pth") == "model.pth"

@@ -26,7 +26,8 @@ def _rebuilt_initial_model(exp_dir):
 
 
 def test_checkpoint0_is_the_model_before_any_update_and_every_epoch_is_kept(tiny_asr_setup, tmp_path):
-    from espnet_ext.experiment.training import CheckpointKeepingASRTask, checkpoint_path, saved_epochs
+    from espnet_ext.experiment.checkpoints import checkpoint_path, saved_epochs
+    from espnet_ext.experiment.training import CheckpointKeepingASRTask
 
     out = tmp_path / "exp"
     CheckpointKeepingASRTask.main(cmd=train_args(*tiny_asr_setup, out, max_epoch=2))

@@ -6,7 +6,7 @@ import torch
 
 asr = pytest.importorskip("espnet2.tasks.asr")
 
-from espnet_ext.scan.report import ScanRow, write_tsv  # noqa: E402
+from espnet_ext.scan.result import ScanRow, write_tsv  # noqa: E402
 from espnet_ext.federated.cost import tensor_bytes  # noqa: E402
 from espnet_ext.federated.plan import (  # noqa: E402
     DropoutPlan,

@@ -14,10 +14,13 @@ from espnet_ext.federated.results import ResultsError, load_group, write_compari
 REF_CHARS, REF_WORDS, UTTS = 10, 2, 5
 
 
-def _write_run(run_dir: Path, plan: str, seed: int, char_errors, fraction=0.8, rounds_with_updates=2):
-    """A finished run whose final adapt CER/WER follow from its per-utterance counts."""
+def _write_run(run_dir: Path, plan: str, seed: int, char_errors, fraction=0.8, rounds_with_updates=2,
+               word_errors=None):
+    """A finished run whose final adapt CER/WER follow from its per-utterance counts (word errors:
+    the character errors capped at the reference words, unless given)."""
     run_dir.mkdir(parents=True)
-    word_errors = [min(e, REF_WORDS) for e in char_errors]
+    if word_errors is None:
+        word_errors = [min(e, REF_WORDS) for e in char_errors]
     rows = [(f"u{i}", REF_WORDS, w, REF_CHARS, c) for i, (w, c) in enumerate(zip(word_errors, char_errors))]
     write_per_utterance(run_dir / "per_utt.tsv", {"adapt": rows})
     cer = round(100.0 * sum(char_errors) / (REF_CHARS * len(rows)), 2)
@@ -86,15 +89,21 @@ def test_paired_bootstrap_is_reproducible_with_its_seed_and_averages_seeds_first
 
 
 def test_comparison_pairs_targeted_with_uniform_of_its_rate_and_the_only_no_dropout_run(tmp_path):
+    # Errors vary across utterances (hard and easy ones) but differ between plans by the same
+    # amount on every utterance: paired resampling gives an interval of zero width, resampling
+    # each plan's utterances independently would not.
+    chars, words = np.array([0, 6, 1, 7, 3]), np.array([0, 1, 0, 1, 0])
     none = tmp_path / "r0.25" / "none"
     for seed in (1, 2):
-        _write_run(none / f"seed{seed}", "none", seed, [1] * 5, fraction=1.0)
+        _write_run(none / f"seed{seed}", "none", seed, chars, fraction=1.0, word_errors=words)
     for rate in ("r0.25", "r0.5"):
         for seed in (1, 2):
             # targeted: one more character error per utterance than uniform (+10 CER points),
-            # and one more than no dropout's 1 per utterance plus the uniform excess.
-            _write_run(tmp_path / rate / "uniform" / f"seed{seed}", "uniform", seed, [2] * 5)
-            _write_run(tmp_path / rate / "targeted" / f"seed{seed}", "targeted", seed, [3] * 5)
+            # and two more than no dropout (+20); one more word error than no dropout (+50 WER).
+            _write_run(tmp_path / rate / "uniform" / f"seed{seed}", "uniform", seed, chars + 1,
+                       word_errors=words + 1)
+            _write_run(tmp_path / rate / "targeted" / f"seed{seed}", "targeted", seed, chars + 2,
+                       word_errors=words + 1)
     dirs = [none, tmp_path / "r0.25" / "uniform", tmp_path / "r0.25" / "targeted",
             tmp_path / "r0.5" / "uniform", tmp_path / "r0.5" / "targeted"]
     out = tmp_path / "fl" / "results.md"
@@ -117,6 +126,31 @@ def test_missing_or_stale_per_utterance_counts_are_named_instead_of_an_interval(
     write_per_utterance(uniform / "per_utt.tsv", {"adapt": [(f"u{i}", 2, 0, 10, 0) for i in range(5)]})
     table = write_comparison([uniform, targeted], tmp_path / "out.md")
     assert "the adapt WER of its counts (0.00) is not the run's final WER (100.00)" in table
+
+
+def _add_eval_set(run_dir: Path, name: str, char_errors) -> None:
+    """Add evaluation set `name` (its final scores and per-utterance counts) to a written run."""
+    results = json.loads((run_dir / "results.json").read_text())
+    counts = read_per_utterance(run_dir / "per_utt.tsv")
+    rows = {s: [(u,) + c for u, c in utts.items()] for s, utts in counts.items()}
+    rows[name] = [(f"v{i}", REF_WORDS, min(e, REF_WORDS), REF_CHARS, e) for i, e in enumerate(char_errors)]
+    write_per_utterance(run_dir / "per_utt.tsv", rows)
+    results["scores"]["final"][name] = {
+        "WER": round(100.0 * sum(r[2] for r in rows[name]) / (REF_WORDS * len(rows[name])), 2),
+        "CER": round(100.0 * sum(r[4] for r in rows[name]) / (REF_CHARS * len(rows[name])), 2)}
+    (run_dir / "results.json").write_text(json.dumps(results))
+
+
+def test_a_later_seed_without_an_evaluation_set_is_named_instead_of_an_interval(tmp_path):
+    for plan, errors in (("uniform", [2] * 5), ("targeted", [3, 2, 3, 4, 3])):
+        for seed in (1, 2):
+            run = _write_run(tmp_path / plan / f"seed{seed}", plan, seed, errors)
+            if seed == 1:  # seed 2 was not evaluated on "orig"
+                _add_eval_set(run, "orig", errors)
+    table = write_comparison([tmp_path / "uniform", tmp_path / "targeted"], tmp_path / "out.md", resamples=100)
+    assert (f"targeted - uniform: no paired interval on orig: the run in {tmp_path / 'targeted' / 'seed2'} "
+            "has no orig scores (it was not evaluated on orig)") in table
+    assert "|targeted - uniform|adapt|CER|+10.00|" in table  # the set every run has is still compared
 
 
 def test_two_runs_of_one_row_with_the_same_seed_are_refused(tmp_path):
@@ -143,7 +177,7 @@ def test_compare_command_reads_plan_directories_with_seed_runs(tmp_path, capsys)
     assert code == 0
     assert "|targeted - uniform|adapt|CER|+2.00|" in (tmp_path / "results.md").read_text()
     (tmp_path / "uniform" / "seed3").mkdir()  # a seed that has not finished
-    assert main(["compare", str(tmp_path / "uniform"), "--out", str(tmp_path / "x.md")]) == 2
+    assert main(["compare", str(tmp_path / "uniform"), "--out", str(tmp_path / "x.md")]) == 1
     assert "the run in" in capsys.readouterr().err and not (tmp_path / "x.md").exists()
     # --seeds picks the finished seeds of each plan directory.
     assert main(["compare", str(tmp_path / "uniform"), "--seeds", "2", "--out", str(tmp_path / "x.md")]) == 0

@@ -14,7 +14,7 @@ from helpers import tiny_asr_config, train_args, write_char_token_list
 
 asr = pytest.importorskip("espnet2.tasks.asr")
 
-from espnet_ext.scan.report import ScanRow, write_tsv  # noqa: E402
+from espnet_ext.scan.result import ScanRow, write_tsv  # noqa: E402
 from espnet_ext.federated.client import LocalTraining  # noqa: E402
 
 # A learnable toy language: each letter is a 0.1 s tone, words are separated by silence.
@@ -144,7 +144,7 @@ def test_federated_training_from_scratch_starts_at_checkpoint_0_and_learns(world
 
 def test_killed_run_resumes_to_the_same_final_model_and_failures_are_tolerated(world, tmp_path):
     from espnet_ext.federated.plan import DropoutPlan
-    from espnet_ext.federated.server import checkpoint_path
+    from espnet_ext.federated.server import round_checkpoint_path
     from espnet_ext.federated.simulation import prepare_run, run_federated
 
     plan = DropoutPlan("uniform", {"encoder.encoders.0": 0.5, "encoder.encoders.1": 0.5,
@@ -160,7 +160,7 @@ def test_killed_run_resumes_to_the_same_final_model_and_failures_are_tolerated(w
     killed = prepare_run(world["exp"], "latest.pth", world["adapt"], world["eval"][:1],
                          tmp_path / "killed", plan, **_options(rounds=2, **common))
     run_federated(killed)
-    checkpoint_path(killed.out_dir, 2).unlink()
+    round_checkpoint_path(killed.out_dir, 2).unlink()
     with open(killed.out_dir / "costs.tsv", "a") as f:
         f.write("2\t1\tb1\t6")  # a line cut short by the kill
     resumed = prepare_run(world["exp"], "latest.pth", world["adapt"], world["eval"][:1],
@@ -220,22 +220,22 @@ def test_bad_options_fail_before_any_round(world, tmp_path, capsys):
 
     base = ["run", "--exp_dir", str(world["exp"]), "--model_file", "latest.pth",
             "--adapt_data", str(world["adapt"]), "--out_dir", str(tmp_path / "bad"), "--backend", "local"]
-    assert main(base + ["--plans", "none", "--clients_per_round", "9"]) == 2
+    assert main(base + ["--plans", "none", "--clients_per_round", "9"]) == 1
     assert "9 clients per round but only 4 clients" in capsys.readouterr().err
-    assert main(base + ["--plans", "uniform", "--rate", "1.0", "--match_cost", "none"]) == 2
+    assert main(base + ["--plans", "uniform", "--rate", "1.0", "--match_cost", "none"]) == 1
     assert "dropout rate must be in [0, 1)" in capsys.readouterr().err
-    assert main(base + ["--plans", "targeted"]) == 2
+    assert main(base + ["--plans", "targeted"]) == 1
     assert "needs the layer-reset scan result (--scan_tsv)" in capsys.readouterr().err
-    assert main(base + ["--plans", "none", "--model_file", "missing.pth"]) == 2
+    assert main(base + ["--plans", "none", "--model_file", "missing.pth"]) == 1
     assert "model file 'missing.pth' not found" in capsys.readouterr().err
-    assert main(base + ["--plans", "none", "--seed", "1", "--seeds", "2,3"]) == 2
+    assert main(base + ["--plans", "none", "--seed", "1", "--seeds", "2,3"]) == 1
     assert "give one seed (--seed) or several (--seeds), not both" in capsys.readouterr().err
-    assert main(base + ["--plans", "none", "--seeds", "1,1"]) == 2
+    assert main(base + ["--plans", "none", "--seeds", "1,1"]) == 1
     assert "each seed once, got [1, 1]" in capsys.readouterr().err
     # A misspelt plan key used to run without any dropout.
     plan_file = tmp_path / "plan.json"
     plan_file.write_text('{"name": "x", "rates": {"encoder.encoders.1": 0.5}}')
-    assert main(base + ["--plans", "file", "--plan_file", str(plan_file)]) == 2
+    assert main(base + ["--plans", "file", "--plan_file", str(plan_file)]) == 1
     err = capsys.readouterr().err
     assert f"{plan_file}: unknown key 'rates'" in err and "allowed keys: name, group_rates" in err
     assert not (tmp_path / "bad" / "none" / "checkpoints").exists()
@@ -299,6 +299,46 @@ def test_run_where_every_client_failed_exits_nonzero_and_is_recorded(world, tmp_
     assert results["scores"]["final"] == results["scores"]["pretrained"]
     assert "rounds_with_updates: 0**: no client update in any of its 2 rounds" in (out / "none" / "results.md").read_text()
     assert "rounds_with_updates: 0" in (out / "results.md").read_text()
+
+
+def test_sample_rates_are_read_once_per_call_not_per_plan_and_seed(world, tmp_path, monkeypatch):
+    import espnet_ext.data.audio as audio
+    import espnet_ext.federated.simulation as simulation
+
+    checked = []
+    check = audio.check_sample_rate
+
+    def counting_check(source, *args, **kwargs):
+        checked.append(Path(source))
+        return check(source, *args, **kwargs)
+
+    class Prepared(Exception):
+        """Every run is prepared; stop before the first simulation."""
+
+    def stop(setup, ray_address=None):
+        raise Prepared
+
+    monkeypatch.setattr(audio, "check_sample_rate", counting_check)
+    monkeypatch.setattr(simulation, "run_federated", stop)
+    with pytest.raises(Prepared):
+        simulation.run_plans(world["exp"], "latest.pth", world["adapt"], world["eval"], tmp_path / "fl",
+                             ["none", "uniform"], rate=0.5, match_cost=None, seeds=[1, 2], **_options())
+    # 2 plans x 2 seeds, 3 data dirs: each data dir once.
+    assert sorted(checked) == sorted(Path(d) for d in [world["adapt"]] + [d for _, d in world["eval"]])
+    assert len(list((tmp_path / "fl").glob("*/seed*/config.yaml"))) == 4  # every run was prepared
+
+
+def test_build_plans_matches_uniform_to_the_targeted_cost_only_with_a_scan(world):
+    from espnet_ext.federated.simulation import build_plans, make_plan, model_info
+
+    info = model_info(world["exp"] / "config.yaml")
+    plans = build_plans(["none", "uniform"], info, "params", rate=0.5, scan_tsv=world["scan"])
+    assert list(plans) == ["none", "uniform"]  # the targeted plan it matched is not returned
+    matched = make_plan("uniform", info, match_plan=make_plan("targeted", info, rate=0.5, scan_tsv=world["scan"]),
+                        match_metric="params")
+    assert plans["uniform"].to_dict() == matched.to_dict()
+    unmatched = build_plans(["uniform"], info, None, rate=0.5, scan_tsv=world["scan"])
+    assert unmatched["uniform"].to_dict() == make_plan("uniform", info, rate=0.5).to_dict()
 
 
 def test_ray_temp_dir_stays_with_the_run(tmp_path):

@@ -49,15 +49,15 @@ def _kept_channel_norm_(norm, kept):
     norm.register_forward_hook(hook)
 
 
-def _zero_dropped_(model, plan):
+def _zero_dropped_(model, layout):
     """The full model with every dropped unit's weights (and statistics) set to zero.
 
     A cgMLP's gate layer norm normalizes over the kept channels, as the sub-model's does.
     """
     state = model.state_dict()
     with torch.no_grad():
-        for name, kept in plan.kept.items():
-            d = plan.modules[name]
+        for name, kept in layout.kept.items():
+            d = layout.modules[name]
             dropped = torch.tensor(sorted(set(range(d.num_units)) - set(kept.tolist())), dtype=torch.long)
             if len(dropped) == 0:
                 continue
@@ -69,7 +69,7 @@ def _zero_dropped_(model, plan):
     return model
 
 
-def _plan(model, rate, kinds, seed=1):
+def _layout(model, rate, kinds, seed=1):
     modules = find_droppable_modules(model)
     rates = {m.name: rate for m in modules if m.kind in kinds}
     return modules, choose_submodel(modules, rates, np.random.default_rng(seed))
@@ -112,16 +112,16 @@ BRANCHFORMER_CASES = [
                          + [(w, k, False) for w, k in BRANCHFORMER_CASES])
 def test_submodel_computes_the_full_model_with_dropped_units_zeroed(models, which, kinds, train_mode):
     full = models[which]
-    modules, plan = _plan(full, 0.5, kinds)
-    assert plan.kept and not plan.is_full
-    sub = build_submodel(full, plan)
-    zeroed = _zero_dropped_(copy.deepcopy(full), plan)
+    modules, layout = _layout(full, 0.5, kinds)
+    assert layout.kept and not layout.is_full
+    sub = build_submodel(full, layout)
+    zeroed = _zero_dropped_(copy.deepcopy(full), layout)
 
     # Genuinely smaller: fewer parameters, and the sliced tensors are what extract_submodel sends.
     n_full = sum(p.numel() for p in full.parameters())
     n_sub = sum(p.numel() for p in sub.parameters())
     assert n_sub < n_full
-    small, imap = extract_submodel(full.state_dict(), plan)
+    small, imap = extract_submodel(full.state_dict(), layout)
     for k, v in sub.state_dict().items():
         assert torch.equal(v, small[k]), k
 
@@ -173,15 +173,15 @@ def test_group_norm_policies_keep_groups_consistent(models):
 @pytest.mark.parametrize("which", ["group_norm_2_groups", "e_branchformer", "branchformer_learned_ave"])
 def test_client_rebuilds_the_submodel_from_its_structure_alone(models, which):
     full = models[which]
-    modules, plan = _plan(full, 0.5, ("ff", "heads", "conv", "cgmlp", "merge"), seed=7)
-    small, _ = extract_submodel(full.state_dict(), plan)
+    modules, layout = _layout(full, 0.5, ("ff", "heads", "conv", "cgmlp", "merge"), seed=7)
+    small, _ = extract_submodel(full.state_dict(), layout)
     client_model = copy.deepcopy(full)
     with torch.no_grad():  # the client's own copy has other values: only sizes matter
         for p in client_model.parameters():
             p.normal_()
-    shrink_model_to_structure_(client_model, modules, plan.structure())
+    shrink_model_to_structure_(client_model, modules, layout.structure())
     client_model.load_state_dict(small, strict=True)
-    ref = build_submodel(full, plan).eval()
+    ref = build_submodel(full, layout).eval()
     client_model.eval()
     speech, lens, _, _ = _batch()
     torch.testing.assert_close(client_model.encode(speech, lens)[0], ref.encode(speech, lens)[0])
@@ -233,6 +233,86 @@ def test_entries_cut_along_two_dims_merge_back_in_place():
     torch.testing.assert_close(merged["w"], torch.tensor([[0.0, 1.0, 0.0, 2.0],
                                                           [0.0, 0.0, 0.0, 0.0],
                                                           [0.0, 3.0, 0.0, 4.0]]))
+
+
+def _merge_by_full_size_scatter(global_state, small_states, index_maps, weights, server_lr=1.0):
+    """merge_update written out plainly: each client's slice scattered into full-size zeros."""
+    def scatter(small, shape, slices):
+        out = small
+        for dim, idx in slices:
+            size = list(out.shape)
+            size[dim] = shape[dim]
+            out = torch.zeros(size, dtype=out.dtype).index_copy_(dim, idx, out)
+        return out
+
+    new = {}
+    for key, g in global_state.items():
+        holders = [(s[key], m.get(key), float(w)) for s, m, w in zip(small_states, index_maps, weights) if key in s]
+        if not holders:
+            new[key] = g.clone()
+            continue
+        if not g.is_floating_point():
+            new[key] = torch.stack([v.reshape(g.shape) for v, _, _ in holders]).amax(dim=0)
+            continue
+        num = torch.zeros(g.shape, dtype=torch.float64)
+        den = torch.zeros(g.shape, dtype=torch.float64)
+        for value, sliced, w in holders:
+            v = value.to(torch.float64)
+            if sliced is None:
+                num.add_(v, alpha=w)
+                den.add_(w)
+            else:
+                slices = sliced if isinstance(sliced[0], tuple) else (sliced,)
+                num.add_(scatter(v, g.shape, slices), alpha=w)
+                den.add_(scatter(torch.ones_like(v), g.shape, slices), alpha=w)
+        trained = den > 0
+        g64 = g.to(torch.float64)
+        avg = torch.where(trained, num / den.clamp(min=1e-300), g64)
+        new[key] = torch.where(trained, g64 + server_lr * (avg - g64), g64).to(g.dtype)
+    return new
+
+
+@pytest.mark.parametrize("which,cut_along_two_dims", [("espnet_batch_norm", False), ("e_branchformer", True)])
+def test_merge_of_trained_submodels_is_bit_identical_to_a_full_size_scatter(models, which, cut_along_two_dims):
+    full = models[which]
+    state = full.state_dict()
+    modules = find_droppable_modules(full)
+    rates = {m.name: 0.5 for m in modules}
+    g = torch.Generator().manual_seed(0)
+    smalls, maps = [], []
+    for seed in range(3):
+        small, imap = extract_submodel(state, choose_submodel(modules, rates, np.random.default_rng(seed)))
+        # "Trained" values: every float entry moved by noise (integers stay counters).
+        smalls.append({k: v + torch.randn(v.shape, generator=g) if v.is_floating_point() else v + seed
+                       for k, v in small.items()})
+        maps.append(imap)
+    assert any(len(s) == 2 for m in maps for s in m.values()) == cut_along_two_dims
+    assert any(state[k].dim() == 1 for k in maps[0])  # and 1-d entries (biases, norms)
+    weights = [3.0, 1.7, 2.25]
+    merged = merge_update(state, smalls, maps, weights, server_lr=0.7)
+    expected = _merge_by_full_size_scatter(state, smalls, maps, weights, server_lr=0.7)
+    assert merged.keys() == expected.keys()
+    for k in expected:
+        assert torch.equal(merged[k], expected[k]), k
+
+
+def test_merge_allocates_no_full_size_tensor_per_client(monkeypatch):
+    g = {"w": torch.zeros(6, 4), "b": torch.zeros(6)}
+    clients = [({"w": torch.ones(2, 4), "b": torch.ones(2)},
+                {"w": (0, torch.tensor([c, c + 1])), "b": (0, torch.tensor([c, c + 1]))}) for c in range(4)]
+    full_size = []
+    zeros = torch.zeros
+
+    def counting_zeros(*size, **kwargs):
+        out = zeros(*size, **kwargs)
+        if out.numel() in (24, 6):
+            full_size.append(tuple(out.shape))
+        return out
+
+    monkeypatch.setattr(torch, "zeros", counting_zeros)
+    merge_update(g, [c[0] for c in clients], [c[1] for c in clients], [1.0] * 4)
+    # Only the two accumulators (weighted sum, total weight) of each entry, whatever the clients.
+    assert sorted(full_size) == [(6,), (6,), (6, 4), (6, 4)]
 
 
 @pytest.mark.parametrize("which", ["espnet_batch_norm", "e_branchformer", "branchformer",

@@ -241,8 +241,10 @@ def test_stability_study_takes_the_e_branchformer_config(tmp_path):
     import subprocess
 
     recipe = SYNTH_CONF.parent
-    work = tmp_path / "asr1"
+    work = tmp_path / "egs2" / "synth_en" / "asr1"
     (work / "conf").mkdir(parents=True)
+    # The script sources the stage driver's common.sh from egs2/TEMPLATE, as in the repository.
+    (tmp_path / "egs2" / "TEMPLATE").symlink_to(recipe.parents[1] / "TEMPLATE")
     shutil.copy(recipe / "run_stability.sh", work)
     shutil.copy(SYNTH_CONF / "train_asr_e_branchformer.yaml", work / "conf")
     (work / "run.sh").write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@"\n')  # records its arguments

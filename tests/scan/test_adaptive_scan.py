@@ -144,7 +144,7 @@ def test_cli_options_and_errors(trained, tmp_path, capsys):
 
 
 def test_a_scan_from_before_error_bars_is_read_and_upgraded(trained, tmp_path):
-    from espnet_ext.scan.report import OLD_TSV_COLUMNS, read_tsv
+    from espnet_ext.scan.result import OLD_TSV_COLUMNS, read_tsv
 
     out = tmp_path / "old"
     kw = dict(groups=["ctc"], modes=["reinit"], adaptive=False)
@@ -174,8 +174,12 @@ def test_recipe_stage_6_passes_the_adaptive_and_confidence_options(tmp_path):
     (recipe / "conf" / "train.yaml").write_text("max_epoch: 3\n")
     (recipe / "exp" / "asr_train_seed1").mkdir(parents=True)
     (recipe / "exp" / "asr_train_seed1" / ".done").write_text("")
+    import sys
+
     fake = tmp_path / "python"  # records the command stage 6 runs instead of scanning
-    fake.write_text('#!/usr/bin/env bash\necho "$@" >> "$(dirname "$0")/calls.txt"\n')
+    # Library questions (python -c: where a scan goes) are answered by the real interpreter.
+    fake.write_text(f'#!/usr/bin/env bash\nif [ "$1" = "-c" ]; then exec "{sys.executable}" "$@"; fi\n'
+                    'echo "$@" >> "$(dirname "$0")/calls.txt"\n')
     fake.chmod(0o755)
     proc = subprocess.run(
         ["bash", str(repo / "egs2" / "TEMPLATE" / "asr1" / "asr.sh"), "--stage", "6", "--stop_stage", "6",
@@ -187,3 +191,4 @@ def test_recipe_stage_6_passes_the_adaptive_and_confidence_options(tmp_path):
     (call,) = (tmp_path / "calls.txt").read_text().splitlines()
     assert call.startswith("-m espnet_ext.bin.layer_scan --exp_dir exp/asr_train_seed1")
     assert "--adaptive true --confidence 0.9 " in call
+    assert "--out_dir exp/asr_train_seed1/scan_block_dev " in call

@@ -83,6 +83,12 @@ def test_scan_outputs_exact_baseline_at_final_tau_and_labels(trained, tmp_path):
                                             "decoder.after_norm", "decoder.output_layer"}
     assert meta["baseline"]["train"]["CER"] == pytest.approx(base["CER"])
     assert meta["status"] == "done"
+    assert (meta["granularity"], meta["scoring"], meta["datasets"]) == ("block", "ctc_greedy", ["train"])
+    from espnet_ext.scan.result import ScanResult
+
+    stored = ScanResult.load(out)  # what readers of the scan dir see: the rows and summary as run
+    assert stored.rows == result.rows and stored.summary == result.summary
+    assert stored.reference_variant("train") == ("reinit", 0)
     ambient = [r["group"] for r in reinit0.values() if r["label"] == "ambient"]
     assert result.summary[0].startswith(f"train: {len(ambient)} of 5 groups ambient (reinit to tau=0")
     md = (out / "scan.md").read_text()
@@ -244,7 +250,8 @@ def test_clear_errors(trained, tmp_path, capsys):
 ])
 def test_prefix_reuse_on_other_encoders(tmp_path, encoder, conf, block_reuse):
     """Padding-aware group-norm Conformer: blocks reused; CTC-conditioned blocks: safe fallback."""
-    import espnet_ext  # noqa: F401
+    from espnet_ext.asr.registration import register_encoders
+    register_encoders()
     from espnet_ext.evaluation.decoders import CtcGreedyDecoder
     from espnet_ext.evaluation.eval_data import load_eval_set
     from espnet_ext.evaluation.evaluator import Evaluator

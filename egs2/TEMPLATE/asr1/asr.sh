@@ -69,7 +69,7 @@ fl_model=valid.acc.ave.pth  # Its weights.
 fl_scan=submodule     # Granularity of the stage-6 scan that targets the dropout.
 fl_rates="0.25 0.5"   # Ambient-group dropout rates of the targeted plans, one client size each; every
                       # rate also runs uniform dropout at the same client cost (no dropout runs once).
-fl_args=              # Extra arguments for espnet_ext.bin.fl_simulate run (--rounds, --client_lr, ...).
+fl_args=              # Extra arguments for espnet_ext.bin.fl_simulate sweep (--rounds, --client_lr, ...).
 fl_seeds="1 2 3"      # Federated seeds: every plan runs once per seed (client sampling, sub-models, local
                       # training); results give mean ± std (min-max) and paired bootstrap intervals.
                       # Empty: one run per plan with seed 0 (the single-seed layout <plan>/).
@@ -117,7 +117,7 @@ Options (defaults in brackets):
   --fl_config / --fl_seed / --fl_model   pre-trained model [last config / first seed / ${fl_model}]
   --fl_scan                scan granularity that targets the dropout [${fl_scan}]
   --fl_rates               targeted dropout rates, one client size each [${fl_rates}]
-  --fl_args                extra arguments for espnet_ext.bin.fl_simulate run
+  --fl_args                extra arguments for espnet_ext.bin.fl_simulate sweep
   --fl_seeds               federated seeds, each plan once per seed [${fl_seeds:-none}]
 EOF
 )
@@ -430,7 +430,9 @@ if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ]; then
             [ -f "${dir}/.done" ] || die "${dir} is not trained: run stage 4 first"
             for granularity in ${scan_granularities}; do
                 for dset in ${scan_sets:-${valid_set}}; do
-                    out="${dir}/scan_${granularity}_${dset}"
+                    # The scan dir is named by the library (espnet_ext.scan.result), as every reader finds it.
+                    out=$("${python}" -c 'import sys; from espnet_ext.scan.result import scan_dir; print(scan_dir(*sys.argv[1:]))' \
+                        "${dir}" "${granularity}" "${dset}")
                     if [ -f "${out}/.done" ]; then
                         log "Skip: ${out} is complete"; continue
                     fi
@@ -494,43 +496,26 @@ if [ ${stage} -le 8 ] && [ ${stop_stage} -ge 8 ]; then
         dir=$(exp_name "${_fl_config}" "${_fl_seed}")
         [ -f "${dir}/.done" ] || die "${dir} is not trained: run stage 4 first (or set --fl_config/--fl_seed)"
         scan_set=${scan_sets:-${valid_set}}
-        scan_tsv="${dir}/scan_${fl_scan}_${scan_set%% *}/scan.tsv"
-        [ -f "${scan_tsv}" ] || die "${scan_tsv} not found: run stage 6 with --scan_granularities ${fl_scan}"
         eval_args=()
         for t in ${fl_sets}; do eval_args+=(--eval_data "${t//\//_}=data/${t}"); done
-        # A greedy-CTC scan scores the encoder only, so uniform dropout is drawn from the encoder too:
-        # the comparison is then about which encoder units are dropped, not about the decoder.
-        stacks=encoder
-        [ "${scan_scoring}" = beam ] && stacks=encoder,decoder
         fl_root="${expdir}/fl_${dir##*/}"
-        # Runs go to <plan>/seed<N>/ (several seeds) or <plan>/ (no --fl_seeds); .done records which.
+        # Runs go to r<rate>/<plan>/seed<N>/ (several seeds) or r<rate>/<plan>/ (no --fl_seeds):
+        # no dropout once, uniform (at the targeted plan's cost, from the stacks the scan scored) and
+        # targeted per rate; completed rates are skipped. Then one row per plan and rate: mean ±
+        # spread over the seeds, paired intervals of targeted minus uniform and minus no dropout.
         fl_seed_list=$(echo ${fl_seeds} | tr -s ' ' ',')
         seed_args=()
         [ -n "${fl_seed_list}" ] && seed_args=(--seeds "${fl_seed_list}")
-        run_dirs=()
-        plans=none,uniform,targeted
-        for rate in ${fl_rates}; do
-            out="${fl_root}/r${rate}"
-            for p in ${plans//,/ }; do run_dirs+=("${out}/${p}"); done
-            if [ -f "${out}/.done" ] && [ "$(cat "${out}/.done")" = "seeds ${fl_seed_list:-0}" ]; then
-                log "Skip: ${out} is complete (seeds ${fl_seed_list:-0})"; plans=uniform,targeted; continue
-            fi
-            log "Federated runs [${plans}] x seeds [${fl_seed_list:-0}] at rate ${rate} from ${dir}/${fl_model} (log: ${out}/fl.log)"
-            # shellcheck disable=SC2086
-            progress_pattern="plan |round [0-9]+/|Traceback|Error" progress_prefix="[fl r${rate}] " \
-            run_logged "${out}/fl.log" "${out}/fl.sh" \
-                "${python}" -m espnet_ext.bin.fl_simulate run --exp_dir "${dir}" --model_file "${fl_model}" \
-                --adapt_data "data/${fl_adapt_set}" "${eval_args[@]}" --out_dir "${out}" \
-                --plans "${plans}" --rate "${rate}" --scan_tsv "${scan_tsv}" --match_cost params \
-                --uniform_stacks "${stacks}" --device "$([ "${ngpu}" -gt 0 ] && echo cuda || echo cpu)" \
-                "${seed_args[@]}" --no_progress ${fl_args}
-            echo "seeds ${fl_seed_list:-0}" > "${out}/.done"
-            plans=uniform,targeted   # no dropout does not depend on the rate: it runs once
-        done
-        # One row per plan and rate: mean ± spread over the seeds, paired intervals of targeted
-        # minus uniform (same rate) and minus no dropout.
-        "${python}" -m espnet_ext.bin.fl_simulate compare "${run_dirs[@]}" "${seed_args[@]}" \
-            --out "${fl_root}/results.md" --plot "${fl_root}/cer_vs_client_size.png" >/dev/null
+        log "Federated adaptation of ${dir}/${fl_model} at rates [${fl_rates}] (log: ${fl_root}/fl.log)"
+        # shellcheck disable=SC2086
+        progress_pattern="Federated runs|Skip: |plan |round [0-9]+/|Traceback|Error" progress_prefix="[fl] " \
+        run_logged "${fl_root}/fl.log" "${fl_root}/fl.sh" \
+            "${python}" -m espnet_ext.bin.fl_simulate sweep --exp_dir "${dir}" --model_file "${fl_model}" \
+            --scan_granularity "${fl_scan}" --scan_dataset "${scan_set%% *}" \
+            --rates "$(echo ${fl_rates} | tr -s ' ' ',')" --adapt_data "data/${fl_adapt_set}" \
+            "${eval_args[@]}" --out_dir "${fl_root}" \
+            --device "$([ "${ngpu}" -gt 0 ] && echo cuda || echo cpu)" \
+            "${seed_args[@]}" --no_progress ${fl_args}
         log "Federated results: ${fl_root}/results.md"
         if compgen -G "${expdir}/*/decode_*/*/scores.json" >/dev/null; then
             "${python}" -m espnet_ext.bin.make_results --expdir "${expdir}" --out "${expdir}/RESULTS.md"

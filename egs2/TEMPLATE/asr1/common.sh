@@ -2,8 +2,9 @@
 # Sourced, not run:
 #   . "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/<path to>/egs2/TEMPLATE/asr1/common.sh"
 # (readlink -f: recipe copies made for a run link local/ and TEMPLATE/, and the helpers must come
-# from the repository itself.) Defines log, die, min, begin_options/parse_options and
-# default_python, sets espnet_ext_root and puts it on PYTHONPATH.
+# from the repository itself.) Defines log, die, min, begin_options/parse_options
+# (parse_known_options), no_positional and default_python, sets espnet_ext_root and puts it on
+# PYTHONPATH.
 
 # The espnet_ext repository that holds this file (physical path, whatever links led here).
 espnet_ext_root=$(cd -P "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
@@ -37,8 +38,17 @@ begin_options() { _names_before=" $(compgen -v | tr '\n' ' ') "; }
 
 # Sets the variable of each `--name value` pair; --help/-h prints ${help_message} and exits.
 # Other arguments are kept, in order, in the array `positional` (check it if a script takes none).
-parse_options() {
-    local _name _allowed=" "
+parse_options() { _parse_options strict "$@"; }
+
+# As parse_options, but an undeclared `--name value` pair is kept in `positional` too (both words,
+# in order) instead of failing: for a script that hands the options it does not declare on to the
+# script it runs (which then rejects the mistyped ones).
+parse_known_options() { _parse_options pass "$@"; }
+
+# _parse_options strict|pass ARGS...: what to do with an undeclared option, then the arguments.
+_parse_options() {
+    local _unknown=$1 _name _allowed=" "
+    shift
     [ -n "${_names_before:-}" ] || die "parse_options without begin_options (a bug in $0)"
     for _name in $(compgen -v); do
         [[ ${_name} =~ ^[a-z][a-z0-9_]*$ ]] || continue
@@ -50,7 +60,13 @@ parse_options() {
             --help|-h) echo "${help_message:-Usage: $0 [options]}"; exit 0 ;;
             --*)
                 _name=${1#--}
-                [[ ${_allowed} == *" ${_name} "* ]] || die "unknown option '$1' (see $0 --help)"
+                if [[ ${_allowed} != *" ${_name} "* ]]; then
+                    [ "${_unknown}" = pass ] || die "unknown option '$1' (see $0 --help)"
+                    # Its value goes along whatever it looks like (e.g. --fl_args "--rounds 2").
+                    positional+=("${@:1:2}")
+                    shift "$(min 2 $#)"
+                    continue
+                fi
                 [ $# -ge 2 ] || die "option $1 needs a value (see $0 --help)"
                 printf -v "${_name}" '%s' "$2"
                 shift 2 ;;

@@ -12,33 +12,33 @@ cd "$(dirname "$0")"
 
 # Path from this recipe to the espnet_ext repository (setup.sh sets it for recipes elsewhere).
 repo_rel=../../..
+# log, die and the option parser of the stage driver's scripts.
+# shellcheck source=../../TEMPLATE/asr1/common.sh
+. "${repo_rel}/egs2/TEMPLATE/asr1/common.sh"
+
+# Test sets to decode when test_dirs is empty, space-separated (data/<name> must exist; give them
+# as --test_sets, an option of the stage driver); with neither, only dev is decoded.
+test_sets=
+asr_configs="conf/train_asr_conformer_bn.yaml conf/train_asr_conformer_gn.yaml"
+inference_config=conf/decode_asr.yaml
+
+begin_options
 # Existing Kaldi data dirs; empty: data/train and data/dev are there already.
 train_dir=
 valid_dir=
 # Space-separated test dirs; DIR is imported as data/<basename of DIR>, NAME=DIR as data/NAME.
 test_dirs=
-# Test sets to decode when test_dirs is empty, space-separated (data/<name> must exist); with
-# neither, only dev is decoded.
-test_sets=
 # More options for local/data.sh, e.g. "--extract_audio true" (segments, piped or ark audio).
 import_opts=
 
-asr_configs="conf/train_asr_conformer_bn.yaml conf/train_asr_conformer_gn.yaml"
-inference_config=conf/decode_asr.yaml
+help_message="Usage: $0 [--train_dir DIR] [--valid_dir DIR] [--test_dirs \"DIR NAME=DIR ...\"]
+          [--import_opts \"...\"] [any option of ${repo_rel}/egs2/TEMPLATE/asr1/asr.sh]
+Imports the given Kaldi dirs as data/train, data/dev and data/<test name> (stage 1), then runs
+the stage driver on them; the other options go to the stage driver."
 
-# die (and log) of the stage driver's scripts.
-# shellcheck source=../../TEMPLATE/asr1/common.sh
-. "${repo_rel}/egs2/TEMPLATE/asr1/common.sh"
-driver_args=()
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --train_dir|--valid_dir|--test_dirs|--import_opts)
-            [ $# -ge 2 ] || die "option $1 needs a value"
-            printf -v "${1#--}" '%s' "$2"
-            shift 2 ;;
-        *) driver_args+=("$1"); shift ;;
-    esac
-done
+# Options this script does not declare go on to the stage driver, in order.
+parse_known_options "$@"
+driver_args=(${positional[@]+"${positional[@]}"})
 
 # The stage driver word-splits --local_data_opts, so paths must be free of whitespace (wav.scp
 # paths must be anyway).

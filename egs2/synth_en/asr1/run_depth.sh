@@ -13,9 +13,20 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
+# log, die and the option parser of the stage driver's scripts.
+# shellcheck source=../../TEMPLATE/asr1/common.sh
+. ../../TEMPLATE/asr1/common.sh
+
 asr_configs=""
 for n in 4 8 12 16; do
     asr_configs+=" conf/depth/train_asr_conformer_${n}x64.yaml conf/depth/train_asr_conformer_gn_${n}x64.yaml"
 done
 
-./run.sh --asr_configs "${asr_configs# }" --seeds "1 2" --scan_taus 0,10 --stop_stage 7 "$@"
+begin_options
+help_message="Usage: $0 [--stage N] [--stop_stage M] [--seeds \"1 2 3\"] [any option of asr.sh]
+The depth sweep (stages up to 7); every option goes to ./run.sh and the stage driver."
+
+# This script declares no option of its own: all go on to run.sh, in order.
+parse_known_options "$@"
+
+./run.sh --asr_configs "${asr_configs# }" --seeds "1 2" --scan_taus 0,10 --stop_stage 7 ${positional[@]+"${positional[@]}"}

@@ -18,22 +18,25 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
+# log, die and the option parser of the stage driver's scripts.
+# shellcheck source=../../TEMPLATE/asr1/common.sh
+. ../../TEMPLATE/asr1/common.sh
+
 asr_configs="conf/train_asr_conformer.yaml conf/train_asr_conformer_gn.yaml"
 asr_configs+=" conf/train_asr_conformer_small.yaml conf/train_asr_conformer_gn_small.yaml"
 
-args=()
-while [ $# -gt 0 ]; do
-    if [ "$1" = "--add_configs" ]; then
-        [ $# -ge 2 ] || { echo "$0: option --add_configs needs a value (config files)" >&2; exit 1; }
-        for c in $2; do
-            [ -f "${c}" ] || { echo "$0: --add_configs: no config file ${c} (relative to $(pwd))" >&2; exit 1; }
-        done
-        asr_configs+=" $2"
-        shift 2
-    else
-        args+=("$1")
-        shift
-    fi
-done
+begin_options
+add_configs=   # More training configs (space-separated) joining the study.
 
-./run.sh --asr_configs "${asr_configs}" --seeds "1 2 3" --stop_stage 7 ${args[@]+"${args[@]}"}
+help_message="Usage: $0 [--stage N] [--stop_stage M] [--seeds \"1 2 3 4\"]
+          [--add_configs \"conf/train_asr_e_branchformer.yaml\"] [any option of asr.sh]
+The seeds-and-sizes study (stages up to 7); other options go to ./run.sh and the stage driver."
+
+# Options this script does not declare go on to run.sh, in order.
+parse_known_options "$@"
+for c in ${add_configs}; do
+    [ -f "${c}" ] || die "--add_configs: no config file ${c} (relative to $(pwd))"
+done
+[ -z "${add_configs// /}" ] || asr_configs+=" ${add_configs}"
+
+./run.sh --asr_configs "${asr_configs}" --seeds "1 2 3" --stop_stage 7 ${positional[@]+"${positional[@]}"}

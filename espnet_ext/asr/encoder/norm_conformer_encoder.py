@@ -13,27 +13,12 @@ Registered in ESPnet as `encoder: norm_conformer` (see espnet_ext.asr.registrati
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
-from espnet.nets.pytorch_backend.transformer.subsampling import (
-    Conv2dSubsampling,
-    Conv2dSubsampling1,
-    Conv2dSubsampling2,
-    Conv2dSubsampling6,
-    Conv2dSubsampling8,
-)
 from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
 from typeguard import typechecked
 
 from espnet_ext.asr.encoder.masked_norm import check_conv_norm_options
 from espnet_ext.asr.encoder.padding_aware_convolution import PaddingAwareConvolutionModule
-from espnet_ext.asr.encoder.subsampling_mask import recompute_subsampling_mask
-
-_CONV_SUBSAMPLING = (
-    Conv2dSubsampling,
-    Conv2dSubsampling1,
-    Conv2dSubsampling2,
-    Conv2dSubsampling6,
-    Conv2dSubsampling8,
-)
+from espnet_ext.asr.encoder.subsampling_mask import masked_subsampling_classes, recompute_subsampling_mask
 
 
 def _share_mask_with_conv_module(
@@ -183,5 +168,5 @@ class NormConformerEncoder(ConformerEncoder):
                 layer.register_forward_pre_hook(_share_mask_with_conv_module, with_kwargs=True)
                 layer.register_forward_hook(_forget_conv_module_mask, always_call=True)
 
-        if exact_subsampling_mask and isinstance(self.embed, _CONV_SUBSAMPLING):
+        if exact_subsampling_mask and isinstance(self.embed, masked_subsampling_classes()):
             self.embed.register_forward_hook(recompute_subsampling_mask, with_kwargs=True)

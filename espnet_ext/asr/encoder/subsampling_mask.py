@@ -6,11 +6,32 @@ the convolutions produce from its own frames: an utterance of 30 frames alone gi
 after 4x subsampling, but inside a batch padded to 37 frames its mask says 8. The extra frames
 are computed from padding, and attention, the convolution module and the output lengths treat
 them as speech. Here the mask is rebuilt from each utterance's true output length.
+
+:func:`masked_subsampling_classes` names the subsampling layers this concerns.
 """
+
+from __future__ import annotations
 
 from typing import Any, Dict, Iterable, Tuple
 
 import torch
+
+# ESPnet's convolutional input layers that take and return the padding mask (those the
+# encoders' forward passes the mask to); any other input layer is called on the features alone.
+MASKED_SUBSAMPLING_NAMES = (
+    "Conv2dSubsampling", "Conv1dSubsampling1", "Conv1dSubsampling2", "Conv1dSubsampling3",
+    "Conv2dSubsampling1", "Conv2dSubsampling2", "Conv2dSubsampling6", "Conv2dSubsampling8",
+)
+
+
+def masked_subsampling_classes() -> Tuple[type, ...]:
+    """ESPnet's classes of :data:`MASKED_SUBSAMPLING_NAMES` that this ESPnet version has.
+
+    For ``isinstance`` checks; ESPnet is imported on the first call, not with this module.
+    """
+    from espnet.nets.pytorch_backend.transformer import subsampling
+
+    return tuple(getattr(subsampling, n) for n in MASKED_SUBSAMPLING_NAMES if hasattr(subsampling, n))
 
 
 def subsampled_lengths(convs: Iterable[torch.nn.Module], lengths: torch.Tensor) -> torch.Tensor:

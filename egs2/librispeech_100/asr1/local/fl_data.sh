@@ -26,42 +26,19 @@ Splits data/<source_set> into data/fl/central (central training) and data/fl_ada
 parse_options "$@"
 no_positional
 python=${python:-$(default_python)}
-[[ ${every} =~ ^[0-9]+$ ]] && [ "${every}" -ge 2 ] || die "--every must be an integer >= 2, got '${every}'"
 src=data/${source_set}
 [ -f "${src}/utt2chapter" ] || die "${src}/utt2chapter not found: run stage 1 (local/data.sh) first"
 
-marker=data/fl_adapt/.fl_data_options
-options="source_set=${source_set} every=${every}"
-if [ -f "${marker}" ] && [ "$(cat "${marker}")" = "${options}" ]; then
-    log "data/fl and data/fl_adapt exist (${options}): kept"
-    exit 0
-fi
 fl() { "${python}" -m espnet_ext.bin.fl_simulate "$@"; }
 
-readers=$(cut -d' ' -f1 "${src}/spk2utt" | awk -v n="${every}" 'NR % n == 0' | paste -sd,)
-[ -n "${readers}" ] || die "${src} has fewer than ${every} speakers: lower --every"
-if [ -f "${marker}" ]; then
-    # Outputs of an earlier run with other options: remove exactly what this script wrote.
-    log "Replacing data/fl and data/fl_adapt of an earlier run ($(cat "${marker}"))"
-    rm -rf data/fl/central data/fl/withheld data/fl_adapt/train data/fl_adapt/test
-    rm -f data/fl/split_rule data/fl_adapt/test_split_rule "${marker}"
-    rmdir data/fl data/fl_adapt 2>/dev/null || true  # kept when they hold anything else
-fi
-# Anything else already there is not this script's: `fl split` refuses dirs it did not write, and
-# the moves below must not land inside existing dirs.
-for out in data/fl_adapt/train data/fl_adapt/test data/fl_adapt/test_split_rule; do
-    [ ! -e "${out}" ] || die "${out} exists but was not written by $0; move it away (mv ${out} ${out}.orig) and run again"
+# A dir the data tools did not write (no marker) stops the script before data/fl is written.
+for out in data/fl_adapt/train data/fl_adapt/test; do
+    [ ! -e "${out}" ] || [ -f "${out}/.espnet_ext.json" ] \
+        || die "${out} exists but was not written by $0; move it away (mv ${out} ${out}.orig) and run again"
 done
-fl split --data_dir "${src}" --out_dir data/fl --method speakers --speakers "${readers}"
-# The last chapter of each withheld reader (utterance ids are <reader>-<chapter>-<n>, sorted).
-chapters=$(awk '{ split($1, id, "-"); last[id[1]] = $2 } END { for (r in last) print last[r] }' \
-    data/fl/withheld/utt2chapter | sort -u | paste -sd,)
-fl split --data_dir data/fl/withheld --out_dir data/.fl_split --method field --field chapter \
-    --values "${chapters}"
-mkdir -p data/fl_adapt
-mv -T data/.fl_split/central data/fl_adapt/train
-mv -T data/.fl_split/withheld data/fl_adapt/test
-mv -T data/.fl_split/split_rule data/fl_adapt/test_split_rule
-rmdir data/.fl_split
-echo "${options}" >"${marker}"
-log "Withheld readers: $(echo "${readers}" | tr ',' ' ' | wc -w); clients' data data/fl_adapt/train, held-out chapters data/fl_adapt/test"
+# Each split keeps outputs that already hold it (a re-run is a no-op) and replaces, with
+# --overwrite, only the outputs of an earlier split with other options.
+fl split --data_dir "${src}" --out_dir data/fl --method every_nth_speaker --every "${every}" --overwrite
+fl split --data_dir data/fl/withheld --out_dir data/fl_adapt --method last_chapter \
+    --central_name train --withheld_name test --overwrite
+log "Withheld readers: $(cut -d' ' -f1 data/fl/withheld/spk2utt | wc -l); clients' data data/fl_adapt/train, held-out chapters data/fl_adapt/test"

@@ -1,0 +1,124 @@
+"""Figures of the cross-run layer analysis other than heatmaps, written as PNG files.
+
+* :func:`plot_update_vs_delta`: one scatter panel per run, a point per group (x: weight update,
+  y: error change after the reset), coloured by group kind, ambient groups filled;
+* :func:`plot_trajectories`: per run (a row), each group's distance from its initial weights
+  and to its final weights over the saved epochs.
+
+The analysis's heatmaps (one panel per seed, runs x runs matrices, the depth profile) are
+:func:`espnet_ext.reporting.figures.plot_heatmap`'s.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import List, Sequence, Tuple
+
+from espnet_ext.reporting.figures import kind_colours, pyplot, save_figure
+
+
+def plot_update_vs_delta(
+    panels: Sequence[Tuple[str, Sequence[Tuple[float, float, str, bool]]]],
+    path: Path,
+    xlabel: str = "relative weight update",
+    ylabel: str = "error change after reset (points)",
+) -> Path:
+    """Scatter panels: one point per group (update, delta), colour = kind, filled = ambient.
+
+    Args:
+        panels: (panel title, [(update, delta, kind, ambient), ...]) per run; points with a
+            NaN coordinate are not drawn.
+        path: Output PNG.
+        xlabel, ylabel: Axis labels.
+
+    Returns:
+        `path`.
+    """
+    if not panels:
+        raise ValueError("update-vs-delta: nothing to draw")
+    plt = pyplot()
+    kinds: List[str] = []
+    for _, points in panels:
+        for _, _, kind, _ in points:
+            if kind not in kinds:
+                kinds.append(kind)
+    colour = kind_colours(kinds)
+    cols = min(len(panels), 3)
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols + 1.8, 3.4 * rows), squeeze=False)
+    for ax, (name, points) in zip(axes.flat, panels):
+        pts = [p for p in points if math.isfinite(p[0]) and math.isfinite(p[1])]
+        for kind in kinds:
+            for ambient in (True, False):
+                sel = [p for p in pts if p[2] == kind and p[3] == ambient]
+                if sel:
+                    ax.scatter([p[0] for p in sel], [p[1] for p in sel], s=28, edgecolors=colour[kind],
+                               facecolors=colour[kind] if ambient else "none", linewidths=1.2)
+        if pts and min(p[0] for p in pts) > 0 and max(p[0] for p in pts) / min(p[0] for p in pts) > 20:
+            ax.set_xscale("log")
+        ax.axhline(0.0, color="grey", lw=0.6)
+        ax.set_title(name, fontsize=8)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], marker="o", ls="", color=colour[k], label=k) for k in kinds]
+    handles += [Line2D([], [], marker="o", ls="", color="black", label="ambient (filled)"),
+                Line2D([], [], marker="o", ls="", markerfacecolor="none", color="black",
+                       label="critical (hollow)")]
+    fig.legend(handles=handles, loc="center right", fontsize=7)
+    fig.tight_layout(rect=(0, 0, 1 - 1.6 / (4.2 * cols + 1.8), 1))
+    return save_figure(fig, path)
+
+
+def plot_trajectories(
+    runs: Sequence[Tuple[str, Sequence[int], Sequence[Tuple[str, str, Sequence[float], Sequence[float]]]]],
+    path: Path,
+) -> Path:
+    """Per run (a row), two panels: ||θτ − θ0|| / ||θ0|| and ||θT − θτ|| / ||θτ|| over epochs τ.
+
+    Args:
+        runs: (run title, saved epochs, curves) per run, with curves = (group name, kind,
+            from_init per epoch, to_final per epoch) per group; one line per group, coloured by
+            kind, darker for deeper groups (layer order).
+        path: Output PNG.
+
+    Returns:
+        `path`.
+    """
+    if not runs:
+        raise ValueError("trajectories: nothing to draw")
+    plt = pyplot()
+    kinds: List[str] = []
+    for _, _, curves in runs:
+        for _, kind, _, _ in curves:
+            if kind not in kinds:
+                kinds.append(kind)
+    colour = kind_colours(kinds)
+    fig, axes = plt.subplots(len(runs), 2, figsize=(10.5, 2.7 * len(runs) + 0.4), squeeze=False)
+    for row, (title, epochs, curves) in zip(axes, runs):
+        for kind in kinds:
+            members = [c for c in curves if c[1] == kind]
+            for i, (_, _, from_init, to_final) in enumerate(members):
+                alpha = 0.35 + 0.65 * (i + 1) / len(members)
+                label = kind if i == len(members) - 1 else None
+                row[0].plot(epochs, from_init, color=colour[kind], alpha=alpha, lw=1.1, label=label)
+                row[1].plot(epochs, to_final, color=colour[kind], alpha=alpha, lw=1.1)
+        row[0].set_ylabel("||θτ − θ0|| / ||θ0||", fontsize=7)
+        row[1].set_ylabel("||θT − θτ|| / ||θτ||", fontsize=7)
+        row[0].set_title(title, fontsize=8, loc="left")
+        for ax in row:
+            ax.tick_params(labelsize=7)
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch τ", fontsize=8)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    height = 2.7 * len(runs) + 0.4
+    fig.legend(handles, labels, loc="upper right", fontsize=7, ncol=min(len(kinds), 6))
+    # Fixed margins: tight_layout would draw the whole figure once more.
+    fig.subplots_adjust(left=0.08, right=0.98, wspace=0.25, bottom=0.5 / height, top=1 - 0.45 / height,
+                        hspace=0.35)
+    return save_figure(fig, path)
