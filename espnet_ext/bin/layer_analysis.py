@@ -12,6 +12,14 @@ Examples (from the recipe directory):
     # several granularities, one pass over the checkpoints:
     python -m espnet_ext.bin.layer_analysis --exp_dirs exp/asr_* --granularity block submodule \\
         --dataset dev --out_dir 'exp/analysis_{granularity}_dev'
+
+Subcommand ``depth``: the depth sweep (egs2/synth_en/asr1/run_depth.sh), per norm and number of
+encoder blocks: fraction of ambient groups per kind, where the ambient blocks sit in normalized
+depth, dev/test error rates, stability across seeds and weight update vs reset; writes depth.json,
+depth.md, depth_ambient_fraction.png and depth_ambient_positions.png into --out_dir:
+    python -m espnet_ext.bin.layer_analysis depth --exp_dir exp \\
+        --runs_glob 'asr_train_asr_conformer*_[0-9]*x64_seed*' --dataset dev \\
+        --out_dir exp/analysis_depth_dev
 """
 
 from __future__ import annotations
@@ -58,7 +66,79 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: First argument that selects the depth-sweep analysis.
+DEPTH_COMMAND = "depth"
+
+
+def get_depth_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="layer_analysis depth", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="The depth sweep: ambient groups per kind and block positions vs encoder depth, "
+                    "error rates, stability across seeds and weight updates, per norm and depth "
+                    "(depth.json, depth.md, depth_ambient_fraction.png, depth_ambient_positions.png).")
+    p.add_argument("--exp_dir", type=Path, required=True, help="the recipe's experiment dir, e.g. exp")
+    p.add_argument("--runs_glob", required=True,
+                   help="glob of the sweep's run dirs inside --exp_dir, e.g. "
+                        "'asr_train_asr_conformer*_[0-9]*x64_seed*' (quote it)")
+    p.add_argument("--dataset", required=True, help="scanned data set name, e.g. dev")
+    p.add_argument("--out_dir", type=Path, required=True, help="output dir, e.g. exp/analysis_depth_dev")
+    p.add_argument("--granularity", nargs="+", default=["block", "submodule"],
+                   help="scan granularities to read (block positions need block; default: %(default)s)")
+    p.add_argument("--tau", type=int, default=None,
+                   help="analyse re-initialization to this tau (default: each scan's reference "
+                        "reset, the smallest tau scanned)")
+    p.add_argument("--decode_sets", nargs="+", default=None,
+                   help="decoded sets whose error rates are reported (default: every set decoded)")
+    p.add_argument("--decode_tag", default=None,
+                   help="decoding dir to read (e.g. decode_asr_valid.acc.ave) when a run has several")
+    p.add_argument("--depth_bins", type=int, default=4,
+                   help="normalized-depth bins for comparing runs whose groups differ (default: %(default)s)")
+    p.add_argument("--allow_missing", action="store_true",
+                   help="skip runs without a finished scan or checkpoints instead of failing")
+    p.add_argument("--num_threads", type=int, default=1, help="CPU threads for torch (default: %(default)s)")
+    p.add_argument("--log_level", default="WARNING", help="logging level (default: %(default)s)")
+    return p
+
+
+def depth_main(argv=None) -> int:
+    """``layer_analysis depth ...``: the depth-sweep analysis."""
+    parser = get_depth_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    if args.depth_bins < 1:
+        parser.error("--depth_bins must be >= 1")
+    if args.num_threads < 1:
+        parser.error("--num_threads must be >= 1")
+    import torch
+
+    torch.set_num_threads(args.num_threads)
+    from espnet_ext.analysis.depth import DepthOptions, run_depth_analysis
+
+    opts = DepthOptions(exp_dir=args.exp_dir, runs_glob=args.runs_glob, dataset=args.dataset,
+                        out_dir=args.out_dir, granularities=list(dict.fromkeys(args.granularity)),
+                        tau=args.tau, decode_sets=args.decode_sets, decode_tag=args.decode_tag,
+                        depth_bins=args.depth_bins, allow_missing=args.allow_missing)
+    results = []
+    status = run_guarded("layer_analysis depth", lambda: results.append(run_depth_analysis(opts)),
+                         (ValueError, FileNotFoundError))
+    if status:
+        return status
+    result = results[0]
+    for path, why in result.skipped.items():
+        print(f"skipped {path}: {why}")
+    for note in result.notes:
+        print(f"note: {note}")
+    for s in result.setups:
+        fractions = ", ".join(f"{k.kind} {k.mean:.2f}" for ks in s.fractions.values() for k in ks)
+        print(f"{s.setup} ({len(s.runs)} seeds): ambient fraction {fractions}")
+    print(f"{result.out_dir}/depth.md ({len(result.figures)} figures)")
+    return 0
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == [DEPTH_COMMAND]:
+        return depth_main(argv[1:])
     parser = get_parser()
     args = parser.parse_args(argv)
     setup_logging(args.log_level)

@@ -3,7 +3,11 @@
 * :func:`plot_update_vs_delta`: one scatter panel per run, a point per group (x: weight update,
   y: error change after the reset), coloured by group kind, ambient groups filled;
 * :func:`plot_trajectories`: per run (a row), each group's distance from its initial weights
-  and to its final weights over the saved epochs.
+  and to its final weights over the saved epochs;
+* :func:`plot_ambient_fraction`: the depth sweep's fraction of ambient groups per kind vs encoder
+  blocks, one panel per norm;
+* :func:`plot_block_positions`: the depth sweep's ambient / critical / uncertain blocks by
+  normalized depth, one row per model depth.
 
 The analysis's heatmaps (one panel per seed, runs x runs matrices, the depth profile) are
 :func:`espnet_ext.reporting.figures.plot_heatmap`'s.
@@ -121,4 +125,113 @@ def plot_trajectories(
     # Fixed margins: tight_layout would draw the whole figure once more.
     fig.subplots_adjust(left=0.08, right=0.98, wspace=0.25, bottom=0.5 / height, top=1 - 0.45 / height,
                         hspace=0.35)
+    return save_figure(fig, path)
+
+
+def plot_ambient_fraction(
+    panels: Sequence[Tuple[str, Sequence[Tuple[str, Sequence[Tuple[float, float, Sequence[float]]]]]]],
+    path: Path,
+    xlabel: str = "encoder blocks",
+    ylabel: str = "fraction of groups ambient",
+) -> Path:
+    """Panels side by side (e.g. one per norm), one line per group kind: fraction vs depth.
+
+    Args:
+        panels: (panel title, [(kind, [(x, mean fraction, per-seed fractions), ...]), ...]);
+            the line joins the means, the seeds are small dots at the same x.
+        path: Output PNG.
+        xlabel, ylabel: Axis labels.
+
+    Returns:
+        `path`.
+    """
+    if not panels:
+        raise ValueError("ambient fraction: nothing to draw")
+    plt = pyplot()
+    kinds: List[str] = []
+    for _, lines in panels:
+        for kind, _ in lines:
+            if kind not in kinds:
+                kinds.append(kind)
+    colour = kind_colours(kinds)
+    xs = sorted({p[0] for _, lines in panels for _, points in lines for p in points})
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 2.2, 3.6), squeeze=False,
+                             sharey=True)
+    for ax, (title, lines) in zip(axes[0], panels):
+        for kind, points in lines:
+            points = sorted(points)
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", color=colour[kind],
+                    lw=1.4, ms=4)
+            seeds = [(p[0], v) for p in points for v in p[2]]
+            ax.scatter([x for x, _ in seeds], [v for _, v in seeds], s=9, color=colour[kind], alpha=0.45)
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks(xs)
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0][0].set_ylabel(ylabel, fontsize=8)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], marker="o", color=colour[k], label=k) for k in kinds]
+    handles.append(Line2D([], [], marker="o", ls="", ms=3, color="grey", alpha=0.6, label="seeds"))
+    fig.legend(handles=handles, loc="center right", fontsize=7)
+    width = 4.6 * len(panels) + 2.2
+    fig.tight_layout(rect=(0, 0, 1 - 1.7 / width, 1))
+    return save_figure(fig, path)
+
+
+#: Marker and colour of each block mark in :func:`plot_block_positions`.
+_POSITION_MARKS = {"ambient": ("o", "tab:green"), "critical": ("x", "tab:red"),
+                   "uncertain": ("s", "tab:orange")}
+
+
+def plot_block_positions(
+    panels: Sequence[Tuple[str, Sequence[Tuple[str, Sequence[Sequence[Tuple[float, str]]]]]]],
+    path: Path,
+    xlabel: str = "normalized depth (block / (blocks − 1))",
+) -> Path:
+    """Where blocks of each mark sit: x = normalized depth, one row per model, seeds stacked.
+
+    Args:
+        panels: (panel title, [(row label, [[(position, mark), ...] per seed]), ...]) with mark
+            ``ambient``, ``critical`` or ``uncertain``; a row's seeds are drawn slightly apart.
+        path: Output PNG.
+        xlabel: Axis label.
+
+    Returns:
+        `path`.
+    """
+    if not panels:
+        raise ValueError("block positions: nothing to draw")
+    plt = pyplot()
+    n_rows = max(len(rows) for _, rows in panels)
+    height = 0.55 * n_rows + 1.6
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels) + 1.6, height), squeeze=False)
+    for ax, (title, rows) in zip(axes[0], panels):
+        for i, (_, seeds) in enumerate(rows):
+            # Seeds spread over +-0.25 around the row (one seed: on the row).
+            offsets = ([0.0] if len(seeds) == 1
+                       else [-0.25 + 0.5 * j / (len(seeds) - 1) for j in range(len(seeds))])
+            for off, blocks in zip(offsets, seeds):
+                for mark, (marker, col) in _POSITION_MARKS.items():
+                    xs = [x for x, m in blocks if m == mark]
+                    if xs:
+                        ax.scatter(xs, [i + off] * len(xs), marker=marker, s=26, color=col,
+                                   linewidths=1.2)
+        ax.set_yticks(range(len(rows)))
+        ax.set_yticklabels([label for label, _ in rows], fontsize=7)
+        ax.set_ylabel("seeds stacked, first lowest", fontsize=7)
+        ax.set_ylim(-0.6, len(rows) - 0.4)
+        ax.set_xlim(-0.05, 1.05)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.grid(axis="x", color="grey", alpha=0.25, lw=0.5)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], marker=marker, ls="", color=col, label=mark)
+               for mark, (marker, col) in _POSITION_MARKS.items()]
+    fig.legend(handles=handles, loc="center right", fontsize=7)
+    width = 4.8 * len(panels) + 1.6
+    fig.tight_layout(rect=(0, 0, 1 - 1.3 / width, 1))
     return save_figure(fig, path)

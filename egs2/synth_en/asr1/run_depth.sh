@@ -3,8 +3,10 @@
 # group-norm Conformers of 4, 8, 12 and 16 blocks at one narrow width (64 dim, the small size of
 # run_stability.sh; conf/depth/*.yaml), 2 seeds each: 16 trainings, decoded (stage 5),
 # layer-reset scanned at block and sub-module level (stage 6: reset to tau 0 and to epoch 10 of 20,
-# and re-randomization) and analysed across runs (stage 7). Runs already trained are reused, and an
-# interrupted training resumes.
+# and re-randomization) and analysed across runs (stage 7: exp/analysis_{block,submodule}_dev, then
+# the depth analysis of the sweep: exp/analysis_depth_<set>/, i.e. `layer_analysis depth`: fraction
+# of ambient groups per kind and ambient block positions vs depth, error rates, stability across
+# seeds, weight updates). Runs already trained are reused, and an interrupted training resumes.
 # Trainings run two at a time with one thread each; RESULTS.md ("Ambient blocks and depth") has the
 # measured times.
 #
@@ -23,10 +25,28 @@ for n in 4 8 12 16; do
 done
 
 begin_options
-help_message="Usage: $0 [--stage N] [--stop_stage M] [--seeds \"1 2 3\"] [any option of asr.sh]
-The depth sweep (stages up to 7); every option goes to ./run.sh and the stage driver."
+stage=1          # First stage to run (passed on to run.sh).
+stop_stage=7     # Last stage (passed on to run.sh); the depth analysis runs with stage 7.
+expdir=exp       # Directory for experiments (passed on to run.sh).
+python=          # Python interpreter (default: tools/venv/bin/python, else python3; passed on to run.sh).
+depth_sets=dev   # Scanned data sets the depth analysis reads (space separated): exp/analysis_depth_<set>/.
 
-# This script declares no option of its own: all go on to run.sh, in order.
+help_message="Usage: $0 [--stage N] [--stop_stage M] [--seeds \"1 2 3\"] [--depth_sets \"dev\"] [any option of asr.sh]
+The depth sweep (stages up to 7, then the depth analysis); other options go to ./run.sh and the stage driver."
+
+# Options this script does not declare go on to run.sh, in order.
 parse_known_options "$@"
+python=${python:-$(default_python)}
 
-./run.sh --asr_configs "${asr_configs# }" --seeds "1 2" --scan_taus 0,10 --stop_stage 7 ${positional[@]+"${positional[@]}"}
+./run.sh --asr_configs "${asr_configs# }" --seeds "1 2" --scan_taus 0,10 --expdir "${expdir}" \
+    --python "${python}" --stage "${stage}" --stop_stage "${stop_stage}" ${positional[@]+"${positional[@]}"}
+
+if [ "${stage}" -le 7 ] && [ "${stop_stage}" -ge 7 ]; then
+    for dset in ${depth_sets}; do
+        out="${expdir}/analysis_depth_${dset}"
+        log "Depth analysis of the sweep on ${dset}: ${out}"
+        # The sweep's runs, every seed trained: conf/depth/train_asr_conformer{,_gn}_<blocks>x64.yaml.
+        "${python}" -m espnet_ext.bin.layer_analysis depth --exp_dir "${expdir}" \
+            --runs_glob 'asr_train_asr_conformer*_[0-9]*x64_seed*' --dataset "${dset}" --out_dir "${out}"
+    done
+fi

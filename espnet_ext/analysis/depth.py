@@ -1,0 +1,580 @@
+"""The depth sweep: do ambient blocks appear as encoders get deeper?
+
+:func:`run_depth_analysis` reads the runs of a depth sweep (Conformers of several block counts,
+batch and group norm, several seeds; ``egs2/synth_en/asr1/run_depth.sh``) through
+:func:`~espnet_ext.analysis.cross_run.collect_runs_multi` (config.yaml via ExperimentDir, the
+stage-6 scans via ScanResult, the weight updates) and the decoding scores of stage 5
+(``<exp_dir>/decode_*/<set>/scores.json``, read as RESULTS.md reads them), and writes into
+``out_dir``:
+
+* ``depth.json``: every number below, per setup (norm x encoder blocks x dimension);
+* ``depth.md``: the same as tables;
+* ``depth_ambient_fraction.png``: fraction of ambient groups per kind vs encoder blocks, one
+  panel per norm, one line per kind (mean over seeds; dots: the seeds);
+* ``depth_ambient_positions.png``: where the ambient blocks sit, x = normalized depth
+  (block index / (blocks - 1)), one row per depth, one panel per norm.
+
+Per setup:
+
+* **fraction ambient per kind** at the analysed reset (default: each scan's reference reset,
+  re-initialization to the smallest tau scanned): per run, ambient groups / groups of that kind
+  among the encoder blocks' groups (``enc_block`` at block granularity; ``enc_self_attn``,
+  ``enc_feed_forward``, ``enc_feed_forward_macaron``, ``enc_conv_module``, ``enc_norms``... at
+  sub-module granularity), its mean over seeds, and the number of uncertain labels (interval
+  straddling the threshold, scan column ``label_ci``; None for scans without intervals). Groups
+  outside the blocks (embedding, final norm, CTC) do not grow with depth and are left out;
+* **block positions**: each block's normalized depth and its mark (``uncertain`` when its interval
+  straddles the threshold, else ``ambient`` or ``critical``), from the block-granularity scan;
+* **error rates** of the trained models: CER and WER (percent) per decoded set, per seed and mean;
+* **stability across seeds**: mean pairwise Jaccard of ambient sets (with its chance level and
+  without uncertain labels) and mean Spearman of reset deltas
+  (:func:`espnet_ext.analysis.stability.seed_stability`);
+* **weight update vs reset delta**: Spearman per run and pooled over the setup's runs
+  (:func:`espnet_ext.analysis.stability.update_vs_delta`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from espnet_ext.analysis import analysis_report as rep
+from espnet_ext.analysis import stability as st
+from espnet_ext.analysis.cross_run import AnalysisInputError, AnalyzedRun, Collection, collect_runs_multi
+from espnet_ext.reporting.tables import markdown_table
+from espnet_ext.scan.result import REINIT, variant_title
+from espnet_ext.utils.atomic import write_text_atomic
+
+#: The granularity whose ``enc_block`` groups give the block positions.
+BLOCK_GRANULARITY = "block"
+#: Marks of a block in the positions list and figure, in legend order.
+MARKS = ("ambient", "critical", "uncertain")
+#: Error rates read from each decoding's scores.json (percent).
+METRICS = ("CER", "WER")
+#: Figure file names.
+FRACTION_FIGURE = "depth_ambient_fraction.png"
+POSITIONS_FIGURE = "depth_ambient_positions.png"
+
+
+@dataclasses.dataclass
+class DepthOptions:
+    """What the depth analysis reads and where it writes.
+
+    Attributes:
+        exp_dir: The recipe's experiment dir (``exp``).
+        runs_glob: Glob of the sweep's run dirs inside exp_dir
+            (``asr_train_asr_conformer*_[0-9]*x64_seed*``).
+        dataset: Scanned data set (``dev``).
+        out_dir: Output dir (``exp/analysis_depth_dev``).
+        granularities: Scan granularities read (the block positions need ``block``).
+        tau: Reset analysed: re-initialization to this tau; None: each scan's reference reset
+            (re-initialization to the smallest tau scanned).
+        decode_sets: Decoded data sets whose error rates are reported; None: every set decoded.
+        decode_tag: The decoding dir (``decode_asr_valid.acc.ave``) when a run has several;
+            None: each run's only one.
+        depth_bins: Normalized-depth bins of the cross-run comparison (only used when the runs of
+            one setup have different groups).
+        allow_missing: Skip runs without a scan or checkpoints instead of failing.
+    """
+
+    exp_dir: Path
+    runs_glob: str
+    dataset: str
+    out_dir: Path
+    granularities: Sequence[str] = ("block", "submodule")
+    tau: Optional[int] = None
+    decode_sets: Optional[Sequence[str]] = None
+    decode_tag: Optional[str] = None
+    depth_bins: int = 4
+    allow_missing: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedFraction:
+    """One run's ambient groups of one kind.
+
+    Attributes:
+        run: Run name.
+        seed: Training seed.
+        groups: Groups of the kind (one per block).
+        ambient: Of these, labelled ambient.
+        uncertain: Of these, with an interval straddling the threshold; None when the scan has
+            no intervals.
+        fraction: ambient / groups (0..1).
+    """
+
+    run: str
+    seed: Optional[int]
+    groups: int
+    ambient: int
+    uncertain: Optional[int]
+    fraction: float
+
+
+@dataclasses.dataclass(frozen=True)
+class KindFraction:
+    """Fraction of ambient groups of one kind in one setup.
+
+    Attributes:
+        granularity: Scan granularity the kind comes from.
+        kind: Group kind (``enc_block``, ``enc_self_attn``...).
+        mean: Mean over seeds of the per-run fraction (0..1).
+        per_seed: The runs, by seed.
+    """
+
+    granularity: str
+    kind: str
+    mean: float
+    per_seed: Tuple[SeedFraction, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockPosition:
+    """One encoder block of one run in normalized depth.
+
+    Attributes:
+        block: Block index (0-based).
+        position: block / (blocks - 1), in [0, 1] (0 for a one-block encoder).
+        ambient: The scan's label.
+        uncertain: Its interval straddles the ambient threshold.
+        delta: Error change after the reset, percentage points (the scans' metric).
+    """
+
+    block: int
+    position: float
+    ambient: bool
+    uncertain: bool
+    delta: float
+
+    @property
+    def mark(self) -> str:
+        """``uncertain`` (the label could not be decided), else ``ambient`` or ``critical``."""
+        return "uncertain" if self.uncertain else "ambient" if self.ambient else "critical"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPositions:
+    """The blocks of one run in normalized depth."""
+
+    run: str
+    seed: Optional[int]
+    blocks: Tuple[BlockPosition, ...]
+
+    def ambient_positions(self) -> List[float]:
+        return [b.position for b in self.blocks if b.mark == "ambient"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ErrorRate:
+    """One error rate of one setup on one decoded set.
+
+    Attributes:
+        dataset: Decoded data set.
+        metric: ``CER`` or ``WER``.
+        mean: Mean over the seeds decoded (percent); NaN when none was.
+        per_seed: {run name: percent} of the runs decoded.
+    """
+
+    dataset: str
+    metric: str
+    mean: float
+    per_seed: Dict[str, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class UpdateCorrelation:
+    """Spearman of weight update vs reset delta: per run and over the setup's runs together."""
+
+    per_run: Dict[str, st.Correlation]
+    pooled: st.Correlation
+
+
+@dataclasses.dataclass
+class DepthSetup:
+    """Everything the depth analysis says about one setup (norm x blocks x dimension).
+
+    Attributes:
+        norm: Conv-module norm (``batch_norm``, ``group_norm``...).
+        num_blocks: Encoder blocks (the depth).
+        output_size: Encoder dimension.
+        runs: {run name: seed}, by seed.
+        fractions: Per granularity, the ambient fraction of each in-block kind (layer order).
+        positions: Per run, its blocks in normalized depth (block granularity; empty without it).
+        error_rates: Per decoded set and metric.
+        stability: Per granularity, the agreement across seeds.
+        updates: Per granularity, weight update vs reset delta.
+    """
+
+    norm: str
+    num_blocks: Optional[int]
+    output_size: Optional[int]
+    runs: Dict[str, Optional[int]]
+    fractions: Dict[str, List[KindFraction]]
+    positions: List[RunPositions]
+    error_rates: List[ErrorRate]
+    stability: Dict[str, st.SeedStability]
+    updates: Dict[str, UpdateCorrelation]
+
+    @property
+    def setup(self) -> str:
+        """``<norm> <blocks>x<dimension>`` as the cross-run analysis names it."""
+        return f"{self.norm} {self.num_blocks if self.num_blocks is not None else '?'}x" \
+               f"{self.output_size if self.output_size is not None else '?'}"
+
+
+@dataclasses.dataclass
+class DepthResult:
+    """The written analysis: the setups, the files, the runs left out."""
+
+    setups: List[DepthSetup]
+    out_dir: Path
+    figures: List[Path]
+    skipped: Dict[str, str]
+    notes: List[str]
+
+
+# ----------------------------------------------------------------------------- per run
+def _in_block_layers(run: AnalyzedRun) -> List[st.LayerOutcome]:
+    """The run's encoder-block groups (what grows with depth)."""
+    return [g for g in run.outcome.layers if g.block is not None and g.kind.startswith("enc_")]
+
+
+def _has_intervals(run: AnalyzedRun) -> bool:
+    return any(r.label_ci for r in run.scan.reset_rows())
+
+
+def kind_counts(run: AnalyzedRun) -> Dict[str, SeedFraction]:
+    """Per in-block kind (layer order): the run's groups, ambient and uncertain counts."""
+    by_kind: Dict[str, List[st.LayerOutcome]] = {}
+    for g in _in_block_layers(run):
+        by_kind.setdefault(g.kind, []).append(g)
+    intervals = _has_intervals(run)
+    return {kind: SeedFraction(
+        run=run.info.name, seed=run.info.seed, groups=len(gs), ambient=sum(g.ambient for g in gs),
+        uncertain=sum(g.uncertain for g in gs) if intervals else None,
+        fraction=sum(g.ambient for g in gs) / len(gs)) for kind, gs in by_kind.items()}
+
+
+def normalized_depth(block: int, num_blocks: int) -> float:
+    """block / (num_blocks - 1): 0 for the first block, 1 for the last (0 with one block)."""
+    if not 0 <= block < num_blocks:
+        raise ValueError(f"block {block} is outside 0..{num_blocks - 1}")
+    return block / (num_blocks - 1) if num_blocks > 1 else 0.0
+
+
+def block_positions(run: AnalyzedRun) -> RunPositions:
+    """The run's ``enc_block`` groups in normalized depth (its depth: config.yaml's num_blocks)."""
+    blocks = [g for g in _in_block_layers(run) if g.kind == "enc_block"]
+    out = []
+    for g in blocks:
+        n = run.info.num_blocks or g.num_blocks or len(blocks)
+        out.append(BlockPosition(g.block, normalized_depth(g.block, n), g.ambient, g.uncertain, g.delta))
+    return RunPositions(run.info.name, run.info.seed, tuple(out))
+
+
+# ----------------------------------------------------------------------------- error rates
+def decode_error_rates(exp_dir: Path, datasets: Optional[Sequence[str]] = None,
+                       decode_tag: Optional[str] = None) -> Dict[str, Dict[str, float]]:
+    """A run's error rates from its decodings (``<exp_dir>/decode_*/<set>/scores.json``).
+
+    Args:
+        exp_dir: The run.
+        datasets: Sets to read; None: every set decoded. A set not decoded is left out.
+        decode_tag: The decoding dir to read; None: the run's only one for each set.
+
+    Returns:
+        {set: {"CER": percent, "WER": percent}}.
+
+    Raises:
+        AnalysisInputError: A set decoded in several dirs and no `decode_tag` to choose.
+    """
+    from espnet_ext.evaluation.scoring import load_scores
+
+    found: Dict[str, List[Path]] = {}
+    for f in sorted(Path(exp_dir).glob(f"{decode_tag or 'decode_*'}/*/scores.json")):
+        found.setdefault(f.parent.name, []).append(f)
+    out = {}
+    for dataset in (datasets if datasets is not None else sorted(found)):
+        files = found.get(dataset, [])
+        if len(files) > 1:
+            tags = ", ".join(f.parent.parent.name for f in files)
+            raise AnalysisInputError(
+                f"{exp_dir}: {dataset} was decoded in several dirs ({tags}); choose one with "
+                "--decode_tag")
+        if files:
+            scores = load_scores(files[0])
+            out[dataset] = {m: scores[m].error_rate for m in METRICS if m in scores}
+    return out
+
+
+def _error_rates(runs: Sequence[str], rates: Dict[str, Dict[str, Dict[str, float]]],
+                 datasets: Sequence[str]) -> List[ErrorRate]:
+    out = []
+    for dataset in datasets:
+        for metric in METRICS:
+            per_seed = {r: rates[r][dataset][metric] for r in runs
+                        if metric in rates.get(r, {}).get(dataset, {})}
+            out.append(ErrorRate(dataset, metric,
+                                 statistics.fmean(per_seed.values()) if per_seed else math.nan, per_seed))
+    return out
+
+
+# ----------------------------------------------------------------------------- per setup
+SetupKey = Tuple[str, Optional[int], Optional[int]]
+
+
+def _setup_key(run: AnalyzedRun) -> SetupKey:
+    return (run.info.norm, run.info.num_blocks, run.info.output_size)
+
+
+def _by_seed(runs: Sequence[AnalyzedRun]) -> List[AnalyzedRun]:
+    return sorted(runs, key=lambda r: (r.info.seed is None, r.info.seed or 0, r.info.name))
+
+
+def _fractions(runs: Sequence[AnalyzedRun], granularity: str) -> List[KindFraction]:
+    per_run = [kind_counts(r) for r in runs]
+    kinds: List[str] = []
+    for counts in per_run:
+        kinds += [k for k in counts if k not in kinds]
+    out = []
+    for kind in kinds:
+        seeds = tuple(c[kind] for c in per_run if kind in c)
+        out.append(KindFraction(granularity, kind, statistics.fmean(s.fraction for s in seeds), seeds))
+    return out
+
+
+def depth_setups(collections: Dict[str, Collection], rates: Dict[str, Dict[str, Dict[str, float]]],
+                 datasets: Sequence[str], depth_bins: int = 4) -> List[DepthSetup]:
+    """The setups of a depth sweep, by norm then depth.
+
+    Args:
+        collections: {granularity: its runs} (:func:`~espnet_ext.analysis.cross_run.collect_runs_multi`).
+        rates: {run name: {set: {metric: percent}}} (:func:`decode_error_rates`).
+        datasets: Decoded sets to report, in order.
+        depth_bins: Bins of :func:`~espnet_ext.analysis.stability.seed_stability`.
+    """
+    grouped: Dict[SetupKey, Dict[str, List[AnalyzedRun]]] = {}
+    for granularity, coll in collections.items():
+        for run in coll.runs:
+            grouped.setdefault(_setup_key(run), {}).setdefault(granularity, []).append(run)
+    big = float("inf")
+    out = []
+    for key in sorted(grouped, key=lambda k: (k[0], k[1] if k[1] is not None else big,
+                                              k[2] if k[2] is not None else big)):
+        norm, num_blocks, output_size = key
+        by_gran = {g: _by_seed(runs) for g, runs in grouped[key].items()}
+        names: Dict[str, Optional[int]] = {}
+        for runs in by_gran.values():
+            for r in runs:
+                names.setdefault(r.info.name, r.info.seed)
+        names = dict(sorted(names.items(), key=lambda kv: (kv[1] is None, kv[1] or 0, kv[0])))
+        stability, updates = {}, {}
+        for g, runs in by_gran.items():
+            outcomes = [r.outcome for r in runs]
+            stability[g] = st.seed_stability(outcomes, depth_bins)[0]
+            updates[g] = UpdateCorrelation({o.name: st.update_vs_delta(o) for o in outcomes},
+                                           st.pooled_update_vs_delta(outcomes))
+        out.append(DepthSetup(
+            norm=norm, num_blocks=num_blocks, output_size=output_size, runs=names,
+            fractions={g: _fractions(runs, g) for g, runs in by_gran.items()},
+            positions=[block_positions(r) for r in by_gran.get(BLOCK_GRANULARITY, [])],
+            error_rates=_error_rates(list(names), rates, datasets),
+            stability=stability, updates=updates))
+    return out
+
+
+# ----------------------------------------------------------------------------- outputs
+def _fraction_cell(k: Optional[KindFraction]) -> str:
+    """``0.50 (0.25, 0.75; ? 1, 0)``: mean fraction, per seed, uncertain counts per seed."""
+    if k is None:
+        return ""
+    seeds = ", ".join(rep.fmt(s.fraction) for s in k.per_seed)
+    if any(s.uncertain is not None for s in k.per_seed):
+        seeds += "; ? " + ", ".join("-" if s.uncertain is None else str(s.uncertain) for s in k.per_seed)
+    return f"{rep.fmt(k.mean)} ({seeds})"
+
+
+def _rate_cell(setup: DepthSetup, dataset: str, metric: str) -> str:
+    rate = next((e for e in setup.error_rates if e.dataset == dataset and e.metric == metric), None)
+    if rate is None or not rate.per_seed:
+        return "n/a"
+    # One entry per seed, in the setup's seed order (n/a: that seed was not decoded).
+    return f"{rep.fmt(rate.mean)} ({', '.join(rep.fmt(rate.per_seed.get(r)) for r in setup.runs)})"
+
+
+def _markdown(setups: Sequence[DepthSetup], collections: Dict[str, Collection], opts: DepthOptions,
+              datasets: Sequence[str], figures: Sequence[Path], skipped: Dict[str, str],
+              notes: Sequence[str]) -> str:
+    first = next(iter(collections.values()))
+    m = first.metric.upper()
+    run = first.runs[0]
+    reset = f"{run.scan.reset[0]} {variant_title(*run.scan.reset)}" if opts.tau is not None else \
+        "each scan's reference reset (re-initialization to the smallest tau scanned)"
+    out = [f"# Depth sweep: ambient groups vs encoder depth on {opts.dataset}", ""]
+    out.append(f"- Runs: `{opts.runs_glob}` in {opts.exp_dir}; reset: {reset}; ambient rule of the "
+               f"scans: {rep.describe_rule(first.criterion)}.")
+    out.append("- Fraction ambient: ambient groups / groups of the kind among the encoder blocks' "
+               "groups, per seed, mean over seeds first; `?`: uncertain labels per seed (interval "
+               "straddles the threshold; `-`: scan without intervals).")
+    out.append("- Normalized depth of a block: block index / (blocks - 1).")
+    out += [f"- Note: {n}" for n in notes]
+    out += [f"- Skipped: {p} ({why})" for p, why in skipped.items()]
+    head = ["norm", "blocks", "seeds"]
+    for granularity in collections:
+        kinds: List[str] = []
+        for s in setups:
+            for k in s.fractions.get(granularity, []):
+                if k.kind not in kinds:
+                    kinds.append(k.kind)
+        if not kinds:
+            continue
+        out += ["", f"## Fraction of ambient groups: {granularity} granularity", "",
+                "Cells: mean over seeds (per seed; ? uncertain per seed).", ""]
+        rows = []
+        for s in setups:
+            by_kind = {k.kind: k for k in s.fractions.get(granularity, [])}
+            rows.append([s.norm, s.num_blocks, len(s.runs)] + [_fraction_cell(by_kind.get(k)) for k in kinds])
+        out += markdown_table(head + kinds, rows)
+
+    if any(s.positions for s in setups):
+        out += ["", "## Where the ambient blocks sit (normalized depth)", "",
+                "Per run: the normalized depth of its ambient blocks (uncertain blocks in brackets).", ""]
+        rows = []
+        for s in setups:
+            for p in s.positions:
+                amb = ", ".join(f"{x:.2f}" for x in p.ambient_positions()) or "-"
+                unsure = [f"{b.position:.2f}" for b in p.blocks if b.mark == "uncertain"]
+                rows.append([s.norm, s.num_blocks, p.run, p.seed,
+                             amb + (f" [{', '.join(unsure)}]" if unsure else "")])
+        out += markdown_table(["norm", "blocks", "run", "seed", "ambient blocks at"], rows)
+
+    out += ["", "## Error rates of the trained models", "",
+            "Cells: mean over seeds (per seed), percent.", ""]
+    out += markdown_table(head + [f"{d} {metric}" for d in datasets for metric in METRICS],
+                          [[s.norm, s.num_blocks, len(s.runs)]
+                           + [_rate_cell(s, d, metric) for d in datasets for metric in METRICS]
+                           for s in setups])
+
+    out += ["", "## Stability across seeds", ""]
+    rows = []
+    for s in setups:
+        for g, stab in s.stability.items():
+            rows.append([s.norm, s.num_blocks, g, len(stab.runs), rep.fmt(stab.mean_jaccard),
+                         rep.fmt(stab.mean_chance_jaccard), rep.fmt(stab.mean_jaccard_decided),
+                         rep.fmt(stab.mean_spearman)])
+    out += markdown_table(["norm", "blocks", "granularity", "seeds", "mean Jaccard", "chance",
+                           "mean Jaccard without uncertain", f"mean Spearman Δ{m}"], rows)
+
+    out += ["", "## Weight update vs reset", "",
+            f"Spearman(relative weight update, Δ{m}) over the groups: per run and pooled over the "
+            "setup's runs.", ""]
+    rows = []
+    for s in setups:
+        for g, u in s.updates.items():
+            per_run = "; ".join(f"{name}: {rep.fmt_corr(c)}" for name, c in u.per_run.items())
+            rows.append([s.norm, s.num_blocks, g, per_run, rep.fmt_corr(u.pooled)])
+    out += markdown_table(["norm", "blocks", "granularity", "per run", "pooled"], rows)
+    out += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figures] + [""]
+    return "\n".join(out)
+
+
+def _json(setups: Sequence[DepthSetup], collections: Dict[str, Collection], opts: DepthOptions,
+          datasets: Sequence[str], figures: Sequence[Path], skipped: Dict[str, str],
+          notes: Sequence[str]) -> dict:
+    first = next(iter(collections.values()))
+    setup_json = []
+    for s in setups:
+        item = dataclasses.asdict(s)
+        item["setup"] = s.setup
+        item["positions"] = [{"run": p.run, "seed": p.seed,
+                              "blocks": [dict(dataclasses.asdict(b), mark=b.mark) for b in p.blocks],
+                              "ambient_positions": p.ambient_positions()} for p in s.positions]
+        setup_json.append(item)
+    return {
+        "options": {"exp_dir": str(opts.exp_dir), "runs_glob": opts.runs_glob, "dataset": opts.dataset,
+                    "granularities": list(collections), "tau": opts.tau, "decode_sets": list(datasets),
+                    "decode_tag": opts.decode_tag, "metric": first.metric, "criterion": first.criterion},
+        "runs": {g: [{"name": r.info.name, "exp_dir": str(r.info.exp_dir), "norm": r.info.norm,
+                      "num_blocks": r.info.num_blocks, "output_size": r.info.output_size,
+                      "seed": r.info.seed, "scan_dir": str(r.scan.scan_dir),
+                      "reset": {"mode": r.scan.reset[0], "value": r.scan.reset[1]}}
+                     for r in coll.runs] for g, coll in collections.items()},
+        "setups": setup_json,
+        "figures": [p.name for p in figures],
+        "skipped": skipped,
+        "notes": list(notes),
+    }
+
+
+def _draw_figures(setups: Sequence[DepthSetup], out_dir: Path) -> List[Path]:
+    from espnet_ext.reporting.analysis_figures import plot_ambient_fraction, plot_block_positions
+
+    norms = list(dict.fromkeys(s.norm for s in setups))
+    panels = []
+    for norm in norms:
+        lines: Dict[str, List[Tuple[float, float, List[float]]]] = {}
+        for s in setups:
+            if s.norm != norm or s.num_blocks is None:
+                continue
+            for fractions in s.fractions.values():
+                for k in fractions:
+                    lines.setdefault(k.kind, []).append(
+                        (s.num_blocks, k.mean, [x.fraction for x in k.per_seed]))
+        panels.append((norm, list(lines.items())))
+    figures = [plot_ambient_fraction(panels, out_dir / FRACTION_FIGURE)]
+    if any(s.positions for s in setups):
+        position_panels = []
+        for norm in norms:
+            rows = [(f"{s.num_blocks} blocks",
+                     [[(b.position, b.mark) for b in p.blocks] for p in s.positions])
+                    for s in setups if s.norm == norm and s.positions]
+            if rows:
+                position_panels.append((norm, rows))
+        figures.append(plot_block_positions(position_panels, out_dir / POSITIONS_FIGURE))
+    elif (out_dir / POSITIONS_FIGURE).exists():
+        # An earlier analysis with the block scan drew it; depth.md must not link a stale one.
+        (out_dir / POSITIONS_FIGURE).unlink()
+    return figures
+
+
+def run_depth_analysis(opts: DepthOptions) -> DepthResult:
+    """Collect the sweep's runs, compute the per-depth numbers, write depth.json/md and figures.
+
+    Raises:
+        AnalysisInputError: No run matches, runs lack scans or checkpoints (without
+            ``allow_missing``), a set decoded in several dirs without ``decode_tag``.
+    """
+    from espnet_ext.analysis.layer_analysis import _json_safe
+
+    pattern = str(Path(opts.exp_dir) / opts.runs_glob)
+    collections = collect_runs_multi([pattern], list(opts.granularities), opts.dataset,
+                                     REINIT if opts.tau is not None else None, opts.tau,
+                                     opts.allow_missing)
+    runs = {r.info.name: r.info.exp_dir for coll in collections.values() for r in coll.runs}
+    rates = {name: decode_error_rates(path, opts.decode_sets, opts.decode_tag) for name, path in runs.items()}
+    if opts.decode_sets is not None:
+        datasets = list(opts.decode_sets)
+    else:
+        found = sorted({d for r in rates.values() for d in r})
+        datasets = [d for d in [opts.dataset] if d in found] + [d for d in found if d != opts.dataset]
+    skipped: Dict[str, str] = {}
+    notes: List[str] = []
+    for coll in collections.values():
+        skipped.update(coll.skipped)
+        notes += [n for n in coll.notes if n not in notes]
+    undecoded = [name for name, r in rates.items() if not r]
+    if undecoded:
+        notes.append(f"no decoding scores (stage 5) for {', '.join(sorted(undecoded))}")
+    setups = depth_setups(collections, rates, datasets, opts.depth_bins)
+    out_dir = Path(opts.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figures = _draw_figures(setups, out_dir)
+    write_text_atomic(out_dir / "depth.md",
+                      _markdown(setups, collections, opts, datasets, figures, skipped, notes))
+    payload = _json(setups, collections, opts, datasets, figures, skipped, notes)
+    write_text_atomic(out_dir / "depth.json", json.dumps(_json_safe(payload), indent=1) + "\n")
+    return DepthResult(setups, out_dir, figures, skipped, notes)

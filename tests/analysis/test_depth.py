@@ -1,0 +1,331 @@
+"""The depth-sweep analysis (``layer_analysis depth``) on a synthetic experiment dir.
+
+Each synthetic run has a config.yaml (encoder_conf.num_blocks: its depth), kept checkpoints of a
+Conformer-shaped state dict whose groups grow as theta_tau = theta_0 * (1 + k * tau), finished
+block and sub-module scans written with the scan module's own writers, and decoding scores
+written by the scoring code as stage 5 writes them. Block b's error change after a reset to
+tau = 0 is 10 * k(b) points: 1 + 0.1 b (ambient under the +2 points rule) or 5 + 0.1 b (critical);
+a sub-module's is its block's times a factor of its kind, so the fractions are known.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+
+import pytest
+import torch
+import yaml
+
+from espnet_ext.analysis.depth import (
+    FRACTION_FIGURE,
+    POSITIONS_FIGURE,
+    DepthOptions,
+    block_positions,
+    decode_error_rates,
+    normalized_depth,
+    run_depth_analysis,
+)
+from espnet_ext.analysis.cross_run import AnalysisInputError
+from espnet_ext.bin.layer_analysis import main
+from espnet_ext.evaluation.bootstrap import DeltaInterval
+from espnet_ext.evaluation.scoring import write_scores
+from espnet_ext.layers import build_layer_map
+from espnet_ext.scan.labels import AmbientCriterion
+from espnet_ext.scan.result import REINIT, ScanRow, write_tsv
+
+EPOCHS = 2
+DIM = 4
+BASELINE = {"WER": 20.0, "CER": 10.0}
+CRITERION = AmbientCriterion("cer", abs_points=2.0, rel=None)
+AMBIENT_K, CRITICAL_K = 0.1, 0.5
+# Outside the blocks: (update rate k, so error change 10 * k points).
+OUTSIDE_K = {"encoder.embed": 0.3, "encoder.after_norm": 0.02, "ctc": 0.8}
+# Sub-module error change = its block's times this factor: with block changes of 1 or 5 points,
+# self-attention, conv module and feed-forward follow the block, macaron FF and norms stay ambient.
+SUB_FACTOR = {"enc_feed_forward_macaron": 0.3, "enc_self_attn": 1.0, "enc_conv_module": 1.5,
+              "enc_feed_forward": 0.5, "enc_norms": 0.1}
+GLOB = "asr_conformer*_seed*"
+
+
+def _state(num_blocks, norm, gen):
+    def t(*shape):
+        return torch.randn(*shape, generator=gen)
+
+    s = {"encoder.embed.conv.0.weight": t(DIM, 1, 3, 3), "encoder.embed.out.0.weight": t(DIM, DIM)}
+    for i in range(num_blocks):
+        b = f"encoder.encoders.{i}"
+        s[f"{b}.feed_forward_macaron.w_1.weight"] = t(2 * DIM, DIM)
+        s[f"{b}.self_attn.linear_q.weight"] = t(DIM, DIM)
+        s[f"{b}.conv_module.pointwise_conv1.weight"] = t(2 * DIM, DIM, 1)
+        s[f"{b}.conv_module.norm.weight"] = t(DIM)
+        if norm == "batch_norm":
+            s[f"{b}.conv_module.norm.running_mean"] = t(DIM)
+            s[f"{b}.conv_module.norm.running_var"] = t(DIM).abs()
+        s[f"{b}.feed_forward.w_1.weight"] = t(2 * DIM, DIM)
+        s[f"{b}.norm_ff.weight"] = t(DIM)
+        s[f"{b}.norm_mha.weight"] = t(DIM)
+    s["encoder.after_norm.weight"] = t(DIM)
+    s["ctc.ctc_lo.weight"] = t(6, DIM)
+    return s
+
+
+def _block_of(group):
+    return ".".join(group.split(".")[:3]) if group.startswith("encoder.encoders.") else group
+
+
+def make_depth_run(root, name, num_blocks, ambient, norm="batch_norm", seed=1, uncertain=None,
+                   cer=None):
+    """A finished run of `num_blocks` blocks whose blocks `ambient` are ambient.
+
+    Args:
+        uncertain: Blocks whose scan interval straddles the threshold; None: scans without
+            intervals.
+        cer: {set: characters wrong of 10} of the decodings; None: not decoded.
+    """
+    exp = root / name
+    (exp / "checkpoints").mkdir(parents=True)
+    config = {"seed": seed, "encoder": "conformer" if norm == "batch_norm" else "norm_conformer",
+              "encoder_conf": {"output_size": DIM, "num_blocks": num_blocks}, "optim": "adam"}
+    if norm != "batch_norm":
+        config["encoder_conf"]["conv_norm_type"] = norm
+    (exp / "config.yaml").write_text(yaml.safe_dump(config))
+    k = dict(OUTSIDE_K)
+    # 0.01 more per block: no two groups tie (their updates differ by float rounding only).
+    k.update({f"encoder.encoders.{i}": (AMBIENT_K if i in ambient else CRITICAL_K) + 0.01 * i
+              for i in range(num_blocks)})
+    init = _state(num_blocks, norm, torch.Generator().manual_seed(seed))
+    layer_map = build_layer_map(init, "block")
+    for tau in range(EPOCHS + 1):
+        state = dict(init)
+        for g in layer_map.groups:
+            for key in g.param_keys:
+                state[key] = init[key] * (1 + k[g.name] * tau)
+        torch.save(state, exp / "checkpoints" / f"{tau}epoch.pth")
+    shutil.copy(exp / "checkpoints" / f"{EPOCHS}epoch.pth", exp / "valid.acc.ave.pth")
+    for granularity in ("block", "submodule"):
+        _write_scan(exp, build_layer_map(init, granularity), k, uncertain)
+    for dataset, wrong in (cer or {}).items():
+        _write_decoding(exp / "decode_asr_valid.acc.ave" / dataset, wrong)
+    return exp
+
+
+def _write_scan(exp, layer_map, k, uncertain):
+    """scan_<granularity>_dev: reinit to tau 0 and to tau 1."""
+    rows = []
+    for g in layer_map.groups:
+        block = _block_of(g.name)
+        delta = 10 * k[block] * SUB_FACTOR.get(g.kind, 1.0)
+        for tau in (0, 1):
+            d = delta * (EPOCHS - tau) / EPOCHS
+            row = ScanRow("dev", g.name, g.kind, g.block, g.depth, REINIT, tau, None,
+                          BASELINE["WER"] + d, BASELINE["CER"] + d)
+            if uncertain is None:
+                row.relabel(BASELINE, CRITERION)
+            else:
+                # A block of `uncertain` (and its sub-modules) has an interval across the +2 points.
+                half = 2.5 if g.block in uncertain else 0.05
+                interval = DeltaInterval(d, d - half, d + half, 10, 0.95)
+                row.relabel(BASELINE, CRITERION, {"WER": interval, "CER": interval})
+            rows.append(row)
+    out = exp / f"scan_{layer_map.granularity}_dev"
+    out.mkdir()
+    write_tsv(out / "scan.tsv", rows)
+    meta = {"identity": {"model_file": str((exp / "valid.acc.ave.pth").resolve()),
+                         "granularity": layer_map.granularity, "patterns": []},
+            "options": {"criterion": dataclasses.asdict(CRITERION)},
+            "baseline": {"dev": BASELINE}, "status": "done"}
+    (out / "scan.json").write_text(json.dumps(meta))
+
+
+def _write_decoding(out, wrong):
+    """scores.json of one utterance of 10 characters with `wrong` of them substituted."""
+    out.mkdir(parents=True)
+    ref = "abcdefghij"
+    (out / "ref").write_text(f"utt1 {ref}\n")
+    (out / "hyp").write_text(f"utt1 {'z' * wrong}{ref[wrong:]}\n")
+    write_scores(out / "ref", out / "hyp", out)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """Batch norm: 2 blocks x 2 seeds, 4 blocks x 2 seeds; group norm: 4 blocks x 1 seed."""
+    root = tmp_path_factory.mktemp("depth") / "exp"
+    make_depth_run(root, "asr_conformer_2x4_seed1", 2, {1}, seed=1, cer={"dev": 1, "test": 2})
+    make_depth_run(root, "asr_conformer_2x4_seed2", 2, set(), seed=2, cer={"dev": 3, "test": 4})
+    make_depth_run(root, "asr_conformer_4x4_seed1", 4, {1, 2, 3}, seed=1, uncertain={2},
+                   cer={"dev": 1, "test": 1})
+    make_depth_run(root, "asr_conformer_4x4_seed2", 4, {3}, seed=2, cer={"dev": 2, "test": 3})
+    make_depth_run(root, "asr_conformer_gn_4x4_seed1", 4, {0, 3}, norm="group_norm", seed=1)
+    # Not part of the sweep: the glob leaves it out.
+    make_depth_run(root, "asr_transformer_seed1", 2, {0}, seed=1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def analysed(sweep, tmp_path_factory):
+    out = tmp_path_factory.mktemp("depth_out") / "analysis_depth_dev"
+    result = run_depth_analysis(DepthOptions(exp_dir=sweep, runs_glob=GLOB, dataset="dev", out_dir=out))
+    return result, json.loads((out / "depth.json").read_text())
+
+
+def _setup(result, norm, blocks):
+    return next(s for s in result.setups if s.norm == norm and s.num_blocks == blocks)
+
+
+def test_setups_by_norm_and_depth(analysed):
+    result, data = analysed
+    assert [(s.norm, s.num_blocks, list(s.runs)) for s in result.setups] == [
+        ("batch_norm", 2, ["asr_conformer_2x4_seed1", "asr_conformer_2x4_seed2"]),
+        ("batch_norm", 4, ["asr_conformer_4x4_seed1", "asr_conformer_4x4_seed2"]),
+        ("group_norm", 4, ["asr_conformer_gn_4x4_seed1"]),
+    ]
+    names = {r["name"] for r in data["runs"]["block"]}
+    assert "asr_transformer_seed1" not in names and len(names) == 5
+    assert [s["setup"] for s in data["setups"]] == ["batch_norm 2x4", "batch_norm 4x4", "group_norm 4x4"]
+
+
+def test_ambient_fractions_per_kind(analysed):
+    result, data = analysed
+    bn4 = _setup(result, "batch_norm", 4)
+    block = {k.kind: k for k in bn4.fractions["block"]}
+    assert list(block) == ["enc_block"]  # embedding, final norm and CTC are no block groups
+    assert [s.fraction for s in block["enc_block"].per_seed] == [0.75, 0.25]
+    assert block["enc_block"].mean == pytest.approx(0.5)
+    sub = {k.kind: k for k in bn4.fractions["submodule"]}
+    assert list(sub) == ["enc_feed_forward_macaron", "enc_self_attn", "enc_conv_module",
+                         "enc_feed_forward", "enc_norms"]
+    for kind in ("enc_self_attn", "enc_conv_module", "enc_feed_forward"):
+        assert [s.fraction for s in sub[kind].per_seed] == [0.75, 0.25]
+    assert sub["enc_norms"].mean == sub["enc_feed_forward_macaron"].mean == 1.0
+    assert [s.groups for s in sub["enc_norms"].per_seed] == [4, 4]
+    # Uncertain counts: seed 1's scan has intervals (block 2 straddles), seed 2's has none.
+    assert [s.uncertain for s in block["enc_block"].per_seed] == [1, None]
+    assert [s.uncertain for s in sub["enc_self_attn"].per_seed] == [1, None]
+    assert _setup(result, "batch_norm", 2).fractions["block"][0].mean == pytest.approx(0.25)
+    assert _setup(result, "group_norm", 4).fractions["block"][0].mean == pytest.approx(0.5)
+    stored = data["setups"][1]["fractions"]["block"][0]
+    assert stored["kind"] == "enc_block" and stored["mean"] == 0.5
+    assert [s["uncertain"] for s in stored["per_seed"]] == [1, None]
+
+
+def test_block_positions(analysed):
+    result, data = analysed
+    bn4 = _setup(result, "batch_norm", 4)
+    seed1, seed2 = bn4.positions
+    assert [b.position for b in seed1.blocks] == pytest.approx([0.0, 1 / 3, 2 / 3, 1.0])
+    assert [b.mark for b in seed1.blocks] == ["critical", "ambient", "uncertain", "ambient"]
+    assert seed1.ambient_positions() == pytest.approx([1 / 3, 1.0])
+    assert [b.mark for b in seed2.blocks] == ["critical", "critical", "critical", "ambient"]
+    assert _setup(result, "batch_norm", 2).positions[0].ambient_positions() == [1.0]
+    stored = data["setups"][2]["positions"][0]
+    assert stored["ambient_positions"] == [0.0, 1.0] and stored["blocks"][0]["mark"] == "ambient"
+    assert normalized_depth(0, 1) == 0.0
+    with pytest.raises(ValueError, match="outside"):
+        normalized_depth(4, 4)
+
+
+def test_error_rates_per_depth(analysed, sweep):
+    result, data = analysed
+    bn2 = _setup(result, "batch_norm", 2)
+    rates = {(e.dataset, e.metric): e for e in bn2.error_rates}
+    assert rates[("dev", "CER")].per_seed == pytest.approx(
+        {"asr_conformer_2x4_seed1": 10.0, "asr_conformer_2x4_seed2": 30.0})
+    assert rates[("dev", "CER")].mean == pytest.approx(20.0)
+    assert rates[("test", "CER")].mean == pytest.approx(30.0)
+    assert rates[("test", "WER")].mean == pytest.approx(100.0)
+    assert data["options"]["decode_sets"] == ["dev", "test"]
+    gn = _setup(result, "group_norm", 4)
+    assert all(e.per_seed == {} and math.isnan(e.mean) for e in gn.error_rates)
+    assert any("no decoding scores" in n and "asr_conformer_gn_4x4_seed1" in n for n in result.notes)
+    assert decode_error_rates(sweep / "asr_conformer_4x4_seed2", ["test"]) == {
+        "test": pytest.approx({"CER": 30.0, "WER": 100.0})}
+
+
+def test_stability_and_weight_updates(analysed):
+    result, _ = analysed
+    bn4 = _setup(result, "batch_norm", 4)
+    stab = bn4.stability["block"]
+    # Ambient: the final norm and blocks {1, 2, 3} vs {3}: Jaccard 2/4; without the uncertain
+    # block 2: 2/3.
+    assert stab.mean_jaccard == pytest.approx(1 / 2)
+    assert stab.mean_jaccard_decided == pytest.approx(2 / 3)
+    assert math.isnan(_setup(result, "group_norm", 4).stability["block"].mean_jaccard)
+    # Update k * T and error change 10 * k for every block group: ranks agree exactly.
+    updates = bn4.updates["block"]
+    assert set(updates.per_run) == set(bn4.runs)
+    assert all(c.rho == pytest.approx(1.0) for c in updates.per_run.values())
+    # Pooled: the same group of both seeds has the same change, its updates differ by rounding.
+    assert updates.pooled.rho > 0.99 and updates.pooled.n == 2 * (4 + 3)
+
+
+def test_reports_and_figures(analysed):
+    result, data = analysed
+    out = result.out_dir
+    assert [p.name for p in result.figures] == [FRACTION_FIGURE, POSITIONS_FIGURE]
+    for name in (FRACTION_FIGURE, POSITIONS_FIGURE):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert data["figures"] == [FRACTION_FIGURE, POSITIONS_FIGURE]
+    md = (out / "depth.md").read_text()
+    assert "| batch_norm | 4 | 2 | 0.50 (0.75, 0.25; ? 1, -) |" in md
+    assert "| batch_norm | 4 | asr_conformer_4x4_seed1 | 1 | 0.33, 1.00 [0.67] |" in md
+    assert "20.00 (10.00, 30.00)" in md
+    assert f"![depth_ambient_fraction]({FRACTION_FIGURE})" in md
+    assert not list(out.glob(".*.tmp"))  # atomic writes leave no temporary file
+
+
+def test_tau_option_and_block_scan_missing(sweep, tmp_path):
+    out = tmp_path / "sub_only"
+    result = run_depth_analysis(DepthOptions(exp_dir=sweep, runs_glob="asr_conformer_4x4_seed*",
+                                             dataset="dev", out_dir=out, granularities=["submodule"],
+                                             tau=1, decode_sets=["test"]))
+    assert [p.name for p in result.figures] == [FRACTION_FIGURE]  # no block scan: no positions
+    data = json.loads((out / "depth.json").read_text())
+    assert {r["reset"]["value"] for r in data["runs"]["submodule"]} == {1}
+    assert data["options"]["decode_sets"] == ["test"]
+    # At tau 1 the changes are halved: 2.5 points for critical blocks' self-attention.
+    sub = {k.kind: k for k in result.setups[0].fractions["submodule"]}
+    assert [s.fraction for s in sub["enc_self_attn"].per_seed] == [0.75, 0.25]
+    assert [s.fraction for s in sub["enc_conv_module"].per_seed] == [0.75, 0.25]
+    assert [s.fraction for s in sub["enc_feed_forward"].per_seed] == [1.0, 1.0]
+    with pytest.raises(AnalysisInputError, match="no trained experiment dir"):
+        run_depth_analysis(DepthOptions(exp_dir=sweep, runs_glob="nothing_*", dataset="dev",
+                                        out_dir=tmp_path / "none"))
+
+
+def test_several_decodings_need_a_tag(sweep, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(sweep / "asr_conformer_2x4_seed1" / "decode_asr_valid.acc.ave",
+                    run / "decode_asr_valid.acc.ave")
+    _write_decoding(run / "decode_asr_latest" / "dev", 5)
+    with pytest.raises(AnalysisInputError, match="several dirs .*--decode_tag"):
+        decode_error_rates(run, ["dev"])
+    assert decode_error_rates(run, ["dev"], "decode_asr_latest")["dev"]["CER"] == pytest.approx(50.0)
+
+
+def test_cli(sweep, tmp_path, capsys):
+    out = tmp_path / "cli"
+    rc = main(["depth", "--exp_dir", str(sweep), "--runs_glob", GLOB, "--dataset", "dev",
+               "--out_dir", str(out), "--granularity", "block"])
+    stdout = capsys.readouterr().out
+    assert rc == 0
+    assert "batch_norm 4x4 (2 seeds): ambient fraction enc_block 0.50" in stdout
+    assert f"{out}/depth.md (2 figures)" in stdout
+    assert (out / "depth.json").is_file()
+    rc = main(["depth", "--exp_dir", str(sweep), "--runs_glob", GLOB, "--dataset", "test",
+               "--out_dir", str(tmp_path / "bad")])
+    assert rc == 1
+    assert "layer_analysis depth: error:" in capsys.readouterr().err
+
+
+def test_block_positions_of_one_block_model(sweep):
+    """A one-block encoder's only block sits at depth 0 (no division by zero)."""
+    from espnet_ext.analysis.cross_run import collect_runs
+
+    exp = sweep.parent / "one_block"
+    make_depth_run(exp, "asr_conformer_1x4_seed1", 1, {0})
+    coll = collect_runs([str(exp / "asr_*")], "block", "dev")
+    positions = block_positions(coll.runs[0])
+    assert [(b.position, b.mark) for b in positions.blocks] == [(0.0, "ambient")]
