@@ -548,7 +548,7 @@ def run_depth_analysis(opts: DepthOptions) -> DepthResult:
         AnalysisInputError: No run matches, runs lack scans or checkpoints (without
             ``allow_missing``), a set decoded in several dirs without ``decode_tag``.
     """
-    from espnet_ext.analysis.layer_analysis import _json_safe
+    from espnet_ext.utils.jsonable import jsonable
 
     pattern = str(Path(opts.exp_dir) / opts.runs_glob)
     collections = collect_runs_multi([pattern], list(opts.granularities), opts.dataset,
@@ -576,5 +576,5 @@ def run_depth_analysis(opts: DepthOptions) -> DepthResult:
     write_text_atomic(out_dir / "depth.md",
                       _markdown(setups, collections, opts, datasets, figures, skipped, notes))
     payload = _json(setups, collections, opts, datasets, figures, skipped, notes)
-    write_text_atomic(out_dir / "depth.json", json.dumps(_json_safe(payload), indent=1) + "\n")
+    write_text_atomic(out_dir / "depth.json", json.dumps(jsonable(payload), indent=1) + "\n")
     return DepthResult(setups, out_dir, figures, skipped, notes)

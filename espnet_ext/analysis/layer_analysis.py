@@ -35,6 +35,7 @@ from espnet_ext.analysis.cross_run import AnalyzedRun, Collection, collect_runs_
 from espnet_ext.reporting.tables import markdown_table
 from espnet_ext.scan.result import REINIT, RERANDOMIZE, variant_title
 from espnet_ext.utils.atomic import write_text_atomic
+from espnet_ext.utils.jsonable import jsonable
 
 
 @dataclasses.dataclass
@@ -107,20 +108,6 @@ class AnalysisResult:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
-
-
-def _json_safe(obj):
-    if isinstance(obj, float):
-        return None if math.isnan(obj) or math.isinf(obj) else obj
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if dataclasses.is_dataclass(obj):
-        return _json_safe(dataclasses.asdict(obj))
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 def _uncertain_text(run: AnalyzedRun) -> str:
@@ -428,7 +415,7 @@ def analyse_collection(coll: Collection, out_dir: Path, opts: AnalysisOptions,
     payload = _analysis_json(coll, stats, opts, figures, {
         "load_all_granularities": round(load_seconds, 3), "figures": round(t_fig, 3),
         "analysis": round(seconds, 3)})
-    write_text_atomic(out_dir / "analysis.json", json.dumps(_json_safe(payload), indent=1) + "\n")
+    write_text_atomic(out_dir / "analysis.json", json.dumps(jsonable(payload), indent=1) + "\n")
     return AnalysisResult(coll.granularity, out_dir, stats.reading, figures, coll.skipped, seconds)
 
 
