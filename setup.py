@@ -19,6 +19,8 @@ setup(
         "importance-targeted federated dropout"
     ),
     packages=find_packages(include=["espnet_ext", "espnet_ext.*"]),
+    # The Flower app directory that `flwr run` packs needs its pyproject.toml next to the module.
+    package_data={"espnet_ext.federated.flwr_app": ["pyproject.toml"]},
     # Tested on 3.11; the federated extra needs 3.11 (Flower 1.42 does).
     python_requires=">=3.10",
     install_requires=[

@@ -3,8 +3,10 @@
 Subcommands:
   split    split a data dir into a central domain and a withheld (adaptation) domain
   run      federated simulations from a centrally trained model, one per plan, side by side
+  prepare  the run directories of `run` for Flower's `flwr run` (a SuperLink's simulation runtime
+           or SuperNodes on several machines): writes each run's setup file, prints the commands
   sweep    the runs of several dropout rates targeted by one layer-reset scan (no dropout once,
-           uniform and targeted per rate; completed rates skipped) and one table and plot
+           uniform, targeted and frozen if asked per rate; completed rates skipped), one table and plot
   compare  one table from finished runs (plan directories with seed<N>/ runs: mean ± spread and
            paired bootstrap intervals)
 
@@ -51,12 +53,14 @@ def _add_simulation_options(p: argparse.ArgumentParser, out_help: str) -> None:
                    help="NAME=DIR (or DIR) to score the global model on; repeatable")
     p.add_argument("--out_dir", type=Path, required=True, help=out_help)
     p.add_argument("--plans", type=csv_list, default=["none", "uniform", "targeted"],
-                   help="comma-separated: none, uniform, targeted, file (default: all three)")
+                   help="comma-separated: none, uniform, targeted, frozen (ambient groups not trained, "
+                        "at the targeted plan's cost), file (default: none,uniform,targeted)")
     p.add_argument("--scan_dataset", default=None, help="which dataset's scan rows (default: first)")
     p.add_argument("--target_mode", default="label", choices=TARGET_MODES,
                    help="label: ambient at --rate, critical whole; scaled: by CER increase")
     p.add_argument("--match_cost", type=str_or_none, default="params",
-                   help=f"match uniform to targeted on {' or '.join(COST_METRICS)}, or none (default: %(default)s)")
+                   help=f"match uniform and frozen to targeted on {' or '.join(COST_METRICS)} (bytes: "
+                        "upload), or none: uniform at --rate, frozen on params (default: %(default)s)")
     p.add_argument("--unit_kinds", type=csv_list, default=list(UNIT_KINDS),
                    help="units that may be dropped: feed-forward units, attention heads, conv-module "
                         "channels, cgMLP channels, (E-)Branchformer merge channels "
@@ -85,6 +89,8 @@ def _add_simulation_options(p: argparse.ArgumentParser, out_help: str) -> None:
     p.add_argument("--backend", default="ray", choices=["ray", "local"],
                    help="ray: Flower simulation runtime; local: in this process (default: %(default)s)")
     p.add_argument("--num_workers", type=int, default=2, help="Ray worker processes (default: %(default)s)")
+    p.add_argument("--parallel_runs", type=int, default=1,
+                   help="with --backend local: runs (plans x seeds) at once, one process each")
     p.add_argument("--client_threads", type=int, default=1, help="torch threads per client")
     p.add_argument("--client_gpus", type=float, default=0.0, help="GPU fraction per Ray worker")
     p.add_argument("--ray_address", default=None, help="address of a running Ray cluster (scale-out)")
@@ -109,7 +115,7 @@ def _simulation_options(args: argparse.Namespace) -> dict:
                 clients_per_round=args.clients_per_round, min_utts=args.min_utts, local=local,
                 server_lr=args.server_lr, failure_prob=args.failure_prob,
                 bootstrap_resamples=args.bootstrap_resamples, backend=args.backend,
-                num_workers=args.num_workers, client_threads=args.client_threads,
+                num_workers=args.num_workers, parallel_runs=args.parallel_runs, client_threads=args.client_threads,
                 client_gpus=args.client_gpus, device=args.device, eval_every=args.eval_every,
                 eval_batch_size=args.eval_batch_size, round_timeout=args.round_timeout,
                 keep_checkpoints=args.keep_checkpoints, progress=not args.no_progress)
@@ -155,6 +161,11 @@ def get_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=None,
                    help="one federated seed: runs go to <out_dir>/<plan> (default: 0)")
     _add_simulation_options(r, out_help="runs go to <out_dir>/<plan>")
+    sub.add_parser("prepare", parents=[r], add_help=False,
+                   help="the run directories of `run` with a setup file each (<run dir>/setup.pkl), "
+                        "for `flwr run` on a Flower SuperLink; prints one flwr run command per run "
+                        "(--backend, --num_workers, --parallel_runs, --client_gpus and --ray_address "
+                        "do not apply)")
 
     w = sub.add_parser("sweep", help="federated simulations at several dropout rates, one table")
     w.add_argument("--exp_dir", type=Path, required=True, help="centrally trained experiment dir")
@@ -209,9 +220,10 @@ def main(argv=None) -> int:
                                             overwrite=args.overwrite, overwrite_hint="--overwrite")
             print(f"{split.rule}: {len(split.withheld.utt2spk)} utterances withheld -> {withheld}, "
                   f"{len(split.central.utt2spk)} central -> {central}")
-        elif args.command == "run":
-            require_flower(ray=args.backend == "ray")  # one clear error before anything is written
-            from espnet_ext.federated.simulation import run_plans
+        elif args.command in ("run", "prepare"):
+            # one clear error before anything is written
+            require_flower(ray=args.command == "run" and args.backend == "ray")
+            from espnet_ext.federated.simulation import prepare_plans, run_plans
 
             seed_options = {"seeds": args.seeds} if args.seeds is not None else {}
             if args.seed is not None or args.seeds is None:
@@ -224,11 +236,19 @@ def main(argv=None) -> int:
                 packed = open_packed_model(args.packed_model, args.out_dir / "packed_model")
                 args.exp_dir = packed.exp.path
                 args.model_file = args.model_file or str(packed.model_file)
-            table = run_plans(
-                args.exp_dir, args.model_file or "valid.acc.best.pth", args.adapt_data, parse_eval_data(args.eval_data),
-                args.out_dir, args.plans, rate=args.rate, scan_tsv=args.scan_tsv,
-                uniform_stacks=tuple(args.uniform_stacks), **seed_options, **_simulation_options(args))
-            print(table)
+            runs = (args.exp_dir, args.model_file or "valid.acc.best.pth", args.adapt_data,
+                    parse_eval_data(args.eval_data), args.out_dir, args.plans)
+            options = dict(rate=args.rate, scan_tsv=args.scan_tsv, uniform_stacks=tuple(args.uniform_stacks),
+                           **seed_options, **_simulation_options(args))
+            if args.command == "run":
+                print(run_plans(*runs, **options))
+            else:
+                from espnet_ext.federated.setup_file import flwr_run_command, write_setup_file
+
+                options.pop("ray_address")
+                setups, _, _ = prepare_plans(*runs, **dict(options, backend="flwr"))
+                for setup in setups:
+                    print(flwr_run_command(write_setup_file(setup)))
         elif args.command == "sweep":
             require_flower(ray=args.backend == "ray")  # one clear error before anything is written
             from espnet_ext.federated.sweep import locate_scan, run_sweep

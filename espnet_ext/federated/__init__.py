@@ -15,9 +15,11 @@ Modules, in the order data flows through them:
   :mod:`~espnet_ext.federated.server`: the Flower ClientApp, the FedAvg strategy subclass and
   the ServerApp body (checkpoints, resume, evaluation).
 * :mod:`~espnet_ext.federated.simulation`: run directories and backends (Flower's Ray
-  simulation runtime, or in-process); :mod:`~espnet_ext.federated.results`: result tables.
+  simulation runtime, or in-process); :mod:`~espnet_ext.federated.sweep`: no dropout once and
+  uniform/targeted per rate, resumable (the recipe's stage 8); :mod:`~espnet_ext.federated.results`:
+  result tables.
 
-Command line: ``python -m espnet_ext.bin.fl_simulate {split,run,compare}``.
+Command line: ``python -m espnet_ext.bin.fl_simulate {split,run,sweep,compare}``.
 """
 
 # Flower and Ray are optional (the ``federated`` extra): every module here but the strategy

@@ -4,7 +4,10 @@ A client (a Flower ``ClientApp``) receives a sub-model (its tensors and, per dro
 how many units it keeps), resizes its own copy of the model to that structure
 (:func:`espnet_ext.federated.submodel.shrink_model_to_structure_`), loads the tensors, trains
 locally for some epochs or steps with its own optimizer, and returns the trained tensors with
-the number of examples and what the update cost (:mod:`espnet_ext.federated.cost`).
+the number of examples and what the update cost (:mod:`espnet_ext.federated.cost`). The entries
+of layer groups the server names frozen (a ``frozen`` plan sends their state-dict keys) are loaded
+but not trained (``requires_grad`` off: their parameters do not change and need no gradient or
+optimizer state) and not returned.
 
 Local training is ESPnet's model ``forward`` (CTC + attention loss, SpecAugment if configured)
 on batches made by ESPnet's preprocessor (tokenizer) and collate function, in a plain loop:
@@ -29,7 +32,7 @@ import numpy as np
 import torch
 
 from espnet_ext.data.audio import utterance_audio
-from espnet_ext.federated.cost import PeakMemory, optimizer_state_factor, tensor_bytes
+from espnet_ext.federated.cost import PeakMemory, optimizer_state_factor, training_state_bytes
 
 CLIENT_OPTIMIZERS = ("sgd", "adam")
 INJECTED_FAILURE = "injected client failure"
@@ -182,7 +185,7 @@ class ClientRuntime:
         from espnet_ext.federated.partition import speaker_clients
         from espnet_ext.federated.units import find_droppable_modules
 
-        if setup.backend == "ray":  # a worker process of its own; in-process runs keep the caller's
+        if setup.backend != "local":  # a worker process of its own; in-process runs keep the caller's
             torch.set_num_threads(max(1, setup.client_threads))
         self.setup = setup
         self.device = setup.device
@@ -208,7 +211,8 @@ def injected_failure(seed: int, server_round: int, client: int, probability: flo
 
 
 def run_client_update(setup, partition_id: int, state: Dict[str, torch.Tensor], structure: dict,
-                      server_round: int) -> Tuple[Dict[str, torch.Tensor], Dict[str, float]]:
+                      server_round: int, frozen_keys: Sequence[str] = ()
+                      ) -> Tuple[Dict[str, torch.Tensor], Dict[str, float]]:
     """One client update: build the sub-model, train it on the partition's data, measure.
 
     Args:
@@ -217,10 +221,11 @@ def run_client_update(setup, partition_id: int, state: Dict[str, torch.Tensor], 
         state: Received tensors (the sub-model's sent entries).
         structure: Received sub-model structure {module: {"kept", "norm_groups"}}.
         server_round: Round number (seeds the local randomness).
+        frozen_keys: Entries of the frozen layer groups: loaded, not trained, not returned.
 
     Returns:
-        (trained tensors, same keys as `state`; metrics: ``num-examples``, ``steps``,
-        ``train-seconds``, ``step-seconds``, ``loss``, ``params-trained``, ``peak-rss-bytes``,
+        (trained tensors: the keys of `state` not in `frozen_keys`; metrics: ``num-examples``,
+        ``steps``, ``train-seconds``, ``step-seconds``, ``loss``, ``params-trained``, ``peak-rss-bytes``,
         ``peak-device-bytes``, ``model-state-bytes``, ``load-seconds``).
 
     Raises:
@@ -230,6 +235,7 @@ def run_client_update(setup, partition_id: int, state: Dict[str, torch.Tensor], 
 
     rt = ClientRuntime.get(setup)
     client = rt.clients[partition_id]
+    frozen = set(frozen_keys)
     t0 = time.perf_counter()
     examples = load_utterances(rt.data, client.utterances, setup.adapt_data)
     load_seconds = time.perf_counter() - t0
@@ -243,14 +249,17 @@ def run_client_update(setup, partition_id: int, state: Dict[str, torch.Tensor], 
         untrained = [k for k in missing if k in params]
         if untrained:
             raise ValueError(f"received no value for parameter {untrained[0]!r}")
+        for name, p in params.items():
+            if name in frozen:
+                p.requires_grad_(False)
         model.to(rt.device)
         result = train_locally(model, examples, rt.preprocess_fn, rt.collate_fn, setup.local,
                                seed=(setup.seed, server_round, partition_id, 7), device=rt.device)
         new_state = model.state_dict()
-        trained = {k: new_state[k].detach().to("cpu").contiguous() for k in state}
-    n_params = sum(p.numel() for p in model.parameters())
-    factor = 2 + optimizer_state_factor("sgd_momentum" if setup.local.optim == "sgd"
-                                        and setup.local.momentum > 0 else setup.local.optim)
+        trained = {k: new_state[k].detach().to("cpu").contiguous() for k in state if k not in frozen}
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    copies = optimizer_state_factor("sgd_momentum" if setup.local.optim == "sgd"
+                                    and setup.local.momentum > 0 else setup.local.optim)
     metrics = {
         "num-examples": result.examples,
         "steps": result.steps,
@@ -262,7 +271,7 @@ def run_client_update(setup, partition_id: int, state: Dict[str, torch.Tensor], 
         "params-trained": n_params,
         "peak-rss-bytes": mem.peak_rss_bytes,
         "peak-device-bytes": mem.peak_device_bytes,
-        "model-state-bytes": factor * tensor_bytes(dict(model.named_parameters())),
+        "model-state-bytes": training_state_bytes(model, copies),
     }
     return trained, metrics
 
@@ -292,8 +301,9 @@ def make_client_app(setup):
             return Message(Error(code=2, reason=f"{INJECTED_FAILURE} (round {server_round}, client {pid})"),
                            reply_to=msg)
         state = msg.content["arrays"].to_torch_state_dict()
+        frozen = json.loads(config["frozen-keys"]) if "frozen-keys" in config else []
         trained, metrics = run_client_update(setup, pid, state, json.loads(config["structure"]),
-                                             server_round)
+                                             server_round, frozen)
         record = RecordDict({"arrays": ArrayRecord(torch_state_dict=trained),
                              "metrics": MetricRecord({k: float(v) if isinstance(v, float) else int(v)
                                                       for k, v in metrics.items()})})

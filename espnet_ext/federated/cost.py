@@ -3,16 +3,19 @@
 Federated-dropout results are easy to misreport (Cheng et al. 2022), so every client update
 records what it actually cost:
 
-* ``params_trained``: parameter elements in the client's sub-model (what its optimizer updates);
+* ``params_trained``: parameter elements the client's optimizer updates (its sub-model's, less
+  those of frozen groups);
 * ``bytes_down`` / ``bytes_up``: bytes of the tensors actually sent to / returned by the client
-  (``numel x element size`` of each tensor: float32 = 4 bytes; message framing not counted);
+  (``numel x element size`` of each tensor: float32 = 4 bytes; message framing not counted); a
+  client returns only the trained groups' tensors, so frozen groups cost download only;
 * ``steps``, ``train_seconds``, ``step_seconds``: local optimizer steps, wall time of local
   training, and its mean per step;
 * ``peak_rss_bytes``: the client process's peak resident memory during local training (sampled
   every few milliseconds; includes the Python runtime and libraries, so compare differences);
   ``peak_device_bytes``: the torch CUDA allocator's peak on a GPU (0 on CPU);
-* ``model_state_bytes``: parameters + gradients + optimizer state of the sub-model (an
-  allocator-independent estimate of the training memory the sub-model needs).
+* ``model_state_bytes``: parameters of the sub-model + gradients and optimizer state of its
+  trained parameters (:func:`training_state_bytes`: an allocator-independent estimate of the
+  training memory the sub-model needs).
 
 :func:`submodel_numel` gives the same sizes analytically for a rate assignment, which is how a
 uniform plan is matched to a targeted one at equal client cost.
@@ -144,6 +147,15 @@ class PeakMemory:
 def optimizer_state_factor(optim: str) -> int:
     """Copies of the parameters an optimizer keeps (sgd with momentum 1, adam 2, plain sgd 0)."""
     return {"adam": 2, "adamw": 2, "sgd_momentum": 1}.get(optim, 0)
+
+
+def training_state_bytes(model: torch.nn.Module, optimizer_copies: int) -> int:
+    """Bytes a model's training state takes: every parameter once, and for each trained one
+    (``requires_grad``) its gradient and `optimizer_copies` optimizer-state copies
+    (:func:`optimizer_state_factor`). Frozen parameters need neither."""
+    params = dict(model.named_parameters())
+    trained = {k: p for k, p in params.items() if p.requires_grad}
+    return tensor_bytes(params) + (1 + optimizer_copies) * tensor_bytes(trained)
 
 
 @dataclasses.dataclass

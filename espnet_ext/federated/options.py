@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Tuple
 from espnet_ext.federated.client import LocalTraining
 from espnet_ext.federated.plan import DropoutPlan
 
-BACKENDS = ("ray", "local")
+BACKENDS = ("ray", "local", "flwr")
 
 
 class OptionsError(ValueError):
@@ -37,8 +37,10 @@ class FederatedSetup:
         server_lr: Server learning rate (1 = FedAvg).
         seed: Seeds sampling, sub-models, local training, injected failures.
         failure_prob: Probability that a client fails in a round (injected, seeded).
-        backend: ``ray`` (Flower's simulation runtime, clients in Ray workers) or ``local``
-            (the same ServerApp and ClientApp, clients run one after another in this process).
+        backend: ``ray`` (Flower's simulation runtime, clients in Ray workers), ``local``
+            (the same ServerApp and ClientApp, clients run one after another in this process)
+            or ``flwr`` (the same apps started by ``flwr run`` from a setup file,
+            :mod:`espnet_ext.federated.setup_file`; clients in processes of their own).
         num_workers: Ray workers (client processes running at once).
         client_threads: Torch threads per client process.
         client_gpus: GPU fraction per Ray worker (0 on CPU).

@@ -16,6 +16,10 @@ Plans:
   **critical** ones are kept whole (``label`` mode); or every droppable group gets
   ``r x (1 - d / d_max)`` with ``d`` its CER increase after reset (``scaled`` mode: the least
   important groups get r, the most important none).
+* ``frozen``: no dropout; clients receive the full model, train only the groups that are not
+  frozen and return only those (:func:`matched_frozen_plan`: the scan's ambient groups are
+  frozen, least harmful first, until the client cost is at most the targeted plan's). The
+  baseline that asks whether dropping ambient units beats simply not training them.
 * :func:`matched_uniform_plan`: the uniform plan whose client cost (trained parameters or bytes
   moved) is closest to a given plan's, so that targeted and uniform dropout are compared at
   equal client cost (Cheng et al. 2022).
@@ -27,7 +31,7 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -40,11 +44,14 @@ from espnet_ext.federated.units import (
     find_droppable_modules,
 )
 
-PLAN_KINDS = ("none", "uniform", "targeted")
+PLAN_KINDS = ("none", "uniform", "targeted", "frozen")
 # Keys of a plan JSON (DropoutPlan.to_dict); any other key is refused.
-PLAN_KEYS = ("name", "group_rates", "unit_kinds", "group_norm_policy", "note")
+PLAN_KEYS = ("name", "group_rates", "unit_kinds", "group_norm_policy", "note", "frozen_groups")
 TARGET_MODES = ("label", "scaled")
 COST_METRICS = ("params", "bytes")
+# The DropoutPlan.cost field each metric matches on. Upload bytes: without frozen groups a client
+# returns what it received (up = down); a frozen plan saves upload only.
+_COST_FIELDS = {"params": "params_trained", "bytes": "bytes_up"}
 _BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 
@@ -65,6 +72,8 @@ class ModelInfo:
             the same config and never sent.
         modules: Droppable modules.
         group_names: Layer-group names at block and sub-module granularity.
+        group_keys: Layer-group name -> its state-dict keys (parameters and buffers); a block's
+            ``<block>.norms`` group holds keys that do not share its name as a prefix.
     """
 
     shapes: Mapping[str, Tuple[int, ...]]
@@ -73,6 +82,7 @@ class ModelInfo:
     sent_keys: Tuple[str, ...]
     modules: Tuple[DroppableModule, ...]
     group_names: Tuple[str, ...]
+    group_keys: Mapping[str, Tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_model(cls, model: torch.nn.Module) -> "ModelInfo":
@@ -81,9 +91,11 @@ class ModelInfo:
         state = model.state_dict()
         params = {n for n, _ in model.named_parameters()}
         sent = tuple(k for k in state if k in params or k.rsplit(".", 1)[-1] in _BN_BUFFERS)
-        names: List[str] = []
+        group_keys: Dict[str, Tuple[str, ...]] = {}
         for granularity in ("block", "submodule"):
-            names += [n for n in build_layer_map(model, granularity).names() if n not in names]
+            for g in build_layer_map(model, granularity):
+                group_keys.setdefault(g.name, tuple(g.keys))
+        names = list(group_keys)
         return cls(
             shapes={k: tuple(v.shape) for k, v in state.items()},
             element_sizes={k: v.element_size() for k, v in state.items()},
@@ -91,6 +103,7 @@ class ModelInfo:
             sent_keys=sent,
             modules=tuple(find_droppable_modules(model)),
             group_names=tuple(names),
+            group_keys=group_keys,
         )
 
     @property
@@ -117,6 +130,8 @@ class DropoutPlan:
         unit_kinds: Which units may be dropped (``ff``, ``heads``, ``conv``).
         group_norm_policy: ``auto``, ``whole_groups`` or ``per_group``.
         note: How the plan was made (for the results table).
+        frozen_groups: Layer groups clients do not train: their parameters are sent but not
+            updated, and their tensors are not returned (the global values stay).
     """
 
     name: str
@@ -124,6 +139,16 @@ class DropoutPlan:
     unit_kinds: Tuple[str, ...] = UNIT_KINDS
     group_norm_policy: str = "auto"
     note: str = ""
+    frozen_groups: Tuple[str, ...] = ()
+
+    def frozen_keys(self, info: ModelInfo) -> FrozenSet[str]:
+        """State-dict keys of the frozen groups (sent to clients, not trained, not returned)."""
+        return frozenset(k for g in self.frozen_groups for k in info.group_keys.get(g, ()))
+
+    def returned_keys(self, info: ModelInfo, keys: Sequence[str]) -> Tuple[str, ...]:
+        """The entries of `keys` a client trains and returns: those outside the frozen groups."""
+        frozen = self.frozen_keys(info)
+        return tuple(k for k in keys if k not in frozen)
 
     def module_rates(self, modules: Sequence[DroppableModule]) -> Dict[str, float]:
         """Rate of every droppable module: the rate of the most specific group holding it."""
@@ -144,7 +169,8 @@ class DropoutPlan:
 
         Raises:
             PlanError: A rate outside [0, 1), an unknown group name, a group with a positive
-                rate but no droppable units, an unknown unit kind or group-norm policy.
+                rate but no droppable units, an unknown unit kind or group-norm policy, an
+                unknown frozen group, or frozen groups that leave no parameter to train.
         """
         bad_kinds = [k for k in self.unit_kinds if k not in UNIT_KINDS]
         if bad_kinds:
@@ -168,25 +194,38 @@ class DropoutPlan:
                     f"plan {self.name!r}: group {g!r} has no droppable units of kinds "
                     f"{', '.join(self.unit_kinds)} (feed-forward units, attention heads, conv "
                     "channels, cgMLP channels, merge channels); give it rate 0 or leave it out")
+        for g in self.frozen_groups:
+            if g not in known:
+                raise PlanError(f"plan {self.name!r}: unknown frozen layer group {g!r}; groups are "
+                                "blocks or sub-modules such as encoder.encoders.0")
+        if self.frozen_groups and not self.returned_keys(info, info.param_keys):
+            raise PlanError(f"plan {self.name!r}: the frozen groups cover every parameter; "
+                            "clients would have nothing to train")
 
     def cost(self, info: ModelInfo) -> Dict[str, float]:
         """Per-client cost of this plan: trained parameters and bytes each way.
 
         Returns:
-            ``params_trained``, ``params_fraction`` (of the full model), ``bytes_down`` (=
-            ``bytes_up``: the client returns what it received, trained).
+            ``params_trained`` (parameter elements outside the frozen groups),
+            ``params_fraction`` (of the full model), ``bytes_down`` (every sent entry of the
+            sub-model) and ``bytes_up`` (the entries outside the frozen groups; without frozen
+            groups equal to ``bytes_down``: the client returns what it received, trained).
         """
         numels = submodel_numels(info.shapes, info.modules, self.module_rates(info.modules),
                                  self.group_norm_policy)
-        params = sum(numels[k] for k in info.param_keys)
-        sent_bytes = sum(numels[k] * info.element_sizes[k] for k in info.sent_keys)
+        params = sum(numels[k] for k in self.returned_keys(info, info.param_keys))
+        down = sum(numels[k] * info.element_sizes[k] for k in info.sent_keys)
+        up = sum(numels[k] * info.element_sizes[k] for k in self.returned_keys(info, info.sent_keys))
         return {"params_trained": params, "params_fraction": params / info.num_params,
-                "bytes_down": sent_bytes, "bytes_up": sent_bytes}
+                "bytes_down": down, "bytes_up": up}
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "group_rates": dict(self.group_rates),
-                "unit_kinds": list(self.unit_kinds), "group_norm_policy": self.group_norm_policy,
-                "note": self.note}
+        d = {"name": self.name, "group_rates": dict(self.group_rates),
+             "unit_kinds": list(self.unit_kinds), "group_norm_policy": self.group_norm_policy,
+             "note": self.note}
+        if self.frozen_groups:  # plans without frozen groups keep their JSON (and run identity)
+            d["frozen_groups"] = list(self.frozen_groups)
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping, source: str = "plan") -> "DropoutPlan":
@@ -216,15 +255,17 @@ class DropoutPlan:
             raise PlanError(f"{source}: the dropout plan has no {missing[0]!r}; a plan needs 'name' "
                             "and 'group_rates' ({} for no dropout)")
         types = {"name": str, "group_rates": Mapping, "unit_kinds": (list, tuple),
-                 "group_norm_policy": str, "note": str}
+                 "group_norm_policy": str, "note": str, "frozen_groups": (list, tuple)}
         for key, kind in types.items():
             if key in d and not isinstance(d[key], kind):
-                wanted = {"group_rates": "an object {group: rate}", "unit_kinds": "a list of strings"}
+                wanted = {"group_rates": "an object {group: rate}", "unit_kinds": "a list of strings",
+                          "frozen_groups": "a list of layer group names"}
                 raise PlanError(f"{source}: {key!r} must be {wanted.get(key, 'a string')}, "
                                 f"got {json.dumps(d[key])}")
         return cls(name=d["name"], group_rates=dict(d["group_rates"]),
                    unit_kinds=tuple(d.get("unit_kinds", UNIT_KINDS)),
-                   group_norm_policy=d.get("group_norm_policy", "auto"), note=d.get("note", ""))
+                   group_norm_policy=d.get("group_norm_policy", "auto"), note=d.get("note", ""),
+                   frozen_groups=tuple(d.get("frozen_groups", ())))
 
     def write(self, path: Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
@@ -401,16 +442,16 @@ def matched_uniform_plan(info: ModelInfo, reference: DropoutPlan, metric: str = 
     Args:
         info: The model.
         reference: The plan to match (usually the targeted one).
-        metric: ``params`` (trained parameters) or ``bytes`` (bytes sent per client).
+        metric: ``params`` (trained parameters) or ``bytes`` (bytes each client returns; for
+            dropout plans the same as it receives).
         step: Rate grid resolution.
         stacks: Stacks whose blocks the uniform plan drops from (``encoder``, ``decoder``).
 
     Raises:
         PlanError: Unknown metric.
     """
-    if metric not in COST_METRICS:
-        raise PlanError(f"cost metric must be one of {', '.join(COST_METRICS)}, got {metric!r}")
-    field = "params_trained" if metric == "params" else "bytes_down"
+    _check_metric(metric)
+    field = _COST_FIELDS[metric]
     target = reference.cost(info)[field]
     best = None
     for r in np.arange(0.0, 1.0, step):
@@ -423,3 +464,70 @@ def matched_uniform_plan(info: ModelInfo, reference: DropoutPlan, metric: str = 
     return dataclasses.replace(
         plan, note=f"rate {r:.4g} on every {' and '.join(stacks)} block, matched to {reference.name} on {metric} "
                    f"({int(c)} vs {int(target)}, {gap:+.2f}%)")
+
+
+def _check_metric(metric: str) -> None:
+    if metric not in COST_METRICS:
+        raise PlanError(f"cost metric must be one of {', '.join(COST_METRICS)}, got {metric!r}")
+
+
+def least_harm_first(importance: Sequence[GroupImportance]) -> List[str]:
+    """The groups labelled ambient, smallest CER increase after reset first (ties: scan order)."""
+    ambient = [(i.delta_cer, n, i.group) for n, i in enumerate(importance) if i.label == "ambient"]
+    # A reset that could not be scored (NaN) is treated as the most harmful.
+    ambient.sort(key=lambda t: (np.isnan(t[0]), t[0] if not np.isnan(t[0]) else 0.0, t[1]))
+    return [g for _, _, g in ambient]
+
+
+def matched_frozen_plan(info: ModelInfo, importance: Sequence[GroupImportance], reference: DropoutPlan,
+                        metric: str = "params", source: str = "") -> DropoutPlan:
+    """The frozen plan at the reference plan's client cost: ambient groups frozen, least harm first.
+
+    Clients receive the full model; frozen groups are not trained and not returned, which saves
+    trained parameters and upload bytes (not download). Ambient groups are frozen in
+    :func:`least_harm_first` order until the plan's cost in `metric` is at most the reference's
+    per-client cost: the fewest frozen groups, i.e. the cost closest to and not above it. If
+    freezing every ambient group still costs more, all are frozen and the note gives the gap.
+
+    Args:
+        info: The model.
+        importance: Scan results per group (:func:`read_scan_importance`).
+        reference: The plan to match (the targeted plan at the same rate).
+        metric: ``params`` (trained parameters) or ``bytes`` (bytes each client returns).
+        source: Where the importance came from (kept in the plan's note).
+
+    Raises:
+        PlanError: Unknown metric, scan groups unknown to the model, or no group labelled ambient.
+    """
+    _check_metric(metric)
+    known = set(info.group_names)
+    unknown = [i.group for i in importance if i.group not in known]
+    if unknown:
+        raise PlanError(f"scan group {unknown[0]!r} is not a layer group of this model; was the "
+                        "scan made on the same architecture?")
+    order = least_harm_first(importance)
+    if not order:
+        raise PlanError(f"the scan labels no group ambient ({source}); nothing to freeze in a frozen "
+                        "plan: relax the ambient threshold")
+    field = _COST_FIELDS[metric]
+    target = reference.cost(info)[field]
+    frozen: List[str] = []
+    plan = DropoutPlan(name="frozen", group_rates={}, unit_kinds=reference.unit_kinds,
+                       group_norm_policy=reference.group_norm_policy)
+    cost = plan.cost(info)[field]
+    for group in order:
+        if cost <= target:
+            break
+        frozen.append(group)
+        plan = dataclasses.replace(plan, frozen_groups=tuple(frozen))
+        cost = plan.cost(info)[field]
+    gap = 100.0 * (cost - target) / target if target else 0.0
+    matched = (f"matched to {reference.name} on {metric} ({int(cost)} vs {int(target)}, {gap:+.2f}%)"
+               if cost <= target else
+               f"still above {reference.name} on {metric} with every ambient group frozen "
+               f"({int(cost)} vs {int(target)}, {gap:+.2f}%)")
+    if cost > target:
+        logging.warning(f"frozen plan: {matched}")
+    note = (f"{len(frozen)} of {len(order)} ambient groups frozen (least harm first), the rest trained "
+            f"whole; {matched}; {source}")
+    return dataclasses.replace(plan, note=note)

@@ -9,9 +9,9 @@ matched cost) side by side.
 
 Several seeds: a plan directory with ``seed<N>/`` run directories is one row of the table, with
 the mean, sample standard deviation and min-max of each error rate over its seeds
-(:func:`aggregate`). :func:`paired_differences` adds targeted minus uniform (same rate
-directory) and targeted minus no dropout as paired bootstrap intervals over the test utterances
-(:mod:`espnet_ext.federated.bootstrap`), from each run's ``per_utt.tsv``.
+(:func:`aggregate`). :func:`paired_differences` adds targeted minus uniform and minus frozen
+(same rate directory) and targeted minus no dropout as paired bootstrap intervals over the test
+utterances (:mod:`espnet_ext.federated.bootstrap`), from each run's ``per_utt.tsv``.
 """
 
 from __future__ import annotations
@@ -298,9 +298,10 @@ def _parent_label(group: Sequence[dict]) -> str:
 
 
 def comparison_pairs(groups: Sequence[Sequence[dict]]) -> List[Tuple[int, int]]:
-    """(a, b) row indices to compare: every ``targeted`` row minus the ``uniform`` row of the same
-    rate directory (matched client cost), and minus the ``none`` row of the same directory, or
-    the only ``none`` row when that directory has none (no dropout does not depend on the rate)."""
+    """(a, b) row indices to compare: every ``targeted`` row minus the ``uniform`` and ``frozen``
+    rows of the same rate directory (matched client cost), and minus the ``none`` row of the same
+    directory, or the only ``none`` row when that directory has none (no dropout does not depend
+    on the rate)."""
     plan = [g[0]["plan"] for g in groups]
     parent = [_parent_label(g) for g in groups]
     nones = [i for i, p in enumerate(plan) if p == "none"]
@@ -309,7 +310,7 @@ def comparison_pairs(groups: Sequence[Sequence[dict]]) -> List[Tuple[int, int]]:
         if p != "targeted":
             continue
         for j, q in enumerate(plan):
-            if q == "uniform" and parent[j] == parent[i]:
+            if q in ("uniform", "frozen") and parent[j] == parent[i]:
                 pairs.append((i, j))
         local = [j for j in nones if parent[j] == parent[i]]
         ref = local or (nones if len(nones) == 1 else [])

@@ -10,7 +10,12 @@ and the ``ClientApp`` of :func:`espnet_ext.federated.client.make_client_app`):
   machine, start a Ray cluster (``ray start --head`` / ``ray start --address=...``) and pass
   ``ray_address``: the same apps then run on the cluster.
 * ``local``: the same apps in this process, clients one after another (no Ray); for tests,
-  debugging and single-GPU runs.
+  debugging and single-GPU runs. :func:`run_plans` with ``parallel_runs`` N > 1 runs N such runs
+  at once, each in a worker process of its own with ``client_threads`` torch threads (no Ray
+  start-up per run; the workers pay ESPnet's import once, for all the runs they do).
+* ``flwr``: the same apps started by Flower's ``flwr run`` on a SuperLink (its simulation runtime
+  or SuperNodes): :func:`prepare_plans` prepares the runs and
+  :mod:`espnet_ext.federated.setup_file` writes the setup file the apps read.
 
 Typical use (what ``python -m espnet_ext.bin.fl_simulate run`` does)::
 
@@ -24,7 +29,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
@@ -33,6 +40,7 @@ from espnet_ext.federated.plan import (
     PLAN_KINDS,
     DropoutPlan,
     ModelInfo,
+    matched_frozen_plan,
     matched_uniform_plan,
     no_dropout_plan,
     read_scan_importance,
@@ -57,13 +65,14 @@ def make_plan(kind: str, info: ModelInfo, rate: float = 0.0, scan_tsv: Optional[
     """Build and validate a dropout plan.
 
     Args:
-        kind: ``none``, ``uniform``, ``targeted`` or ``file``.
+        kind: ``none``, ``uniform``, ``targeted``, ``frozen`` or ``file``.
         info: The model.
         rate: Dropout rate (uniform: every block; targeted: ambient groups / the largest).
         scan_tsv: ``targeted``: the layer-reset scan's scan.tsv.
         scan_dataset: ``targeted``: which dataset's scan rows (default: the first).
         target_mode: ``label`` or ``scaled``.
-        match_plan: ``uniform``: match this plan's client cost instead of using `rate`.
+        match_plan: ``uniform``: match this plan's client cost instead of using `rate`;
+            ``frozen``: the plan to match (default: the targeted plan at `rate`).
         match_metric: ``params`` or ``bytes`` for matching.
         unit_kinds: Unit kinds that may be dropped.
         group_norm_policy: ``auto``, ``whole_groups`` or ``per_group``.
@@ -84,6 +93,13 @@ def make_plan(kind: str, info: ModelInfo, rate: float = 0.0, scan_tsv: Optional[
             raise OptionsError("a targeted plan needs the layer-reset scan result (--scan_tsv)")
         importance, source = read_scan_importance(scan_tsv, scan_dataset)
         plan = targeted_plan(info, importance, rate, target_mode, unit_kinds, group_norm_policy, source)
+    elif kind == "frozen":
+        if scan_tsv is None:
+            raise OptionsError("a frozen plan needs the layer-reset scan result (--scan_tsv)")
+        importance, source = read_scan_importance(scan_tsv, scan_dataset)
+        reference = match_plan or targeted_plan(info, importance, rate, target_mode, unit_kinds,
+                                                group_norm_policy, source)
+        plan = matched_frozen_plan(info, importance, reference, match_metric, source)
     elif kind == "file":
         if plan_file is None:
             raise OptionsError("plan kind 'file' needs --plan_file")
@@ -189,8 +205,12 @@ def _record_run(setup: FederatedSetup) -> None:
     write_json_atomic(path, setup.to_json(), indent=2, sort_keys=True)
 
 
-def run_federated(setup: FederatedSetup, ray_address: Optional[str] = None) -> dict:
-    """Run (or resume, or extend) a federated simulation; returns its results dict.
+def begin_run(setup: FederatedSetup) -> int:
+    """Check a run's options and clients and record them in ``<out_dir>/run.json`` (what every
+    backend, and the ServerApp under ``flwr run``, does before the first round).
+
+    Returns:
+        The number of clients.
 
     Raises:
         OptionsError: Invalid options, or `out_dir` holds a run with other options.
@@ -199,6 +219,20 @@ def run_federated(setup: FederatedSetup, ray_address: Optional[str] = None) -> d
     setup.validate()
     num_clients = _check_clients(setup)
     _record_run(setup)
+    return num_clients
+
+
+def run_federated(setup: FederatedSetup, ray_address: Optional[str] = None) -> dict:
+    """Run (or resume, or extend) a federated simulation; returns its results dict.
+
+    Raises:
+        OptionsError: Invalid options, or `out_dir` holds a run with other options.
+        PartitionError: More clients per round than clients.
+    """
+    if setup.backend == "flwr":
+        raise OptionsError(f"{setup.out_dir}: a run for `flwr run` is started by flwr run with its "
+                           "setup file (fl_simulate prepare), not here")
+    num_clients = begin_run(setup)
     if setup.backend == "local":
         from espnet_ext.federated.client import make_client_app
         from espnet_ext.federated.server import run_server
@@ -333,7 +367,7 @@ def _checked_seeds(plans: Sequence[str], seeds: Optional[Sequence[int]], options
     from espnet_ext.evaluation.bootstrap import MIN_SAMPLES
 
     if not plans:
-        raise OptionsError("no plan to run: give at least one of none, uniform, targeted, file")
+        raise OptionsError("no plan to run: give at least one of none, uniform, targeted, frozen, file")
     if len(set(plans)) != len(plans):
         raise OptionsError(f"each plan once, got {list(plans)}")
     if bootstrap_resamples < MIN_SAMPLES:
@@ -357,10 +391,11 @@ def _checked_seeds(plans: Sequence[str], seeds: Optional[Sequence[int]], options
 def build_plans(kinds: Sequence[str], info: ModelInfo, match_cost: Optional[str] = "params",
                 **plan_options) -> Dict[str, DropoutPlan]:
     """The dropout plan of each kind (:func:`make_plan`); with `match_cost` and a scan,
-    ``uniform`` matches the ``targeted`` plan's client cost in that metric.
+    ``uniform`` matches the ``targeted`` plan's client cost in that metric; ``frozen`` always
+    matches it (on ``params`` when `match_cost` is None).
 
     Args:
-        kinds: Plan kinds (``none``, ``uniform``, ``targeted``, ``file``).
+        kinds: Plan kinds (``none``, ``uniform``, ``targeted``, ``frozen``, ``file``).
         info: The model.
         match_cost: ``params``, ``bytes`` or None (``uniform`` uses ``rate``).
         **plan_options: :func:`make_plan` arguments shared by every kind.
@@ -372,7 +407,10 @@ def build_plans(kinds: Sequence[str], info: ModelInfo, match_cost: Optional[str]
                                      match_metric=match_cost, **plan_options)
     for kind in kinds:
         if kind not in plans:
-            plans[kind] = make_plan(kind, info, **plan_options)
+            # The frozen plan always matches the targeted plan's cost (params without match_cost).
+            matching = ({"match_metric": match_cost or "params", "match_plan": plans.get("targeted")}
+                        if kind == "frozen" else {})
+            plans[kind] = make_plan(kind, info, **matching, **plan_options)
     return {kind: plans[kind] for kind in kinds}
 
 
@@ -386,47 +424,28 @@ def _no_update_error(idle: Sequence[Tuple[FederatedSetup, dict]], table_path: Pa
         f"{table_path}; lower --failure_prob or see the reasons in its costs.tsv")
 
 
-def run_plans(exp_dir: Path, model_file: str, adapt_data: Path,
-              eval_data: Sequence[Tuple[str, Path]], out_dir: Path, plans: Sequence[str],
-              rate: float = 0.0, scan_tsv: Optional[Path] = None, scan_dataset: Optional[str] = None,
-              target_mode: str = "label", match_cost: Optional[str] = "params",
-              unit_kinds: Sequence[str] = UNIT_KINDS, group_norm_policy: str = "auto",
-              plan_file: Optional[Path] = None, uniform_stacks: Sequence[str] = ("encoder", "decoder"),
-              ray_address: Optional[str] = None, seeds: Optional[Sequence[int]] = None,
-              bootstrap_resamples: int = 2000, **options) -> str:
-    """Run one simulation per plan (and seed) and compare them.
-
-    With `match_cost` (``params`` or ``bytes``) and a scan, the ``uniform`` plan is the uniform
-    rate whose client cost matches the ``targeted`` plan's (Cheng et al.: compare at equal
-    cost); without it, ``uniform`` uses `rate` on every block.
-
-    One seed (`seeds` None, ``seed`` in `options`, default 0): runs go to ``<out_dir>/<plan>``.
-    Several seeds: ``<out_dir>/<plan>/seed<N>``, run seed by seed (every plan at the first seed,
-    then the next seed), each resumable on its own; the table gives each plan's mean and spread
-    over the seeds and paired bootstrap intervals of targeted minus uniform and minus no dropout
-    (:func:`espnet_ext.federated.results.write_comparison`). The seed drives client sampling,
-    sub-model draws, local training order and injected failures; the plans themselves do not
-    depend on it.
-
-    Args:
-        plans: Plan kinds in run order, e.g. ``["none", "uniform", "targeted"]``.
-        seeds: Federated seeds (non-negative, distinct), or None for one run per plan.
-        bootstrap_resamples: Resamples of each paired bootstrap interval.
-        Others: As :func:`make_plan` and :func:`prepare_run`.
+def prepare_plans(exp_dir: Path, model_file: str, adapt_data: Path,
+                  eval_data: Sequence[Tuple[str, Path]], out_dir: Path, plans: Sequence[str],
+                  rate: float = 0.0, scan_tsv: Optional[Path] = None, scan_dataset: Optional[str] = None,
+                  target_mode: str = "label", match_cost: Optional[str] = "params",
+                  unit_kinds: Sequence[str] = UNIT_KINDS, group_norm_policy: str = "auto",
+                  plan_file: Optional[Path] = None, uniform_stacks: Sequence[str] = ("encoder", "decoder"),
+                  seeds: Optional[Sequence[int]] = None, bootstrap_resamples: int = 2000,
+                  parallel_runs: int = 1,
+                  **options) -> Tuple[List[FederatedSetup], List[List[Path]], ModelInfo]:
+    """Prepare every run directory of :func:`run_plans` (each plan and seed), checked against
+    what it holds, before any run starts (`parallel_runs` is checked against the backend here).
 
     Returns:
-        The comparison table (also written to ``<out_dir>/results.md``).
+        (the setups in run order, the run directories per plan as :func:`run_dirs_of`, the model).
 
     Raises:
-        OptionsError / PlanError: Bad plans, seeds or options (checked for every plan and seed
-            before the first simulation starts).
-        NoUpdateError: After every run finished and the table was written: some run merged no
-            client update in any round (e.g. every client failed); the table records it.
+        OptionsError / PlanError: Bad plans, seeds or options.
     """
     from espnet_ext.federated.modelio import resolve_train_config
-    from espnet_ext.federated.results import rounds_with_updates, write_comparison
 
     seeds = _checked_seeds(plans, seeds, options, bootstrap_resamples)
+    _check_parallel_runs(parallel_runs, options.get("backend", "ray"))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config_path = resolve_train_config(Path(exp_dir), out_dir / "config.yaml")
@@ -446,15 +465,105 @@ def run_plans(exp_dir: Path, model_file: str, adapt_data: Path,
             extra = {"seed": seeds[k]} if seeds is not None else {}
             setups.append(prepare_run(exp_dir, model_file, adapt_data, eval_data, dirs[k], built[kind],
                                       check_rates=False, **options, **extra))
-    idle = []
+    return setups, groups, info
+
+
+def run_plans(exp_dir: Path, model_file: str, adapt_data: Path,
+              eval_data: Sequence[Tuple[str, Path]], out_dir: Path, plans: Sequence[str],
+              rate: float = 0.0, scan_tsv: Optional[Path] = None, scan_dataset: Optional[str] = None,
+              target_mode: str = "label", match_cost: Optional[str] = "params",
+              unit_kinds: Sequence[str] = UNIT_KINDS, group_norm_policy: str = "auto",
+              plan_file: Optional[Path] = None, uniform_stacks: Sequence[str] = ("encoder", "decoder"),
+              ray_address: Optional[str] = None, seeds: Optional[Sequence[int]] = None,
+              bootstrap_resamples: int = 2000, parallel_runs: int = 1, **options) -> str:
+    """Run one simulation per plan (and seed) and compare them.
+
+    With `match_cost` (``params`` or ``bytes``) and a scan, the ``uniform`` plan is the uniform
+    rate whose client cost matches the ``targeted`` plan's (Cheng et al.: compare at equal
+    cost); without it, ``uniform`` uses `rate` on every block.
+
+    One seed (`seeds` None, ``seed`` in `options`, default 0): runs go to ``<out_dir>/<plan>``.
+    Several seeds: ``<out_dir>/<plan>/seed<N>``, run seed by seed (every plan at the first seed,
+    then the next seed), each resumable on its own; the table gives each plan's mean and spread
+    over the seeds and paired bootstrap intervals of targeted minus uniform and minus no dropout
+    (:func:`espnet_ext.federated.results.write_comparison`). The seed drives client sampling,
+    sub-model draws, local training order and injected failures; the plans themselves do not
+    depend on it.
+
+    Args:
+        plans: Plan kinds in run order, e.g. ``["none", "uniform", "targeted"]``.
+        seeds: Federated seeds (non-negative, distinct), or None for one run per plan.
+        bootstrap_resamples: Resamples of each paired bootstrap interval.
+        parallel_runs: Runs at once, each in a worker process (backend ``local`` only; the
+            results of a run do not depend on it).
+        Others: As :func:`make_plan` and :func:`prepare_run`.
+
+    Returns:
+        The comparison table (also written to ``<out_dir>/results.md``).
+
+    Raises:
+        OptionsError / PlanError: Bad plans, seeds or options (checked for every plan and seed
+            before the first simulation starts).
+        NoUpdateError: After every run finished and the table was written: some run merged no
+            client update in any round (e.g. every client failed); the table records it.
+    """
+    from espnet_ext.federated.results import rounds_with_updates, write_comparison
+
+    setups, groups, info = prepare_plans(
+        exp_dir, model_file, adapt_data, eval_data, out_dir, plans, rate=rate, scan_tsv=scan_tsv,
+        scan_dataset=scan_dataset, target_mode=target_mode, match_cost=match_cost, unit_kinds=unit_kinds,
+        group_norm_policy=group_norm_policy, plan_file=plan_file, uniform_stacks=uniform_stacks,
+        seeds=seeds, bootstrap_resamples=bootstrap_resamples, parallel_runs=parallel_runs, **options)
+    out_dir = Path(out_dir)
     for setup in setups:
         logger.info(f"plan {setup.plan.name}, seed {setup.seed}: {setup.plan.note}; per client "
                     f"{setup.plan.cost(info)['params_fraction']:.3f} of the parameters")
-        results = run_federated(setup, ray_address=ray_address)
-        if rounds_with_updates(results) == 0:
-            idle.append((setup, results))
+    if parallel_runs > 1 and len(setups) > 1:
+        all_results = run_in_processes(setups, parallel_runs)
+    else:
+        all_results = [run_federated(setup, ray_address=ray_address) for setup in setups]
+    idle = [(setup, results) for setup, results in zip(setups, all_results)
+            if rounds_with_updates(results) == 0]
     # Exactly the runs of this call, not other seed<N>/ runs an earlier call left in a plan dir.
     table = write_comparison(groups, out_dir / "results.md", resamples=bootstrap_resamples)
     if idle:
         raise _no_update_error(idle, out_dir / "results.md")
     return table
+
+
+def _check_parallel_runs(parallel_runs: int, backend: str) -> None:
+    """Raise OptionsError unless `parallel_runs` fits the backend (several runs: ``local`` only)."""
+    if parallel_runs < 1:
+        raise OptionsError(f"parallel runs must be >= 1, got {parallel_runs}")
+    if parallel_runs > 1 and backend != "local":
+        raise OptionsError(f"--parallel_runs {parallel_runs} needs --backend local (a Ray run uses "
+                           "its worker pool for the clients of one run)")
+
+
+def _init_run_process(threads: int, log_level: int, log_format: Optional[str]) -> None:
+    """A run process: its torch threads and the parent's log level and format."""
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    logging.basicConfig(level=log_level, format=log_format)
+
+
+def _run_in_process(setup: FederatedSetup) -> dict:
+    return run_federated(setup)
+
+
+def run_in_processes(setups: Sequence[FederatedSetup], processes: int) -> List[dict]:
+    """Run in-process (``local``) simulations, `processes` at a time, each in a worker process
+    with ``client_threads`` torch threads; returns their results in the order of `setups`.
+
+    Workers are spawned (not forked: torch's thread pools do not survive a fork) and each does
+    several runs, so ESPnet is imported once per worker.
+    """
+    root = logging.getLogger()
+    fmt = next((h.formatter._fmt for h in root.handlers if h.formatter is not None), None)
+    threads = max(s.client_threads for s in setups)
+    with ProcessPoolExecutor(max_workers=min(processes, len(setups)),
+                             mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_init_run_process,
+                             initargs=(threads, root.getEffectiveLevel(), fmt)) as pool:
+        return list(pool.map(_run_in_process, setups))

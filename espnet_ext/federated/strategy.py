@@ -5,11 +5,14 @@ hooks that differ:
 
 * ``configure_train``: samples the round's clients (seeded, :class:`ClientSampler`), draws each
   one's sub-model (seeded by run seed, round and client), and sends each client its own message
-  with the sub-model's tensors and structure. The unit indices stay on the server.
+  with the sub-model's tensors and structure, and the state-dict keys of the plan's frozen
+  groups (``frozen-keys``, JSON), which the client does not train and does not return. The unit
+  indices stay on the server.
 * ``aggregate_train``: merges the returned sub-models into the global model, averaging every
   element over the clients that trained it, weighted by their numbers of examples, with a
   server learning rate (:func:`espnet_ext.federated.submodel.merge_update`). Clients are merged
-  in client order, so the result does not depend on the order replies arrive in.
+  in client order, so the result does not depend on the order replies arrive in. Entries no
+  client returned (those of frozen groups) keep their global value exactly.
 
 Failed clients (an error reply, a reply that does not fit what was sent, or no reply before the
 timeout) are logged, recorded in the cost ledger and left out of the average. A round in which
@@ -44,7 +47,15 @@ class ClientFailureError(RuntimeError):
 
 @dataclasses.dataclass
 class _Sent:
-    """What the server sent one client (kept until its reply, to check and merge it)."""
+    """What the server sent one client (kept until its reply, to check and merge it).
+
+    Attributes:
+        client: Client index.
+        index_map: Where each sliced entry came from.
+        shapes: Shapes of the entries the client must return (those outside frozen groups).
+        bytes_down: Bytes of every tensor sent.
+        params: Parameter elements the client trains.
+    """
 
     client: int
     index_map: IndexMap
@@ -103,6 +114,8 @@ class FederatedDropoutFedAvg(FedAvg):
         self.info = info
         self.plan = plan
         self.module_rates = plan.module_rates(info.modules)
+        self.frozen_keys = json.dumps(sorted(plan.frozen_keys(info)))
+        self.returned_keys = frozenset(plan.returned_keys(info, info.sent_keys))
         self.clients = list(clients)
         self.sampler = sampler
         self.node_of_client = dict(node_of_client)
@@ -130,17 +143,20 @@ class FederatedDropoutFedAvg(FedAvg):
             layout = choose_submodel(self.info.modules, self.module_rates,
                                      submodel_rng(self.seed, server_round, c), self.plan.group_norm_policy)
             small, imap = extract_submodel(self._global, layout)
-            params = sum(small[k].numel() for k in self.info.param_keys if k in small)
+            returned = [k for k in small if k in self.returned_keys]
+            params = sum(small[k].numel() for k in self.info.param_keys
+                         if k in small and k in self.returned_keys)
             cfg = ConfigRecord(dict(config))
             cfg["server-round"] = server_round
             cfg["client-index"] = c
             cfg["structure"] = json.dumps(layout.structure(), sort_keys=True)
+            cfg["frozen-keys"] = self.frozen_keys
             node = self.node_of_client[c]
             messages.append(Message(
                 RecordDict({self.arrayrecord_key: ArrayRecord(torch_state_dict=small),
                             self.configrecord_key: cfg}),
                 dst_node_id=node, message_type=MessageType.TRAIN))
-            self._pending[node] = _Sent(c, imap, {k: tuple(v.shape) for k, v in small.items()},
+            self._pending[node] = _Sent(c, imap, {k: tuple(small[k].shape) for k in returned},
                                         tensor_bytes(small), params)
         return messages
 

@@ -393,7 +393,8 @@ def merge_update(
     Args:
         global_state: The global model's entries (those sent to clients).
         small_states: One state dict per client (entries sliced as in its index map; entries
-            a client did not return are treated as not trained by it).
+            a client did not return, e.g. those of frozen groups, are treated as not trained by
+            it, and an entry no client returned keeps its global value bit for bit).
         index_maps: One index map per client (:func:`extract_submodel`); an entry is a tuple
             of (dim, indices) pairs, or a single (dim, indices) pair.
         weights: One positive weight per client.

@@ -9,7 +9,8 @@ Layout under the sweep's output dir (what the recipe's stage 8 and its RESULTS r
     cer_vs_client_size.png    error rate vs client model size
 
 * **No dropout runs once.** Its runs do not depend on the rate, so ``none`` runs in the first
-  rate's dir only; the other plans (``uniform`` at matched cost, ``targeted``) run per rate.
+  rate's dir only; the other plans (``uniform`` at matched cost, ``targeted``, and ``frozen``
+  when asked for: ambient groups frozen up to the targeted plan's cost) run per rate.
 * **Uniform dropout follows the scan's scoring.** A greedy-CTC scan scores the encoder only, so
   the uniform plan drops units from the encoder too and the comparison is about which encoder
   units are dropped, not about the decoder; a beam-search scan scores both stacks. The scoring
@@ -28,8 +29,10 @@ from espnet_ext.federated.options import OptionsError
 
 logger = logging.getLogger(__name__)
 
+# Plans a sweep runs unless told otherwise (``frozen``, the not-trained baseline, on request).
 SWEEP_PLANS = ("none", "uniform", "targeted")
-# Plans whose runs are the same at every rate: they run in the first rate's dir only.
+# Plans whose runs are the same at every rate: they run in the first rate's dir only (a frozen
+# plan is matched to the targeted plan of its rate, so it runs per rate).
 RATE_INDEPENDENT_PLANS = ("none",)
 # Stacks the uniform plan drops from, by the scan's scoring (`layer_scan --scoring`).
 UNIFORM_STACKS: Dict[str, Tuple[str, ...]] = {"ctc_greedy": ("encoder",), "beam": ("encoder", "decoder")}
