@@ -20,8 +20,12 @@ REPO = Path(__file__).resolve().parents[1]
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ'"
 
 
-def make_tone_data_dir(root: Path, name: str, n_utts: int = 6, seed: int = 0) -> Path:
-    """Writes a Kaldi data dir of 16 kHz mono tones with short letter transcripts."""
+def make_tone_data_dir(root: Path, name: str, n_utts: int = 6, seed: int = 0, n_speakers: int = 2,
+                       seconds: tuple = (0.4, 0.8)) -> Path:
+    """Writes a Kaldi data dir of 16 kHz mono tones with short letter transcripts.
+
+    Utterance i belongs to speaker ``spk{i % n_speakers}``; durations are uniform in `seconds`.
+    """
     rng = np.random.default_rng(seed)
     d = root / name
     wav_dir = root / f"{name}_wav"
@@ -30,9 +34,9 @@ def make_tone_data_dir(root: Path, name: str, n_utts: int = 6, seed: int = 0) ->
     words = ["AB", "BA", "CAB", "BAD", "A", "DAB"]
     wav_scp, text, utt2spk = [], [], []
     for i in range(n_utts):
-        spk = f"spk{i % 2}"
+        spk = f"spk{i % n_speakers}"
         utt = f"{spk}-{name}-{i:03d}"
-        n = int(16000 * rng.uniform(0.4, 0.8))
+        n = int(16000 * rng.uniform(*seconds))
         t = np.arange(n) / 16000
         audio = 0.3 * np.sin(2 * np.pi * rng.uniform(200, 400) * t) + 0.01 * rng.standard_normal(n)
         path = wav_dir / f"{utt}.wav"

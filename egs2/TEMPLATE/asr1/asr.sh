@@ -40,6 +40,7 @@ asr_config=           # Alias of asr_configs for a single config.
 seeds=1               # Training seeds (space separated).
 asr_args=             # Extra arguments for espnet_ext.bin.asr_train.
 train_nj=            # Trainings run at once (config x seed pairs) [2 on CPU, 1 with GPUs].
+train_procs=1         # CPU processes per training (data parallel, torchrun + gloo); GPUs: --ngpu N.
 feats_normalize=global_mvn  # Feature normalization at training time (global_mvn or none).
 
 # Decoding options
@@ -69,6 +70,8 @@ fl_model=valid.acc.ave.pth  # Its weights.
 fl_scan=submodule     # Granularity of the stage-6 scan that targets the dropout.
 fl_rates="0.25 0.5"   # Ambient-group dropout rates of the targeted plans, one client size each; every
                       # rate also runs uniform dropout at the same client cost (no dropout runs once).
+fl_plans="none uniform targeted frozen"  # Plans of every rate (none at the first rate only); frozen: the
+                      # ambient groups not trained (nor uploaded), frozen up to the targeted plan's cost.
 fl_args=              # Extra arguments for espnet_ext.bin.fl_simulate sweep (--rounds, --client_lr, ...).
 fl_seeds="1 2 3"      # Federated seeds: every plan runs once per seed (client sampling, sub-models, local
                       # training); results give mean ± std (min-max) and paired bootstrap intervals.
@@ -86,7 +89,7 @@ Stages:
   6: layer-reset scan: every model x granularity; ambient/critical labels, tables, heatmaps
   7: analysis across runs: ambient-set stability across seeds and sizes, weight updates vs resets
   8: federated adaptation on a withheld domain (Flower): no dropout, uniform and importance-targeted
-     federated dropout at matched client cost (needs --fl_adapt_set)
+     federated dropout, and frozen ambient groups, at matched client cost (needs --fl_adapt_set)
 
 Options (defaults in brackets):
   --stage / --stop_stage   stages to run [${stage} / ${stop_stage}]
@@ -99,7 +102,8 @@ Options (defaults in brackets):
   --token_type / --nbpe / --bpemode         tokens [${token_type} / ${nbpe} / ${bpemode}]
   --asr_configs            training configs (space separated)
   --seeds                  training seeds (space separated) [${seeds}]
-  --train_nj               trainings run at once [2 on CPU, 1 with --ngpu]
+  --train_nj               trainings run at once [2 on CPU, 1 with --ngpu or --train_procs > 1]
+  --train_procs            CPU processes per training, data parallel; they share its threads [${train_procs}]
   --asr_args               extra arguments for training
   --inference_config       decoding config
   --inference_args         extra arguments for decoding
@@ -117,6 +121,7 @@ Options (defaults in brackets):
   --fl_config / --fl_seed / --fl_model   pre-trained model [last config / first seed / ${fl_model}]
   --fl_scan                scan granularity that targets the dropout [${fl_scan}]
   --fl_rates               targeted dropout rates, one client size each [${fl_rates}]
+  --fl_plans               plans per rate (none runs once) [${fl_plans}]
   --fl_args                extra arguments for espnet_ext.bin.fl_simulate sweep
   --fl_seeds               federated seeds, each plan once per seed [${fl_seeds:-none}]
 EOF
@@ -156,12 +161,24 @@ if [ "${token_type}" = bpe ]; then
 else
     stats_dir="${expdir}/asr_stats_char"
 fi
-[ -n "${train_nj}" ] || train_nj=$([ "${ngpu}" -gt 0 ] && echo 1 || echo 2)
+[[ "${train_procs}" =~ ^[1-9][0-9]*$ ]] || die "--train_procs must be a positive integer, got ${train_procs}"
+[ "${train_procs}" -eq 1 ] || [ "${ngpu}" -eq 0 ] \
+    || die "--train_procs is for CPU training; with GPUs, --ngpu N trains with N processes"
+[ -n "${train_nj}" ] || train_nj=$({ [ "${ngpu}" -gt 0 ] || [ "${train_procs}" -gt 1 ]; } && echo 1 || echo 2)
 # Decoding and the scan run on one device; several GPUs are for training only.
 infer_ngpu=$([ "${ngpu}" -gt 0 ] && echo 1 || echo 0)
 # Several GPUs: one process per GPU (DistributedDataParallel) instead of ESPnet's DataParallel.
 ddp_args=()
 [ "${ngpu}" -gt 1 ] && ddp_args=(--multiprocessing_distributed true)
+# Several CPU processes: ESPnet's own launcher needs GPUs, so torchrun starts them (--standalone:
+# a free local port, so trainings side by side do not collide) and DistributedDataParallel
+# averages their gradients over gloo. ESPnet splits each batch between them (same batches, same
+# steps and learning rate as one process).
+train_launcher=()
+if [ "${train_procs}" -gt 1 ]; then
+    train_launcher=(-m torch.distributed.run --standalone --nproc_per_node "${train_procs}")
+    ddp_args=(--dist_backend gloo --multiprocessing_distributed false)
+fi
 
 # Token lists and statistics are derived from the training set: a finished one records which, and
 # a different --train_set with the same --dumpdir/--expdir is an error instead of a silent reuse.
@@ -312,11 +329,15 @@ train_one() {
     log "Training ${dir} (log: ${dir}/train.log)"
     local t0=${SECONDS}
     # Trainings that run side by side share the --num_threads budget (called in a subshell).
-    export OMP_NUM_THREADS=${train_threads} MKL_NUM_THREADS=${train_threads}
+    # A training's processes (--train_procs) share its threads in turn.
+    local threads=$((train_threads / train_procs))
+    [ "${threads}" -ge 1 ] || threads=1
+    export OMP_NUM_THREADS=${threads} MKL_NUM_THREADS=${threads}
+    [ "${train_procs}" -eq 1 ] || log "${dir}: ${train_procs} processes x ${threads} thread(s), gloo"
     # shellcheck disable=SC2046,SC2086
     progress_pattern="epoch results|initial weights|Traceback|Error:" progress_prefix="[${dir##*/}] " \
     run_logged "${dir}/train.log" "${dir}/train.sh" \
-        "${python}" -m espnet_ext.bin.asr_train --config "${config}" --seed "${seed}" \
+        "${python}" "${train_launcher[@]}" -m espnet_ext.bin.asr_train --config "${config}" --seed "${seed}" \
         --ngpu "${ngpu}" "${ddp_args[@]}" $(common_train_args) "${normalize_args[@]}" \
         --train_data_path_and_name_and_type "data/${train_set}/wav.scp,speech,sound" \
         --train_data_path_and_name_and_type "data/${train_set}/text,text,text" \
@@ -500,9 +521,10 @@ if [ ${stage} -le 8 ] && [ ${stop_stage} -ge 8 ]; then
         for t in ${fl_sets}; do eval_args+=(--eval_data "${t//\//_}=data/${t}"); done
         fl_root="${expdir}/fl_${dir##*/}"
         # Runs go to r<rate>/<plan>/seed<N>/ (several seeds) or r<rate>/<plan>/ (no --fl_seeds):
-        # no dropout once, uniform (at the targeted plan's cost, from the stacks the scan scored) and
-        # targeted per rate; completed rates are skipped. Then one row per plan and rate: mean ±
-        # spread over the seeds, paired intervals of targeted minus uniform and minus no dropout.
+        # no dropout once, uniform (at the targeted plan's cost, from the stacks the scan scored),
+        # targeted and frozen (at the targeted plan's cost) per rate; completed rates are skipped.
+        # Then one row per plan and rate: mean ± spread over the seeds, paired intervals of
+        # targeted minus uniform, minus frozen and minus no dropout.
         fl_seed_list=$(echo ${fl_seeds} | tr -s ' ' ',')
         seed_args=()
         [ -n "${fl_seed_list}" ] && seed_args=(--seeds "${fl_seed_list}")
@@ -512,7 +534,8 @@ if [ ${stage} -le 8 ] && [ ${stop_stage} -ge 8 ]; then
         run_logged "${fl_root}/fl.log" "${fl_root}/fl.sh" \
             "${python}" -m espnet_ext.bin.fl_simulate sweep --exp_dir "${dir}" --model_file "${fl_model}" \
             --scan_granularity "${fl_scan}" --scan_dataset "${scan_set%% *}" \
-            --rates "$(echo ${fl_rates} | tr -s ' ' ',')" --adapt_data "data/${fl_adapt_set}" \
+            --rates "$(echo ${fl_rates} | tr -s ' ' ',')" --plans "$(echo ${fl_plans} | tr -s ' ' ',')" \
+            --adapt_data "data/${fl_adapt_set}" \
             "${eval_args[@]}" --out_dir "${fl_root}" \
             --device "$([ "${ngpu}" -gt 0 ] && echo cuda || echo cpu)" \
             "${seed_args[@]}" --no_progress ${fl_args}
