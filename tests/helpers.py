@@ -1,23 +1,44 @@
-"""Helpers shared by the tests and the benchmarks: tiny Kaldi data dirs with synthetic audio,
-tiny ESPnet configs and models, a fake LibriSpeech tree, and scratch copies of a recipe.
+"""Helpers shared by the tests and the benchmarks: synthetic tones, tiny Kaldi data dirs with
+synthetic audio, tiny ESPnet configs and models, a fake LibriSpeech tree, fake trained runs
+(checkpoints, layer-reset scans, decoding scores) and scratch copies of a recipe.
 
 Imported as ``helpers`` (tests/ is on the path in pytest; bench/ scripts add it).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Dict, Sequence
+from typing import Callable, Collection, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import soundfile as sf
 import yaml
 
+from espnet_ext.scan.labels import AmbientCriterion
+
 REPO = Path(__file__).resolve().parents[1]
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ'"
+
+
+def tone_samples(seconds: float, rate: int = 16000, channels: int = 1) -> np.ndarray:
+    """float32 samples of a 220 Hz sine of amplitude 0.3, `seconds` long at `rate` Hz.
+
+    Shape (samples,) for one channel, (samples, channels) otherwise (the same sine in each).
+    """
+    t = np.arange(int(seconds * rate)) / rate
+    x = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    return x if channels == 1 else np.stack([x] * channels, axis=1)
+
+
+def write_tone(path: Path, seconds: float, rate: int = 16000, channels: int = 1) -> Path:
+    """Writes `tone_samples` as 16-bit PCM at `rate` Hz; the format follows the suffix (.wav, .flac)."""
+    sf.write(path, tone_samples(seconds, rate, channels), rate, subtype="PCM_16")
+    return path
 
 
 def make_tone_data_dir(root: Path, name: str, n_utts: int = 6, seed: int = 0, n_speakers: int = 2,
@@ -319,3 +340,202 @@ def make_recipe_workdir(recipe_dir: Path, work_root: Path) -> Path:
     if (recipe_dir / "local").exists():
         os.symlink(recipe_dir / "local", work / "local")
     return work
+
+
+# Fake trained runs: what the analyses read from an experiment dir, written without training.
+
+#: Model dimension of the fake Conformer.
+FAKE_DIM = 4
+#: Error rates (percent) of a fake run's unreset model on the scanned set "dev".
+FAKE_BASELINE = {"WER": 20.0, "CER": 10.0}
+#: The fake scans' ambient rule: CER at most 2 points above the baseline.
+FAKE_CRITERION = AmbientCriterion("cer", abs_points=2.0, rel=None)
+#: Relative update per epoch of a group that the rates given to make_fake_run leave out.
+FAKE_DEFAULT_RATE = 0.01
+#: Decoding dir of a fake run (the model file of ESPnet's default averaging).
+FAKE_DECODE_DIR = "decode_asr_valid.acc.ave"
+
+# Shape of each parameter of a fake Conformer block (name under encoder.encoders.<i>) for model
+# dimension d.
+_BLOCK_PARAM_SHAPES: Dict[str, Callable[[int], Tuple[int, ...]]] = {
+    "feed_forward_macaron.w_1.weight": lambda d: (2 * d, d),
+    "self_attn.linear_q.weight": lambda d: (d, d),
+    "conv_module.pointwise_conv1.weight": lambda d: (2 * d, d, 1),
+    "conv_module.norm.weight": lambda d: (d,),
+    "feed_forward.w_1.weight": lambda d: (2 * d, d),
+    "norm_ff.weight": lambda d: (d,),
+    "norm_mha.weight": lambda d: (d,),
+}
+#: A full fake Conformer block: one parameter of each sub-module kind, in ESPnet's order.
+CONFORMER_BLOCK_PARAMS = tuple(_BLOCK_PARAM_SHAPES)
+
+
+def fake_conformer_state(num_blocks: int, norm: str = "batch_norm", seed: int = 1,
+                         dim: int = FAKE_DIM, block_params: Sequence[str] = CONFORMER_BLOCK_PARAMS,
+                         decoder: bool = False) -> dict:
+    """A Conformer-shaped state dict of standard normal tensors (torch generator seeded `seed`).
+
+    Keys: the embedding (two weights), `num_blocks` blocks of `block_params` (names of
+    CONFORMER_BLOCK_PARAMS, drawn in the order given), the final norm, the CTC output layer and,
+    with `decoder`, one decoder block. With ``norm == "batch_norm"`` the conv module's norm also has
+    BatchNorm's buffers (running statistics, batch count).
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+
+    def t(*shape):
+        return torch.randn(*shape, generator=gen)
+
+    s = {"encoder.embed.conv.0.weight": t(dim, 1, 3, 3), "encoder.embed.out.0.weight": t(dim, dim)}
+    for i in range(num_blocks):
+        b = f"encoder.encoders.{i}"
+        for name in block_params:
+            s[f"{b}.{name}"] = t(*_BLOCK_PARAM_SHAPES[name](dim))
+            if name == "conv_module.norm.weight" and norm == "batch_norm":
+                s[f"{b}.conv_module.norm.running_mean"] = t(dim)
+                s[f"{b}.conv_module.norm.running_var"] = t(dim).abs()
+                s[f"{b}.conv_module.norm.num_batches_tracked"] = torch.tensor(0)
+    s["encoder.after_norm.weight"] = t(dim)
+    s["ctc.ctc_lo.weight"] = t(6, dim)
+    if decoder:
+        s["decoder.decoders.0.self_attn.linear_q.weight"] = t(dim, dim)
+    return s
+
+
+def _encoder_block_of(group: str) -> str:
+    """The block-granularity group a group belongs to (``encoder.encoders.<i>`` or itself)."""
+    return ".".join(group.split(".")[:3]) if group.startswith("encoder.encoders.") else group
+
+
+def make_fake_run(
+    root: Path,
+    name: str,
+    rates: Mapping[str, float],
+    *,
+    epochs: int,
+    norm: str = "batch_norm",
+    seed: int = 1,
+    block_params: Sequence[str] = CONFORMER_BLOCK_PARAMS,
+    decoder: bool = False,
+    scan: bool = True,
+    granularities: Sequence[str] = ("block",),
+    taus: Sequence[int] = (0, 1),
+    rerandomize: bool = False,
+    kind_factor: Optional[Mapping[str, float]] = None,
+    uncertain: Optional[Collection[int]] = None,
+    status: str = "done",
+    criterion: AmbientCriterion = FAKE_CRITERION,
+    decodings: Optional[Mapping[str, int]] = None,
+) -> Path:
+    """Writes `root/name`, a trained run of `epochs` epochs as the analyses read it; returns it.
+
+    - config.yaml: seed, encoder (``conformer`` for batch norm, else ``norm_conformer`` with
+      ``conv_norm_type: norm``), encoder_conf (output_size FAKE_DIM, num_blocks: the blocks
+      named in `rates`), optimiser.
+    - checkpoints/<tau>epoch.pth for tau = 0..epochs and valid.acc.ave.pth (the last): block group
+      g's parameters are theta_0 * (1 + rates[g] * tau), so its relative update from the start is
+      rates[g] * tau; buffers are theta_0 + 100 * tau (they must not count as updates).
+    - with `scan`, scan_<granularity>_dev/{scan.tsv,scan.json} for each of `granularities`,
+      written with the scan module's own writers, decoder groups left out (as ctc_greedy scans
+      do): a reinit row per tau of `taus` whose WER and CER are FAKE_BASELINE's plus
+      10 * rates[block of g] * kind_factor[kind of g] * (epochs - tau) / epochs points, and with
+      `rerandomize` a rerandomize row (seed + 1; WER 50, CER 40). Rows are labelled by
+      `criterion`; with `uncertain` (block indices) reinit rows carry intervals, +-2.5 points for
+      those blocks' groups (straddling the rule) and +-0.05 for the others.
+    - decode_asr_valid.acc.ave/<set>/ scores of `decodings` ({set: characters wrong of 10}).
+
+    Args:
+        rates: {block-granularity group name: relative update per epoch}; groups left out move
+            FAKE_DEFAULT_RATE per epoch.
+        block_params: Parameters of each block (fake_conformer_state).
+        decoder: Whether the model has a decoder block.
+        kind_factor: {group kind: factor} of the scanned error change (default 1).
+        status: scan.json status (``done``: finished).
+    """
+    import torch
+
+    from espnet_ext.layers import build_layer_map
+
+    num_blocks = sum(1 for g in rates if g.startswith("encoder.encoders."))
+    exp = root / name
+    (exp / "checkpoints").mkdir(parents=True)
+    config = {"seed": seed, "collect_stats": False,
+              "encoder": "conformer" if norm == "batch_norm" else "norm_conformer",
+              "encoder_conf": {"output_size": FAKE_DIM, "num_blocks": num_blocks},
+              "optim": "adam", "optim_conf": {"lr": 0.003}}
+    if config["encoder"] == "norm_conformer":
+        config["encoder_conf"]["conv_norm_type"] = norm
+    (exp / "config.yaml").write_text(yaml.safe_dump(config))
+    init = fake_conformer_state(num_blocks, norm, seed, block_params=block_params, decoder=decoder)
+    blocks = build_layer_map(init, "block")
+    for tau in range(epochs + 1):
+        state = dict(init)
+        for g in blocks.groups:
+            for key in g.param_keys:
+                state[key] = init[key] * (1 + rates.get(g.name, FAKE_DEFAULT_RATE) * tau)
+            for key in g.buffer_keys:
+                state[key] = init[key] + 100.0 * tau
+        torch.save(state, exp / "checkpoints" / f"{tau}epoch.pth")
+    shutil.copy(exp / "checkpoints" / f"{epochs}epoch.pth", exp / "valid.acc.ave.pth")
+    if scan:
+        for granularity in granularities:
+            _write_fake_scan(exp, build_layer_map(init, granularity), rates, epochs=epochs,
+                             seed=seed, taus=taus, rerandomize=rerandomize,
+                             kind_factor=kind_factor or {}, uncertain=uncertain, status=status,
+                             criterion=criterion)
+    for dataset, wrong in (decodings or {}).items():
+        write_fake_decoding(exp / FAKE_DECODE_DIR / dataset, wrong)
+    return exp
+
+
+def _write_fake_scan(exp: Path, layer_map, rates: Mapping[str, float], *, epochs: int, seed: int,
+                     taus: Sequence[int], rerandomize: bool, kind_factor: Mapping[str, float],
+                     uncertain: Optional[Collection[int]], status: str,
+                     criterion: AmbientCriterion) -> None:
+    """scan_<granularity>_dev of make_fake_run."""
+    from espnet_ext.evaluation.bootstrap import DeltaInterval
+    from espnet_ext.scan.result import REINIT, RERANDOMIZE, ScanRow, write_tsv
+
+    rows = []
+    for g in layer_map.groups:
+        if g.name.startswith("decoder."):
+            continue
+        rate = rates.get(_encoder_block_of(g.name), FAKE_DEFAULT_RATE)
+        for tau in taus:
+            d = 10 * rate * kind_factor.get(g.kind, 1.0) * (epochs - tau) / epochs
+            row = ScanRow("dev", g.name, g.kind, g.block, g.depth, REINIT, tau, None,
+                          FAKE_BASELINE["WER"] + d, FAKE_BASELINE["CER"] + d)
+            if uncertain is None:
+                row.relabel(FAKE_BASELINE, criterion)
+            else:
+                half = 2.5 if g.block in uncertain else 0.05
+                interval = DeltaInterval(d, d - half, d + half, 10, 0.95)
+                row.relabel(FAKE_BASELINE, criterion, {"WER": interval, "CER": interval})
+            rows.append(row)
+        if rerandomize:
+            row = ScanRow("dev", g.name, g.kind, g.block, g.depth, RERANDOMIZE, None, seed + 1,
+                          50.0, 40.0)
+            row.relabel(FAKE_BASELINE, criterion)
+            rows.append(row)
+    out = exp / f"scan_{layer_map.granularity}_dev"
+    out.mkdir()
+    write_tsv(out / "scan.tsv", rows)
+    meta = {"identity": {"model_file": str((exp / "valid.acc.ave.pth").resolve()),
+                         "granularity": layer_map.granularity, "patterns": []},
+            "options": {"criterion": dataclasses.asdict(criterion)},
+            "baseline": {"dev": FAKE_BASELINE}, "status": status}
+    (out / "scan.json").write_text(json.dumps(meta))
+
+
+def write_fake_decoding(out: Path, wrong: int) -> Path:
+    """Decoding scores in `out` (ref, hyp, scores) of one utterance of 10 characters with `wrong`
+    of them substituted: CER 10 * wrong percent, WER 100 percent when `wrong` > 0."""
+    from espnet_ext.evaluation.scoring import write_scores
+
+    out.mkdir(parents=True)
+    ref = "abcdefghij"
+    (out / "ref").write_text(f"utt1 {ref}\n")
+    (out / "hyp").write_text(f"utt1 {'z' * wrong}{ref[wrong:]}\n")
+    write_scores(out / "ref", out / "hyp", out)
+    return out

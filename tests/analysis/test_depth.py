@@ -10,14 +10,11 @@ a sub-module's is its block's times a factor of its kind, so the fractions are k
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import shutil
 
 import pytest
-import torch
-import yaml
 
 from espnet_ext.analysis.depth import (
     FRACTION_FIGURE,
@@ -30,16 +27,9 @@ from espnet_ext.analysis.depth import (
 )
 from espnet_ext.analysis.cross_run import AnalysisInputError
 from espnet_ext.bin.layer_analysis import main
-from espnet_ext.evaluation.bootstrap import DeltaInterval
-from espnet_ext.evaluation.scoring import write_scores
-from espnet_ext.layers import build_layer_map
-from espnet_ext.scan.labels import AmbientCriterion
-from espnet_ext.scan.result import REINIT, ScanRow, write_tsv
+from helpers import make_fake_run, write_fake_decoding
 
 EPOCHS = 2
-DIM = 4
-BASELINE = {"WER": 20.0, "CER": 10.0}
-CRITERION = AmbientCriterion("cer", abs_points=2.0, rel=None)
 AMBIENT_K, CRITICAL_K = 0.1, 0.5
 # Outside the blocks: (update rate k, so error change 10 * k points).
 OUTSIDE_K = {"encoder.embed": 0.3, "encoder.after_norm": 0.02, "ctc": 0.8}
@@ -50,103 +40,23 @@ SUB_FACTOR = {"enc_feed_forward_macaron": 0.3, "enc_self_attn": 1.0, "enc_conv_m
 GLOB = "asr_conformer*_seed*"
 
 
-def _state(num_blocks, norm, gen):
-    def t(*shape):
-        return torch.randn(*shape, generator=gen)
-
-    s = {"encoder.embed.conv.0.weight": t(DIM, 1, 3, 3), "encoder.embed.out.0.weight": t(DIM, DIM)}
-    for i in range(num_blocks):
-        b = f"encoder.encoders.{i}"
-        s[f"{b}.feed_forward_macaron.w_1.weight"] = t(2 * DIM, DIM)
-        s[f"{b}.self_attn.linear_q.weight"] = t(DIM, DIM)
-        s[f"{b}.conv_module.pointwise_conv1.weight"] = t(2 * DIM, DIM, 1)
-        s[f"{b}.conv_module.norm.weight"] = t(DIM)
-        if norm == "batch_norm":
-            s[f"{b}.conv_module.norm.running_mean"] = t(DIM)
-            s[f"{b}.conv_module.norm.running_var"] = t(DIM).abs()
-        s[f"{b}.feed_forward.w_1.weight"] = t(2 * DIM, DIM)
-        s[f"{b}.norm_ff.weight"] = t(DIM)
-        s[f"{b}.norm_mha.weight"] = t(DIM)
-    s["encoder.after_norm.weight"] = t(DIM)
-    s["ctc.ctc_lo.weight"] = t(6, DIM)
-    return s
-
-
-def _block_of(group):
-    return ".".join(group.split(".")[:3]) if group.startswith("encoder.encoders.") else group
-
-
 def make_depth_run(root, name, num_blocks, ambient, norm="batch_norm", seed=1, uncertain=None,
                    cer=None):
-    """A finished run of `num_blocks` blocks whose blocks `ambient` are ambient.
+    """A finished run of `num_blocks` blocks whose blocks `ambient` are ambient, scanned at block
+    and sub-module granularity.
 
     Args:
         uncertain: Blocks whose scan interval straddles the threshold; None: scans without
             intervals.
         cer: {set: characters wrong of 10} of the decodings; None: not decoded.
     """
-    exp = root / name
-    (exp / "checkpoints").mkdir(parents=True)
-    config = {"seed": seed, "encoder": "conformer" if norm == "batch_norm" else "norm_conformer",
-              "encoder_conf": {"output_size": DIM, "num_blocks": num_blocks}, "optim": "adam"}
-    if norm != "batch_norm":
-        config["encoder_conf"]["conv_norm_type"] = norm
-    (exp / "config.yaml").write_text(yaml.safe_dump(config))
-    k = dict(OUTSIDE_K)
+    rates = dict(OUTSIDE_K)
     # 0.01 more per block: no two groups tie (their updates differ by float rounding only).
-    k.update({f"encoder.encoders.{i}": (AMBIENT_K if i in ambient else CRITICAL_K) + 0.01 * i
-              for i in range(num_blocks)})
-    init = _state(num_blocks, norm, torch.Generator().manual_seed(seed))
-    layer_map = build_layer_map(init, "block")
-    for tau in range(EPOCHS + 1):
-        state = dict(init)
-        for g in layer_map.groups:
-            for key in g.param_keys:
-                state[key] = init[key] * (1 + k[g.name] * tau)
-        torch.save(state, exp / "checkpoints" / f"{tau}epoch.pth")
-    shutil.copy(exp / "checkpoints" / f"{EPOCHS}epoch.pth", exp / "valid.acc.ave.pth")
-    for granularity in ("block", "submodule"):
-        _write_scan(exp, build_layer_map(init, granularity), k, uncertain)
-    for dataset, wrong in (cer or {}).items():
-        _write_decoding(exp / "decode_asr_valid.acc.ave" / dataset, wrong)
-    return exp
-
-
-def _write_scan(exp, layer_map, k, uncertain):
-    """scan_<granularity>_dev: reinit to tau 0 and to tau 1."""
-    rows = []
-    for g in layer_map.groups:
-        block = _block_of(g.name)
-        delta = 10 * k[block] * SUB_FACTOR.get(g.kind, 1.0)
-        for tau in (0, 1):
-            d = delta * (EPOCHS - tau) / EPOCHS
-            row = ScanRow("dev", g.name, g.kind, g.block, g.depth, REINIT, tau, None,
-                          BASELINE["WER"] + d, BASELINE["CER"] + d)
-            if uncertain is None:
-                row.relabel(BASELINE, CRITERION)
-            else:
-                # A block of `uncertain` (and its sub-modules) has an interval across the +2 points.
-                half = 2.5 if g.block in uncertain else 0.05
-                interval = DeltaInterval(d, d - half, d + half, 10, 0.95)
-                row.relabel(BASELINE, CRITERION, {"WER": interval, "CER": interval})
-            rows.append(row)
-    out = exp / f"scan_{layer_map.granularity}_dev"
-    out.mkdir()
-    write_tsv(out / "scan.tsv", rows)
-    meta = {"identity": {"model_file": str((exp / "valid.acc.ave.pth").resolve()),
-                         "granularity": layer_map.granularity, "patterns": []},
-            "options": {"criterion": dataclasses.asdict(CRITERION)},
-            "baseline": {"dev": BASELINE}, "status": "done"}
-    (out / "scan.json").write_text(json.dumps(meta))
-
-
-def _write_decoding(out, wrong):
-    """scores.json of one utterance of 10 characters with `wrong` of them substituted."""
-    out.mkdir(parents=True)
-    ref = "abcdefghij"
-    (out / "ref").write_text(f"utt1 {ref}\n")
-    (out / "hyp").write_text(f"utt1 {'z' * wrong}{ref[wrong:]}\n")
-    write_scores(out / "ref", out / "hyp", out)
+    rates.update({f"encoder.encoders.{i}": (AMBIENT_K if i in ambient else CRITICAL_K) + 0.01 * i
+                  for i in range(num_blocks)})
+    return make_fake_run(root, name, rates, epochs=EPOCHS, norm=norm, seed=seed,
+                         granularities=("block", "submodule"), kind_factor=SUB_FACTOR,
+                         uncertain=uncertain, decodings=cer)
 
 
 @pytest.fixture(scope="module")
@@ -299,7 +209,7 @@ def test_several_decodings_need_a_tag(sweep, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(sweep / "asr_conformer_2x4_seed1" / "decode_asr_valid.acc.ave",
                     run / "decode_asr_valid.acc.ave")
-    _write_decoding(run / "decode_asr_latest" / "dev", 5)
+    write_fake_decoding(run / "decode_asr_latest" / "dev", 5)
     with pytest.raises(AnalysisInputError, match="several dirs .*--decode_tag"):
         decode_error_rates(run, ["dev"])
     assert decode_error_rates(run, ["dev"], "decode_asr_latest")["dev"]["CER"] == pytest.approx(50.0)

@@ -3,108 +3,36 @@
 Each synthetic run has a config.yaml, kept checkpoints of a Conformer-shaped state dict in
 which group g's parameters grow as theta_tau = theta_0 * (1 + k_g * tau) (so its relative
 update is known: k_g * T), and a finished scan written with the scan module's own writers,
-whose error change after a reset to tau=0 is 10 * k_g points.
+whose error change after a reset to tau=0 is 10 * k_g points. The model also has a decoder
+block, which the scans leave out.
 """
 
-import dataclasses
+from __future__ import annotations
+
 import json
 import math
 import shutil
 
 import pytest
-import torch
 import yaml
 
 from espnet_ext.scan.labels import AmbientCriterion
-from espnet_ext.scan.result import REINIT, RERANDOMIZE, ScanRow, write_tsv
+from espnet_ext.scan.result import write_tsv
 from espnet_ext.bin.layer_analysis import main
-from espnet_ext.layers import build_layer_map
+from helpers import make_fake_run
 
 EPOCHS = 3
-DIM = 4
-BASELINE = {"WER": 20.0, "CER": 10.0}
-CRITERION = AmbientCriterion("cer", abs_points=2.0, rel=None)
+# Four parameters per block: self-attention, feed-forward, the conv module's norm, a norm.
+BLOCK_PARAMS = ("self_attn.linear_q.weight", "feed_forward.w_1.weight", "conv_module.norm.weight",
+                "norm_ff.weight")
 
 
-def _conformer_state(num_blocks, norm, gen):
-    def t(*shape):
-        return torch.randn(*shape, generator=gen)
-
-    s = {"encoder.embed.conv.0.weight": t(DIM, 1, 3, 3), "encoder.embed.out.0.weight": t(DIM, DIM)}
-    for i in range(num_blocks):
-        b = f"encoder.encoders.{i}"
-        s[f"{b}.self_attn.linear_q.weight"] = t(DIM, DIM)
-        s[f"{b}.feed_forward.w_1.weight"] = t(2 * DIM, DIM)
-        s[f"{b}.conv_module.norm.weight"] = t(DIM)
-        if norm == "batch_norm":
-            s[f"{b}.conv_module.norm.running_mean"] = t(DIM)
-            s[f"{b}.conv_module.norm.running_var"] = t(DIM).abs()
-            s[f"{b}.conv_module.norm.num_batches_tracked"] = torch.tensor(0)
-        s[f"{b}.norm_ff.weight"] = t(DIM)
-    s["encoder.after_norm.weight"] = t(DIM)
-    s["ctc.ctc_lo.weight"] = t(6, DIM)
-    s["decoder.decoders.0.self_attn.linear_q.weight"] = t(DIM, DIM)
-    return s
-
-
-def make_run(root, name, k, norm="batch_norm", seed=1, taus=(0, 1), rerandomize=True,
-             scan=True, status="done", criterion=CRITERION, granularities=("block",)):
-    """A finished synthetic run. `k`: {group name: update rate} of the block groups (others
-    get 0.01; a submodule group moves with its block)."""
-    num_blocks = sum(1 for g in k if g.startswith("encoder.encoders."))
-    exp = root / name
-    (exp / "checkpoints").mkdir(parents=True)
-    config = {"seed": seed, "collect_stats": False,
-              "encoder": "conformer" if norm == "batch_norm" else "norm_conformer",
-              "encoder_conf": {"output_size": DIM, "num_blocks": num_blocks},
-              "optim": "adam", "optim_conf": {"lr": 0.003}}
-    if config["encoder"] == "norm_conformer":
-        config["encoder_conf"]["conv_norm_type"] = norm
-    (exp / "config.yaml").write_text(yaml.safe_dump(config))
-    init = _conformer_state(num_blocks, norm, torch.Generator().manual_seed(seed))
-    layer_map = build_layer_map(init, "block")
-    for tau in range(EPOCHS + 1):
-        state = dict(init)
-        for g in layer_map.groups:
-            for key in g.param_keys:
-                state[key] = init[key] * (1 + k.get(g.name, 0.01) * tau)
-            for key in g.buffer_keys:  # buffers change wildly: they must not count
-                state[key] = init[key] + 100.0 * tau
-        torch.save(state, exp / "checkpoints" / f"{tau}epoch.pth")
-    shutil.copy(exp / "checkpoints" / f"{EPOCHS}epoch.pth", exp / "valid.acc.ave.pth")
-    if not scan:
-        return exp
-    for granularity in granularities:
-        _write_scan(exp, build_layer_map(init, granularity), k, seed, taus, rerandomize, status,
-                    criterion)
-    return exp
-
-
-def _write_scan(exp, layer_map, k, seed, taus, rerandomize, status, criterion):
-    """scan_<granularity>_dev with delta 10 * k(block of the group) * (T - tau) / T."""
-    rows = []
-    for g in layer_map.groups:
-        if g.name.startswith("decoder."):
-            continue  # ctc_greedy scans leave the decoder out
-        block = ".".join(g.name.split(".")[:3]) if g.block is not None else g.name
-        kg = k.get(block, 0.01)
-        for tau in taus:
-            cer = BASELINE["CER"] + 10 * kg * (EPOCHS - tau) / EPOCHS
-            rows.append(ScanRow("dev", g.name, g.kind, g.block, g.depth, REINIT, tau, None,
-                                BASELINE["WER"] + cer, cer))
-        if rerandomize:
-            rows.append(ScanRow("dev", g.name, g.kind, g.block, g.depth, RERANDOMIZE, None, seed + 1,
-                                50.0, 40.0))
-    for r in rows:
-        r.relabel(BASELINE, criterion)
-    out = exp / f"scan_{layer_map.granularity}_dev"
-    out.mkdir()
-    write_tsv(out / "scan.tsv", rows)
-    meta = {"identity": {"model_file": str((exp / "valid.acc.ave.pth").resolve()),
-                         "granularity": layer_map.granularity, "patterns": []},
-            "options": {"criterion": dataclasses.asdict(criterion)},
-            "baseline": {"dev": BASELINE}, "status": status}
-    (out / "scan.json").write_text(json.dumps(meta))
+def make_run(root, name, k, **options):
+    """A finished run of EPOCHS epochs (make_fake_run's `options`); its scans rerandomize too
+    unless told otherwise. `k`: {group name: update rate} of the block groups."""
+    options.setdefault("rerandomize", True)
+    return make_fake_run(root, name, k, epochs=EPOCHS, block_params=BLOCK_PARAMS, decoder=True,
+                         **options)
 
 
 def _k(*blocks, embed=0.5, after=0.4, ctc=0.6):

@@ -11,19 +11,12 @@ import soundfile as sf
 
 from espnet_ext.data import audio
 from espnet_ext.data.kaldi import DataDirError, KaldiDataDir, Segment
-
-
-def _tone(seconds: float, rate: int = 16000, channels: int = 1) -> np.ndarray:
-    t = np.arange(int(seconds * rate)) / rate
-    x = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
-    return x if channels == 1 else np.stack([x] * channels, axis=1)
+from helpers import tone_samples, write_tone
 
 
 @pytest.fixture
 def wav(tmp_path) -> Path:
-    path = tmp_path / "a.wav"
-    sf.write(path, _tone(0.5), 16000, subtype="PCM_16")
-    return path
+    return write_tone(tmp_path / "a.wav", 0.5)
 
 
 @pytest.mark.parametrize("value, kind", [
@@ -55,7 +48,7 @@ def test_read_audio_from_a_file_a_pipe_and_an_ark(tmp_path, wav):
     samples, rate = audio.read_audio(f"cat {wav} |")
     assert rate == 16000 and np.array_equal(samples, expected)
     ark, scp = tmp_path / "w.ark", tmp_path / "w.scp"
-    pcm = (_tone(0.25, 8000) * 32767).astype(np.int16)
+    pcm = (tone_samples(0.25, 8000) * 32767).astype(np.int16)
     with kaldiio.WriteHelper(f"ark,scp:{ark},{scp}") as writer:
         writer("r1", (8000, pcm))
     value = scp.read_text().split()[1]
@@ -66,7 +59,7 @@ def test_read_audio_from_a_file_a_pipe_and_an_ark(tmp_path, wav):
 
 def test_read_audio_keeps_channels_and_reports_failing_commands(tmp_path):
     stereo = tmp_path / "s.wav"
-    sf.write(stereo, _tone(0.1, channels=2), 16000, subtype="PCM_16")
+    write_tone(stereo, 0.1, channels=2)
     samples, _ = audio.read_audio(str(stereo))
     assert samples.shape == (1600, 2)
     with pytest.raises(RuntimeError, match="exited with status 3: oops"):
@@ -79,7 +72,7 @@ def test_read_audio_header(tmp_path, wav):
     assert (rate, channels, seconds) == (16000, 1, 0.5)
     ark, scp = tmp_path / "w.ark", tmp_path / "w.scp"
     with kaldiio.WriteHelper(f"ark,scp:{ark},{scp}") as writer:
-        writer("r1", (22050, (_tone(1.0, 22050, channels=2) * 32767).astype(np.int16)))
+        writer("r1", (22050, (tone_samples(1.0, 22050, channels=2) * 32767).astype(np.int16)))
         writer("feats", np.zeros((3, 4), dtype=np.float32))
     values = dict(line.split() for line in scp.read_text().splitlines())
     assert audio.read_audio_header(values["r1"]) == (22050, 2, 1.0)
@@ -95,7 +88,7 @@ def test_read_recording_reads_mono_files_as_espnet_does(tmp_path, wav):
     with pytest.raises(DataDirError, match=r"recording 'r1': cannot read .*missing.wav"):
         audio.read_recording(tmp_path, "r1", str(tmp_path / "missing.wav"))
     stereo = tmp_path / "s.wav"
-    sf.write(stereo, _tone(0.1, channels=2), 16000, subtype="PCM_16")
+    write_tone(stereo, 0.1, channels=2)
     with pytest.raises(DataDirError, match="has 2 channels"):
         audio.read_recording(tmp_path, "r1", str(stereo))
 
@@ -128,7 +121,7 @@ def test_utterance_audio_cuts_segments_and_reads_each_recording_once(tmp_path, w
 def test_wav_truncation(tmp_path, wav):
     assert audio.wav_truncation(wav) is None
     flac = tmp_path / "a.flac"
-    sf.write(flac, _tone(0.1), 16000, subtype="PCM_16")
+    write_tone(flac, 0.1)
     assert audio.wav_truncation(flac) is None
     cut = tmp_path / "cut.wav"
     cut.write_bytes(wav.read_bytes()[:-1000])

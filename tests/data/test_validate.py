@@ -10,10 +10,10 @@ from pathlib import Path
 import kaldiio
 import numpy as np
 import pytest
-import soundfile as sf
 
 from espnet_ext.bin import validate_data_dir as validate_cli
 from espnet_ext.data.validate import DataDirError, validate_data_dir
+from helpers import tone_samples, write_tone
 
 UTTS = {  # utt -> (speaker, transcript, seconds)
     "s1-u1": ("s1", "HELLO WORLD", 0.5),
@@ -21,12 +21,6 @@ UTTS = {  # utt -> (speaker, transcript, seconds)
     "s2-u1": ("s2", "YES", 0.75),
     "s2-u2": ("s2", "NO WAY", 0.5),
 }
-
-
-def _tone(seconds: float, rate: int = 16000, channels: int = 1) -> np.ndarray:
-    t = np.arange(int(seconds * rate)) / rate
-    x = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
-    return x if channels == 1 else np.stack([x] * channels, axis=1)
 
 
 @pytest.fixture
@@ -39,7 +33,7 @@ def data_dir(tmp_path) -> Path:
     wav_scp, text, utt2spk, utt2dur = [], [], [], []
     for i, (utt, (spk, words, sec)) in enumerate(UTTS.items()):
         path = audio / f"{utt}.{'flac' if i % 2 else 'wav'}"
-        sf.write(path, _tone(sec), 16000, subtype="PCM_16")
+        write_tone(path, sec)
         wav_scp.append(f"{utt} {path}")
         text.append(f"{utt} {words}")
         utt2spk.append(f"{utt} {spk}")
@@ -72,9 +66,9 @@ def test_valid_dir_summary(data_dir):
     assert summary.line() == f"{data_dir}: 4 utts, 2 speakers, 0.00 h"
 
 
-def _write_audio(d: Path, utt: str, data: np.ndarray, rate: int, name: str) -> None:
-    path = d.parent / "audio" / name
-    sf.write(path, data, rate, subtype="PCM_16")
+def _write_audio(d: Path, utt: str, name: str, rate: int = 16000, channels: int = 1) -> None:
+    """Points `utt` of wav.scp at a new 0.5 s tone file audio/`name`."""
+    path = write_tone(d.parent / "audio" / name, 0.5, rate, channels)
     lines = (d / "wav.scp").read_text().splitlines()
     (d / "wav.scp").write_text(
         "".join(f"{utt} {path}\n" if line.split()[0] == utt else line + "\n" for line in lines)
@@ -167,12 +161,12 @@ BAD_CASES = [
     ),
     (
         "wrong_sample_rate",
-        lambda d: _write_audio(d, "s2-u2", _tone(0.5, 8000), 8000, "s2-u2_8k.wav"),
+        lambda d: _write_audio(d, "s2-u2", "s2-u2_8k.wav", 8000),
         ["wav.scp line 4", "'s2-u2'", "sample rate 8000 Hz, expected 16000 Hz", "s2-u2_8k.wav", "sox"],
     ),
     (
         "stereo",
-        lambda d: _write_audio(d, "s1-u1", _tone(0.5, channels=2), 16000, "s1-u1_st.wav"),
+        lambda d: _write_audio(d, "s1-u1", "s1-u1_st.wav", channels=2),
         ["wav.scp line 1", "'s1-u1'", "2 channels, expected mono", "s1-u1_st.wav"],
     ),
     (
@@ -219,14 +213,14 @@ def test_audio_checks_can_be_skipped_or_relaxed(data_dir):
     (data_dir.parent / "audio" / "s2-u1.wav").unlink()
     summary = validate_data_dir(data_dir, check_audio=False)
     assert summary.total_seconds == pytest.approx(2.0)  # falls back to utt2dur
-    _write_audio(data_dir, "s2-u2", _tone(0.5, 8000), 8000, "8k.wav")
+    _write_audio(data_dir, "s2-u2", "8k.wav", 8000)
     (data_dir / "utt2dur").unlink()
     assert validate_data_dir(data_dir, check_audio=False).total_seconds is None
 
 
 def test_piped_commands_are_checked_only_when_asked(data_dir, tmp_path):
     eight_k = tmp_path / "audio" / "8k.wav"
-    sf.write(eight_k, _tone(0.5, 8000), 8000, subtype="PCM_16")
+    write_tone(eight_k, 0.5, 8000)
     _replace_line(data_dir / "wav.scp", f"s2-u2 {tmp_path}/audio/s2-u2.flac", f"s2-u2 cat {eight_k} |")
     assert validate_data_dir(data_dir).num_recordings == 4  # pipe not run: only its form is checked
     with pytest.raises(DataDirError, match="line 4: recording 's2-u2': sample rate 8000 Hz"):
@@ -243,12 +237,12 @@ def test_kaldi_ark_references(data_dir, tmp_path):
     ark, scp = tmp_path / "audio" / "wavs.ark", tmp_path / "audio" / "wavs.scp"
     with kaldiio.WriteHelper(f"ark,scp:{ark},{scp}") as writer:
         for utt, (_, _, sec) in UTTS.items():
-            writer(utt, (16000, (_tone(sec) * 32767).astype(np.int16)))
+            writer(utt, (16000, (tone_samples(sec) * 32767).astype(np.int16)))
     (data_dir / "wav.scp").write_text(scp.read_text())
     assert validate_data_dir(data_dir).total_seconds == pytest.approx(2.0)
     with kaldiio.WriteHelper(f"ark,scp:{ark},{scp}") as writer:
         for utt, (_, _, sec) in UTTS.items():
-            writer(utt, (22050, (_tone(sec, 22050) * 32767).astype(np.int16)))
+            writer(utt, (22050, (tone_samples(sec, 22050) * 32767).astype(np.int16)))
     (data_dir / "wav.scp").write_text(scp.read_text())
     with pytest.raises(DataDirError, match="wav.scp line 1: recording 's1-u1': sample rate 22050 Hz"):
         validate_data_dir(data_dir)
