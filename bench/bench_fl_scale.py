@@ -22,7 +22,7 @@
     python bench/bench_fl_scale.py --skip_aggregation       # (a) only
     python bench/bench_fl_scale.py --populations "" --agg_clients 10   # (b) only, 10 clients
     python bench/bench_fl_scale.py --agg_clients 1,2        # where memory is short: peak RSS grows
-                                                            # by a few sub-models per client
+                                                            # by about two sub-models per client
 """
 
 from __future__ import annotations
@@ -269,8 +269,9 @@ def server_aggregation(args, root: Path) -> None:
               f"peak RSS {per['peak_rss'] / 1e6:.0f} MB; linear estimate at {args.agg_estimate} clients: "
               f"configure {at['configure_s']:.1f} s, aggregate {at['aggregate_s']:.1f} s, "
               f"peak RSS {at['peak_rss'] / 1e9:.1f} GB (not measured)")
-    print("(the server holds every client's sub-model several times at once: the messages sent, the "
-          "replies and the replies as tensors, since Flower hands over all replies together)")
+    print("(until the merge the server holds every client's sub-model twice, the message sent and the "
+          "reply, since Flower hands over all replies together; the merge turns one reply array at a "
+          "time into a tensor)")
 
 
 def main() -> int:

@@ -12,7 +12,10 @@ hooks that differ:
   element over the clients that trained it, weighted by their numbers of examples, with a
   server learning rate (:func:`espnet_ext.federated.submodel.merge_update`). Clients are merged
   in client order, so the result does not depend on the order replies arrive in. Entries no
-  client returned (those of frozen groups) keep their global value exactly.
+  client returned (those of frozen groups) keep their global value exactly. The merge streams:
+  replies are checked from their arrays' metadata and stay serialized (:class:`ReplyArrays`);
+  each array becomes a tensor only when the merge adds it and leaves its reply then, so the
+  server never holds the clients' updates as tensors besides the replies themselves.
 
 Failed clients (an error reply, a reply that does not fit what was sent, or no reply before the
 timeout) are logged, recorded in the cost ledger and left out of the average. A round in which
@@ -25,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -64,12 +67,49 @@ class _Sent:
     params: int
 
 
+class ReplyArrays(Mapping[str, torch.Tensor]):
+    """A client reply's arrays as a state dict whose values are read once.
+
+    Reading ``[key]`` converts that array to a tensor (as ``ArrayRecord.to_torch_state_dict``
+    does) and removes it from the reply's record, so the serialized copy goes as the tensor
+    comes, and the tensor goes when the reader drops it (:func:`merge_update` reads each value
+    once). A key that was read is no longer in the mapping.
+
+    Args:
+        record: The reply's ArrayRecord (emptied as its values are read).
+    """
+
+    def __init__(self, record: ArrayRecord):
+        self._record = record
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return torch.from_numpy(self._record.pop(key).numpy())
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._record
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._record.keys()))
+
+    def __len__(self) -> int:
+        return len(self._record)
+
+    def shapes(self) -> Dict[str, Tuple[int, ...]]:
+        """Shape of every unread array (from its metadata; nothing is converted)."""
+        return {k: tuple(int(n) for n in a.shape) for k, a in self._record.items()}
+
+    def nbytes(self) -> int:
+        """Bytes of the unread arrays as tensors (numel x element size, as ``tensor_bytes``)."""
+        return sum(int(np.prod(a.shape, dtype=np.int64)) * np.dtype(a.dtype).itemsize
+                   for a in self._record.values())
+
+
 @dataclasses.dataclass
 class _Update:
-    """One client's accepted update: its trained sub-model and how much it counts."""
+    """One client's accepted update: its trained sub-model (read once) and how much it counts."""
 
     client: int
-    state: Dict[str, torch.Tensor]
+    state: ReplyArrays
     index_map: IndexMap
     examples: float
     loss: float
@@ -177,9 +217,9 @@ class FederatedDropoutFedAvg(FedAvg):
         """A client's cost, and its update if the reply is usable (else the cost says why not)."""
         if msg.has_error():
             return self._failed(sent, server_round, str(msg.error.reason)), None
-        state = msg.content[self.arrayrecord_key].to_torch_state_dict()
+        state = ReplyArrays(msg.content[self.arrayrecord_key])
         metrics = msg.content["metrics"]
-        shapes = {k: tuple(v.shape) for k, v in state.items()}
+        shapes = state.shapes()
         if shapes != sent.shapes:
             wrong = next((k for k in sent.shapes if shapes.get(k) != sent.shapes[k]),
                          next(iter(set(shapes) - set(sent.shapes)), "?"))
@@ -191,7 +231,7 @@ class FederatedDropoutFedAvg(FedAvg):
         cost = ClientCost(
             server_round, sent.client, self.clients[sent.client].speaker, num_examples=examples,
             params_trained=int(metrics["params-trained"]), params_full=self.num_params,
-            bytes_down=sent.bytes_down, bytes_up=tensor_bytes(state), steps=int(metrics["steps"]),
+            bytes_down=sent.bytes_down, bytes_up=state.nbytes(), steps=int(metrics["steps"]),
             train_seconds=float(metrics["train-seconds"]),
             step_seconds=float(metrics["step-seconds"]),
             peak_rss_bytes=int(metrics["peak-rss-bytes"]),
@@ -226,6 +266,7 @@ class FederatedDropoutFedAvg(FedAvg):
             logger.warning(f"round {server_round}: no client update; the global model is unchanged")
             return None, None
         updates.sort(key=lambda u: u.client)  # merge in client order: independent of reply order
+        # Streams: each reply array becomes a tensor only while it is added (ReplyArrays).
         new = merge_update(self._global, [u.state for u in updates], [u.index_map for u in updates],
                            [u.examples for u in updates], server_lr=self.server_lr)
         metrics = MetricRecord({"loss": _mean_loss(updates), "clients": len(updates),

@@ -390,18 +390,26 @@ def merge_update(
     element. Integer entries (batch-norm ``num_batches_tracked``) take the largest client value.
     Accumulation is in float64, in the order of `small_states`.
 
+    Streaming: the merge goes entry by entry and reads each client's value of an entry once,
+    just before adding it (``state[key]``, clients in order), and keeps no reference to it
+    after; only one entry's float64 sums exist at a time. So `small_states` may be mappings
+    that convert a value when it is read and drop their own copy then (the server's replies,
+    :class:`espnet_ext.federated.strategy.ReplyArrays`): the merge then never holds a whole
+    client update as tensors, let alone every client's.
+
     Args:
         global_state: The global model's entries (those sent to clients).
         small_states: One state dict per client (entries sliced as in its index map; entries
             a client did not return, e.g. those of frozen groups, are treated as not trained by
-            it, and an entry no client returned keeps its global value bit for bit).
+            it, and an entry no client returned keeps its global value bit for bit). Only
+            ``in`` and ``[key]`` are used, each value read once.
         index_maps: One index map per client (:func:`extract_submodel`); an entry is a tuple
             of (dim, indices) pairs, or a single (dim, indices) pair.
         weights: One positive weight per client.
         server_lr: Server learning rate (step size on the averaged update).
 
     Returns:
-        The new global state (new tensors; inputs untouched).
+        The new global state (new tensors; inputs untouched unless reading consumes them).
 
     Raises:
         ValueError: Lists of different lengths, or a non-positive weight.
@@ -415,24 +423,27 @@ def merge_update(
         raise ValueError(f"merge_update: client weights must be positive, got {list(weights)}")
     new: Dict[str, torch.Tensor] = {}
     for key, g in global_state.items():
-        holders = [(s[key], m.get(key), float(w))
+        # The clients' states, not their values: each value is read once, when it is added.
+        holders = [(s, m.get(key), float(w))
                    for s, m, w in zip(small_states, index_maps, weights) if key in s]
-        new[key] = _merge_entry(g, holders, server_lr)
+        new[key] = _merge_entry(g, key, holders, server_lr)
     return new
 
 
-def _merge_entry(g: torch.Tensor, holders: Sequence[Tuple[torch.Tensor, object, float]],
+def _merge_entry(g: torch.Tensor, key: str,
+                 holders: Sequence[Tuple[Mapping[str, torch.Tensor], object, float]],
                  server_lr: float) -> torch.Tensor:
-    """One entry of :func:`merge_update` from its global value `g` and the clients' (value,
-    index-map entry or None for a whole tensor, weight) triples."""
+    """Entry `key` of :func:`merge_update` from its global value `g` and the clients' (state,
+    index-map entry or None for a whole tensor, weight) triples; reads ``state[key]`` once per
+    client, in order, and drops it before reading the next."""
     if not holders:
         return g.clone()
     if not g.is_floating_point():  # a counter (never sliced): the most advanced one
-        return torch.stack([v.to(g.device, g.dtype).reshape(g.shape) for v, _, _ in holders]).amax(dim=0)
+        return torch.stack([s[key].to(g.device, g.dtype).reshape(g.shape) for s, _, _ in holders]).amax(dim=0)
     num = torch.zeros(g.shape, dtype=torch.float64, device=g.device)
     den = torch.zeros(g.shape, dtype=torch.float64, device=g.device)
-    for value, sliced, w in holders:
-        v = value.to(device=g.device, dtype=torch.float64)
+    for state, sliced, w in holders:
+        v = state[key].to(device=g.device, dtype=torch.float64)
         if sliced is None:
             num.add_(v, alpha=w)
             den.add_(w)

@@ -1,6 +1,7 @@
 """Federated dropout sub-models: smaller tensors, same function as the zeroed full model, merging."""
 
 import copy
+import weakref
 
 import numpy as np
 import pytest
@@ -313,6 +314,100 @@ def test_merge_allocates_no_full_size_tensor_per_client(monkeypatch):
     merge_update(g, [c[0] for c in clients], [c[1] for c in clients], [1.0] * 4)
     # Only the two accumulators (weighted sum, total weight) of each entry, whatever the clients.
     assert sorted(full_size) == [(6,), (6,), (6, 4), (6, 4)]
+
+
+def _merge_all_at_once(global_state, small_states, index_maps, weights, server_lr=1.0):
+    """merge_update as it was before it streamed: every client's value of an entry gathered
+    into one list before any is added."""
+    from espnet_ext.federated.submodel import add_slice_
+    from espnet_ext.federated.units import as_slices
+
+    new = {}
+    for key, g in global_state.items():
+        holders = [(s[key], m.get(key), float(w)) for s, m, w in zip(small_states, index_maps, weights) if key in s]
+        if not holders:
+            new[key] = g.clone()
+            continue
+        if not g.is_floating_point():
+            new[key] = torch.stack([v.to(g.device, g.dtype).reshape(g.shape) for v, _, _ in holders]).amax(dim=0)
+            continue
+        num = torch.zeros(g.shape, dtype=torch.float64)
+        den = torch.zeros(g.shape, dtype=torch.float64)
+        for value, sliced, w in holders:
+            v = value.to(dtype=torch.float64)
+            if sliced is None:
+                num.add_(v, alpha=w)
+                den.add_(w)
+            else:
+                slices = as_slices(sliced)
+                add_slice_(num, slices, v, w)
+                add_slice_(den, slices, torch.ones_like(v), w)
+        trained = den > 0
+        g64 = g.to(torch.float64)
+        avg = torch.where(trained, num / den.clamp(min=1e-300), g64)
+        new[key] = torch.where(trained, g64 + server_lr * (avg - g64), g64).to(g.dtype)
+    return new
+
+
+class _ReadOnce:
+    """A client state whose values are made on reading (a copy of the stored value) and may be
+    read once; it records, per read, how many values it handed out earlier are still alive."""
+
+    def __init__(self, state):
+        self._state = dict(state)
+        self.handed = []
+        self.alive_at_read = []
+
+    def __contains__(self, key):
+        return key in self._state
+
+    def __getitem__(self, key):
+        self.alive_at_read.append((key, sum(r() is not None for r in self.handed)))
+        value = self._state.pop(key).clone()  # pop: a second read of a key fails
+        self.handed.append(weakref.ref(value))
+        return value
+
+
+def _overlapping_clients(state, modules, frozen):
+    """Four clients' trained sub-models: two share a draw (overlapping slices), the others
+    differ; the `frozen` keys are absent from every reply, and client 3 returns only a few."""
+    g = torch.Generator().manual_seed(1)
+    rates = {m.name: 0.5 for m in modules}
+    smalls, maps = [], []
+    for seed in (0, 0, 1, 2):
+        small, imap = extract_submodel(state, choose_submodel(modules, rates, np.random.default_rng(seed)))
+        smalls.append({k: v + torch.randn(v.shape, generator=g) if v.is_floating_point() else v + seed
+                       for k, v in small.items() if k not in frozen})
+        maps.append(imap)
+    smalls[3] = {k: v for i, (k, v) in enumerate(smalls[3].items()) if i % 3 == 0}
+    return smalls, maps
+
+
+@pytest.mark.parametrize("which", ["espnet_batch_norm", "e_branchformer"])
+def test_streaming_merge_is_bit_identical_to_the_all_at_once_merge_and_releases_each_value(models, which):
+    full = models[which]
+    state = full.state_dict()
+    modules = find_droppable_modules(full)
+    frozen = {k for k in state if k.startswith("encoder.encoders.1.")}
+    smalls, maps = _overlapping_clients(state, modules, frozen)
+    # Overlapping slices (clients 0 and 1 share a draw) and disjoint ones (units only one drew).
+    pairs = [(set(maps[0][k][0][1].tolist()), set(maps[2][k][0][1].tolist()))
+             for k in maps[0] if k in smalls[2] and len(maps[0][k]) == 1]
+    assert any(a & b for a, b in pairs) and any(a - b for a, b in pairs)
+    weights = [3.0, 1.7, 2.25, 0.5]
+    expected = _merge_all_at_once(state, smalls, maps, weights, server_lr=0.7)
+    sources = [_ReadOnce(s) for s in smalls]
+    merged = merge_update(state, sources, maps, weights, server_lr=0.7)
+    assert merged.keys() == expected.keys() == state.keys()
+    for k in expected:
+        assert torch.equal(merged[k], expected[k]), k
+    for k in frozen:  # returned by no client: the global value, bit for bit
+        assert torch.equal(merged[k], state[k]), k
+    for src, small in zip(sources, smalls):
+        assert [k for k, _ in src.alive_at_read] == [k for k in state if k in small]  # each read once
+        # A float value is dropped before the next is read; after the merge none is alive.
+        assert all(n == 0 for k, n in src.alive_at_read if state[k].is_floating_point())
+        assert all(r() is None for r in src.handed)
 
 
 @pytest.mark.parametrize("which", ["espnet_batch_norm", "e_branchformer", "branchformer",
