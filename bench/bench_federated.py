@@ -2,9 +2,13 @@
 
 1. Federated round vs central training: wall time of a federated round (no dropout: K clients x
    S local steps, with everything the round does: sub-model messages, client model rebuild,
-   audio loading, merging) against the same K x S training steps run centrally on one model in
-   this process. Prints the overhead ratio (median over rounds 2..R; round 1 also includes the
-   client processes' start-up and is printed separately).
+   audio loading, merging) against the same K x S training steps run centrally, like for like:
+   in as many processes as the federated clients run in (1 for ``local``, ``--num_workers`` for
+   ``ray``), each with ``--threads`` threads, the round's clients dealt out to them as to Ray's
+   workers, a barrier per round. Prints the overhead ratio (median over rounds 2..R), the start-up
+   (simulation wall time outside the rounds: Ray, worker processes, their ESPnet import) and
+   round 1 separately, and what makes up a round: the clients' training (from ``costs.tsv``),
+   the merge (timed apart) and the rest (messages, model rebuild, audio loading).
 2. Client cost at dropout rate r vs no dropout: local training step time of the sub-model of a
    uniform plan at rate r vs the full model on the same client batches (interleaved repetition
    by repetition, median of per-repetition ratios), and bytes sent, parameters trained,
@@ -131,6 +135,50 @@ def _interleaved(fns, reps: int) -> List[List[float]]:
     return times
 
 
+def _central_process(rank, workers, barrier, queue, config_path, model_file, adapt_data, samples, local,
+                     threads, device):
+    """One process of the central side: trains the clients dealt to it, round by round."""
+    torch.set_num_threads(threads)
+    register_encoders()
+    from espnet_ext.data.kaldi import KaldiDataDir
+    from espnet_ext.federated.client import load_utterances, train_locally
+    from espnet_ext.federated.modelio import build_asr_model, build_data_pipeline, load_weights
+    from espnet_ext.federated.partition import speaker_clients
+
+    model = build_asr_model(config_path)
+    model.load_state_dict(load_weights(model_file))
+    model.to(device)
+    preprocess, collate = build_data_pipeline(config_path)
+    data = KaldiDataDir.read(adapt_data)
+    clients = speaker_clients(data)
+    audio = {c.index: load_utterances(data, c.utterances) for c in clients}
+    times = []
+    for r, sampled in enumerate(samples, start=1):
+        barrier.wait()
+        t0 = time.perf_counter()
+        for c in sampled[rank::workers]:
+            train_locally(model, audio[c], preprocess, collate, local, (0, r, c), device)
+        times.append(time.perf_counter() - t0)
+        barrier.wait()
+    queue.put((rank, times))
+
+
+def central_round_seconds(workers: int, *args) -> List[float]:
+    """Per-round wall time of the central side in `workers` spawned processes (slowest one)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    barrier, queue = ctx.Barrier(workers), ctx.Queue()
+    procs = [ctx.Process(target=_central_process, args=(rank, workers, barrier, queue) + args)
+             for rank in range(workers)]
+    for proc in procs:
+        proc.start()
+    results = dict(queue.get() for _ in procs)
+    for proc in procs:
+        proc.join()
+    return [max(results[k][r] for k in results) for r in range(len(results[0]))]
+
+
 def merge_seconds(full_state, info, plan, num_clients: int, reps: int) -> float:
     """Median seconds of one round's merge (merge_update) of `num_clients` sub-models of `plan`."""
     from espnet_ext.federated.submodel import choose_submodel, extract_submodel, merge_update
@@ -189,21 +237,36 @@ def main() -> int:
     clients = speaker_clients(data)
     sampler = ClientSampler(len(clients), args.clients_per_round, setup.seed)
     audio = {c.index: load_utterances(data, c.utterances) for c in clients}
-    central_s = []
-    for r in range(1, args.rounds + 1):
-        t0 = time.perf_counter()
-        for c in sampler.sample(r):
-            train_locally(model, audio[c], preprocess, collate, local, (0, r, c), args.device)
-        central_s.append(time.perf_counter() - t0)
+    samples = [list(sampler.sample(r)) for r in range(1, args.rounds + 1)]
+    workers = args.num_workers if args.backend == "ray" else 1
+    central_s = central_round_seconds(workers, setup.config_path, setup.model_file, setup.adapt_data, samples,
+                                      local, args.threads, args.device)
 
     steady_fl = statistics.median(round_s[1:] or round_s)
     steady_central = statistics.median(central_s[1:] or central_s)
+    eval_s = sum(h.get("eval_seconds", 0.0) for h in history)
+    startup = fl_total - sum(round_s) - eval_s
+    costs = [line.split("\t") for line in (tmp / "fl" / "costs.tsv").read_text().splitlines()]
+    col = {name: i for i, name in enumerate(costs[0])}
+    train_by_round = {}
+    for row in costs[1:]:
+        train_by_round.setdefault(int(row[col["round"]]), []).append(float(row[col["train_seconds"]]))
+    # Clients of a round run on `workers` processes at once: their training takes about sum / workers.
+    client_train = statistics.median(sum(v) / workers for r, v in train_by_round.items() if r >= 2 or args.rounds == 1)
+    merge_s = merge_seconds({k: v.cpu() for k, v in model.state_dict().items()
+                             if k in ModelInfo.from_model(model).sent_keys},
+                            ModelInfo.from_model(model), no_dropout_plan(), args.clients_per_round, args.reps)
     print(f"# Federated round vs central training ({args.backend} backend, {args.clients_per_round} "
-          f"clients x {args.local_steps} steps per round, batch {args.batch_size}, {args.threads} thread(s))")
-    print(f"federated round (median of rounds 2..{args.rounds}): {steady_fl:.3f} s; round 1: {round_s[0]:.3f} s; "
-          f"whole simulation incl. start-up: {fl_total:.1f} s")
+          f"clients x {args.local_steps} steps per round, batch {args.batch_size}; both sides {workers} "
+          f"process(es) x {args.threads} thread(s))")
+    print(f"start-up (simulation outside its rounds and evaluations): {startup:.1f} s; round 1: {round_s[0]:.3f} s")
+    print(f"federated round (median of rounds 2..{args.rounds}): {steady_fl:.3f} s")
+    print(f"  clients' local training (costs.tsv, / {workers} process(es)): {client_train:.3f} s")
+    print(f"  merge (timed apart):                                     {merge_s:.3f} s")
+    print(f"  rest (messages, model rebuild, audio loading):           "
+          f"{steady_fl - client_train - merge_s:.3f} s")
     print(f"same steps centrally (median):            {steady_central:.3f} s")
-    print(f"overhead ratio federated / central:       {steady_fl / steady_central:.2f}")
+    print(f"overhead ratio federated / central:       {steady_fl / steady_central:.2f}   goal <= 1.1")
 
     # --- 2. client step and bytes at dropout r vs none ----------------------------------------
     info = ModelInfo.from_model(model)

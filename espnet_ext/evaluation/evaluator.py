@@ -18,7 +18,9 @@ its own, so the first k chunks are exactly a set of whole batches.
 
 The weights of a variant are swapped into the model for its evaluation only
 (:class:`espnet_ext.layers.reset.WeightSwap`); the cache is always advanced with the trained
-weights.
+weights. A pass of the trained model itself (the scan's baseline: no values swapped in) runs
+from the cache too, and leaves it at level 0 or beyond: the input layer (the most expensive stage
+per batch) then runs once per batch for the baseline and every later variant together.
 """
 
 from __future__ import annotations
@@ -173,12 +175,22 @@ class Evaluator:
             for s, bs in todo:
                 for b in bs:
                     starts[(s, b)] = self._cached(s, b, level)
+        # The trained model (nothing swapped in) is its own prefix: start where the cache is.
+        trained_pass = (level == LEVEL_FEATS and not values and self.reuse == "prefix"
+                        and self.stages.block_reuse)
+        if trained_pass:
+            for s, bs in todo:
+                for b in bs:
+                    at = max(self._levels[s][b], 0)
+                    starts[(s, b)] = (at, self._cached(s, b, at))
         with self.swap.swapped(values):
             for s, bs in todo:
                 feats = dict(zip(bs, self._batch_features(s, bs))) if level == LEVEL_AUDIO else None
                 for b in bs:
                     if level == LEVEL_AUDIO:
                         start, state = LEVEL_FEATS, feats[b]
+                    elif trained_pass:
+                        start, state = starts[(s, b)]
                     elif level == LEVEL_FEATS:
                         start, state = LEVEL_FEATS, self._feats[s][b]
                     else:

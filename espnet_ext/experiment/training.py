@@ -7,11 +7,16 @@ every epoch tau. ESPnet never writes the initial weights (they can be rebuilt fr
 `<output_dir>/checkpoints/0epoch.pth` (with its identity, seed and model-config hash, in
 `checkpoints/0epoch.json`) before the first update and hard-links each
 `{N}epoch.pth` into `checkpoints/` before ESPnet can delete it (a hard link costs no disk space).
-Everything else is ESPnet's own training loop, unchanged.
+It adds one option, ``--cpu_autocast {none,bf16}`` (config key ``cpu_autocast``): the training
+forward under CPU mixed precision (:mod:`espnet_ext.experiment.cpu_autocast`; ignored with
+``--ngpu`` > 0, where ESPnet's ``--use_amp`` applies). Everything else is ESPnet's own training
+loop, unchanged.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import logging
 import os
 import shutil
@@ -21,7 +26,7 @@ from typing import Optional
 import torch
 import yaml
 from espnet2.tasks.asr import ASRTask
-from espnet2.train.trainer import Trainer
+from espnet2.train.trainer import Trainer, TrainerOptions
 
 from espnet_ext.experiment.checkpoints import (
     CHECKPOINT_DIR,
@@ -32,9 +37,18 @@ from espnet_ext.experiment.checkpoints import (
     read_identity,
     write_identity,
 )
+from espnet_ext.experiment.cpu_autocast import CPU_AUTOCAST_DTYPES, autocast_dtype, cpu_autocast
 from espnet_ext.utils.atomic import save_torch_atomic
 
-def _is_writer(distributed_option) -> bool:
+
+def is_checkpoint_writer(distributed_option) -> bool:
+    """Whether this process writes checkpoint 0 and the kept epochs: the only process of a
+    single-process training, rank 0 of a distributed one (as ESPnet writes its own files).
+
+    Every rank of a distributed training holds the same weights (same seed, and
+    DistributedDataParallel broadcasts rank 0's weights and averages the gradients), so one
+    writer is enough; several would race on the same files.
+    """
     return not distributed_option.distributed or distributed_option.dist_rank == 0
 
 
@@ -127,14 +141,34 @@ def keep_epoch_checkpoints(output_dir: Path) -> None:
             shutil.copy2(src, dst)
 
 
+@dataclasses.dataclass
+class ExtTrainerOptions(TrainerOptions):
+    """ESPnet's trainer options plus ``cpu_autocast`` (``none`` or ``bf16``)."""
+
+    cpu_autocast: str = "none"
+
+
 class CheckpointKeepingTrainer(Trainer):
-    """ESPnet's Trainer, plus checkpoint 0 and a kept copy of every epoch's weights."""
+    """ESPnet's Trainer, plus checkpoint 0, a kept copy of every epoch's weights, and CPU autocast."""
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group("espnet_ext trainer")
+        group.add_argument(
+            "--cpu_autocast", default="none", choices=list(CPU_AUTOCAST_DTYPES),
+            help="CPU mixed precision of the training forward (front end stays float32; "
+                 "weights and optimizer stay float32); ignored with --ngpu > 0 (see --use_amp)")
+
+    @classmethod
+    def build_options(cls, args: argparse.Namespace) -> ExtTrainerOptions:
+        fields = {f.name for f in dataclasses.fields(ExtTrainerOptions)}
+        return ExtTrainerOptions(**{k: v for k, v in vars(args).items() if k in fields})
 
     @classmethod
     def run(cls, model, optimizers, schedulers, train_iter_factory, valid_iter_factory,
             plot_attention_iter_factory, trainer_options, distributed_option) -> None:
         output_dir = Path(trainer_options.output_dir)
-        if _is_writer(distributed_option):
+        if is_checkpoint_writer(distributed_option):
             resuming = bool(trainer_options.resume) and (output_dir / "checkpoint.pth").exists()
             # ESPnet wrote this training's config.yaml before it calls the trainer.
             with open(output_dir / "config.yaml", encoding="utf-8") as f:
@@ -150,26 +184,31 @@ class CheckpointKeepingTrainer(Trainer):
             trainer_options=trainer_options,
             distributed_option=distributed_option,
         )
-        if _is_writer(distributed_option):
+        if is_checkpoint_writer(distributed_option):
             keep_epoch_checkpoints(output_dir)
 
     @classmethod
     def train_one_epoch(cls, model, iterator, optimizers, schedulers, scaler, reporter,
                         summary_writer, options, distributed_option) -> bool:
         # The previous epoch's file exists now and may be deleted at the end of this epoch.
-        if _is_writer(distributed_option):
+        if is_checkpoint_writer(distributed_option):
             keep_epoch_checkpoints(Path(options.output_dir))
-        return super().train_one_epoch(
-            model=model,
-            iterator=iterator,
-            optimizers=optimizers,
-            schedulers=schedulers,
-            scaler=scaler,
-            reporter=reporter,
-            summary_writer=summary_writer,
-            options=options,
-            distributed_option=distributed_option,
-        )
+        dtype = autocast_dtype(getattr(options, "cpu_autocast", "none"))
+        if dtype is not None and options.ngpu > 0:
+            logging.warning("--cpu_autocast applies to CPU training only; ignored with --ngpu > 0")
+            dtype = None
+        with cpu_autocast(model, dtype):
+            return super().train_one_epoch(
+                model=model,
+                iterator=iterator,
+                optimizers=optimizers,
+                schedulers=schedulers,
+                scaler=scaler,
+                reporter=reporter,
+                summary_writer=summary_writer,
+                options=options,
+                distributed_option=distributed_option,
+            )
 
 
 class CheckpointKeepingASRTask(ASRTask):

@@ -53,3 +53,30 @@ def test_checkpoint0_is_the_model_before_any_update_and_every_epoch_is_kept(tiny
     final = _load(checkpoint_path(out, 4))
     latest = _load(out / "latest.pth")
     assert all(torch.equal(final[k], latest[k]) for k in final)
+
+
+def test_bf16_cpu_autocast_trains_and_keeps_float32_weights(tiny_asr_setup, tmp_path, one_thread):
+    from espnet_ext.experiment.checkpoints import checkpoint_path, saved_epochs
+    from espnet_ext.experiment.training import CheckpointKeepingASRTask
+
+    out = tmp_path / "exp"
+    CheckpointKeepingASRTask.main(cmd=train_args(*tiny_asr_setup, out, max_epoch=1, cpu_autocast="bf16"))
+
+    assert yaml.safe_load((out / "config.yaml").read_text())["cpu_autocast"] == "bf16"
+    assert saved_epochs(out) == [0, 1]
+    ckpt0, ckpt1 = _load(checkpoint_path(out, 0)), _load(checkpoint_path(out, 1))
+    floats = [k for k in ckpt1 if ckpt1[k].is_floating_point()]
+    assert floats and all(ckpt1[k].dtype == torch.float32 for k in floats)
+    assert all(torch.isfinite(ckpt1[k]).all() for k in floats)
+    assert any(not torch.equal(ckpt0[k], ckpt1[k]) for k in floats)
+
+
+def test_cpu_autocast_is_a_training_option_with_fixed_choices(tiny_asr_setup, tmp_path):
+    from espnet_ext.experiment.training import CheckpointKeepingASRTask
+
+    with pytest.raises(SystemExit):
+        CheckpointKeepingASRTask.main(cmd=train_args(*tiny_asr_setup, tmp_path / "exp", max_epoch=1,
+                                                     cpu_autocast="fp8"))
+    args = CheckpointKeepingASRTask.get_parser().parse_args(
+        train_args(*tiny_asr_setup, tmp_path / "exp", max_epoch=1))
+    assert args.cpu_autocast == "none"  # off unless asked

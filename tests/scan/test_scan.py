@@ -288,3 +288,24 @@ def test_counts_file_cut_by_an_interruption_resumes_without_losing_the_next_reco
     path.write_text(json.dumps(rec) + "\n" + '{"dataset": "dev", "gro', encoding="utf-8")
     _UttErrors(path).append({**rec, "group": "h"})
     assert sorted(k[1] for k in _UttErrors(path).variants) == ["g", "h"]
+
+
+def test_trained_pass_runs_from_the_prefix_cache_with_the_same_hypotheses(trained):
+    from espnet_ext.evaluation.encoder_stages import LEVEL_FEATS
+
+    cached, uncached = _evaluator(trained), _evaluator(trained, reuse="none")
+    assert cached.stages.block_reuse
+    baseline = cached.hypotheses(LEVEL_FEATS)
+    assert baseline == uncached.hypotheses(LEVEL_FEATS)
+    # The baseline left every batch's input-layer output in the cache for the variants.
+    assert all(level == 0 for levels in cached._levels for level in levels)
+    key = next(k for k in cached.model.state_dict() if k.startswith("encoder.encoders.0.") and k.endswith("weight"))
+    values = {key: torch.zeros_like(cached.model.state_dict()[key])}
+    assert cached.hypotheses(0, values) == uncached.hypotheses(0, values)
+    # Later trained passes start from wherever the cache has advanced to, with the same result.
+    assert cached.hypotheses(LEVEL_FEATS) == baseline
+    (name, a), = cached.encoder_outputs(LEVEL_FEATS).items()
+    b = uncached.encoder_outputs(LEVEL_FEATS)[name]
+    assert a.keys() == b.keys()
+    for utt in a:
+        torch.testing.assert_close(a[utt], b[utt], rtol=1e-5, atol=1e-6)
