@@ -17,8 +17,9 @@ from packaging.requirements import Requirement
 from helpers import make_tone_data_dir
 
 REPO = Path(__file__).resolve().parents[2]
-# Modules that need Flower at import time (the FedAvg subclass); all others must import without it.
-NEEDS_FLOWER = {"espnet_ext.federated.strategy"}
+# Modules that need Flower at import time (the FedAvg subclass and the Flower app for `flwr run`);
+# all others must import without it.
+NEEDS_FLOWER = {"espnet_ext.federated.strategy", "espnet_ext.federated.flwr_app.espnet_ext_fl_apps"}
 BLOCKER = '''
 import sys
 
@@ -48,7 +49,7 @@ def run(args, env, **kwargs):
                           timeout=600, **kwargs)
 
 
-def test_every_module_but_the_flower_strategy_imports_without_flwr_and_ray(no_flower_env):
+def test_every_module_but_the_flower_strategy_and_app_imports_without_flwr_and_ray(no_flower_env):
     script = '''
 import importlib, json, pkgutil, sys
 import espnet_ext
