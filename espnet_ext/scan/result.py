@@ -48,6 +48,10 @@ if TYPE_CHECKING:
 
 SCAN_TSV = "scan.tsv"
 SCAN_JSON = "scan.json"
+SCAN_MD = "scan.md"
+COUNTS_FILE = "utt_errors.jsonl"
+#: Everything a scan writes into its dir (deleting them starts the scan over).
+SCAN_FILES = (SCAN_TSV, SCAN_JSON, SCAN_MD, COUNTS_FILE)
 
 REINIT = "reinit"
 RERANDOMIZE = "rerandomize"

@@ -55,10 +55,12 @@ from espnet_ext.experiment.experiment_dir import (
 )
 from espnet_ext.scan.labels import UNCERTAIN, AmbientCriterion
 from espnet_ext.scan.result import (
+    COUNTS_FILE,
     DECIMALS,
     MODES,
     REINIT,
     RERANDOMIZE,
+    SCAN_FILES,
     SCAN_JSON,
     SCAN_TSV,
     ScanRow,
@@ -71,9 +73,16 @@ from espnet_ext.scan.result import (
 from espnet_ext.layers.layer_map import LayerGroup, LayerMap, build_layer_map
 from espnet_ext.experiment.checkpoints import load_state_dict_file
 from espnet_ext.layers.reset import group_values
+from espnet_ext.scan.utt_errors import (
+    UttErrors,
+    baseline_rates,
+    intervals,
+    row_confidence,
+    settled,
+    stored_intervals,
+)
 from espnet_ext.utils.atomic import write_text_atomic
 
-SCAN_FILES = (SCAN_TSV, SCAN_JSON, "scan.md", "utt_errors.jsonl")
 
 
 class ScanError(ValueError):
@@ -340,101 +349,6 @@ def _write_kaldi_text(path: Path, hyps: Dict[str, str]) -> None:
     write_text_atomic(path, "\n".join(lines) + "\n")
 
 
-COUNTS_FILE = "utt_errors.jsonl"
-
-
-class _UttErrors:
-    """Per-utterance error counts of the baseline and of every scored variant.
-
-    ``utt_errors.jsonl``, one JSON object per line, appended as the scan goes (the last record of
-    a key wins): baseline records ``{"dataset", "baseline": true, "utts": [ids], "words": [..],
-    "chars": [..], "w": [word errors], "c": [char errors]}`` (reference lengths and errors per
-    utterance, in the data dir's order) and variant records ``{"dataset", "group", "mode",
-    "value", "idx": [utterance positions in the baseline's list], "w": [..], "c": [..]}``.
-    """
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.baseline: Dict[str, dict] = {}
-        self.variants: Dict[tuple, dict] = {}
-        if path.is_file():
-            lines = path.read_text(encoding="utf-8").splitlines()
-            for n, line in enumerate(lines, start=1):
-                try:
-                    self._add(json.loads(line))
-                except (json.JSONDecodeError, KeyError):
-                    if n == len(lines):
-                        # Cut by an interruption: that variant is scored again. Drop the cut
-                        # line so that the next record starts a line of its own.
-                        with open(path, "r+b") as f:
-                            f.truncate(len("".join(l + "\n" for l in lines[:-1]).encode("utf-8")))
-                        break
-                    raise ScanError(f"{path} line {n} is not a counts record; delete "
-                                    f"{', '.join(SCAN_FILES)} in {path.parent} to start over") from None
-
-    def _add(self, rec: dict) -> None:
-        if rec.get("baseline"):
-            self.baseline[rec["dataset"]] = rec
-        else:
-            self.variants[(rec["dataset"], rec["group"], rec["mode"], str(rec["value"]))] = rec
-
-    def append(self, rec: dict) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(rec, separators=(",", ":")) + "\n")
-        self._add(rec)
-
-
-def _baseline_rates(base: dict) -> Dict[str, float]:
-    """{"WER", "CER"} in percent of a baseline counts record."""
-    return {"WER": round(100.0 * sum(base["w"]) / max(sum(base["words"]), 1), DECIMALS),
-            "CER": round(100.0 * sum(base["c"]) / max(sum(base["chars"]), 1), DECIMALS)}
-
-
-def _row_confidence(opts: ScanOptions, n: int, n_total: int) -> float:
-    """Confidence of a row's interval: the scan's, or its look's (Bonferroni) when stopped early."""
-    if n >= n_total:
-        return opts.confidence
-    return boot.look_confidence(opts.confidence, len(boot.look_sizes(n_total, opts.adaptive_first)))
-
-
-def _intervals(base: dict, idx: Sequence[int], w: Sequence[int], c: Sequence[int],
-               opts: ScanOptions, confidence: float) -> Dict[str, boot.DeltaInterval]:
-    """Paired bootstrap intervals of a variant's WER and CER change on utterances `idx`."""
-    # Sorted by utterance: the interval depends on the counts, not on the order they were scored in.
-    order = sorted(range(len(idx)), key=lambda j: idx[j])
-    ix = [idx[j] for j in order]
-    return boot.paired_bootstrap(
-        {"WER": ([base["w"][i] for i in ix], [w[j] for j in order], [base["words"][i] for i in ix]),
-         "CER": ([base["c"][i] for i in ix], [c[j] for j in order], [base["chars"][i] for i in ix])},
-        samples=opts.bootstrap_samples, seed=opts.bootstrap_seed, confidence=confidence)
-
-
-def _stored_intervals(counts: _UttErrors, key: tuple, opts: ScanOptions):
-    """(intervals, utterances scored, utterances in the set) of a stored variant, or None."""
-    base, var = counts.baseline.get(key[0]), counts.variants.get(key)
-    if base is None or var is None:
-        return None
-    n, n_total = len(var["idx"]), len(base["utts"])
-    conf = _row_confidence(opts, n, n_total)
-    return _intervals(base, var["idx"], var["w"], var["c"], opts, conf), n, n_total
-
-
-def _settled(counts: _UttErrors, key: tuple, opts: ScanOptions) -> bool:
-    """Whether a stored variant needs no more scoring under the current options."""
-    base, var = counts.baseline.get(key[0]), counts.variants.get(key)
-    if base is None or var is None:
-        return False  # no per-utterance counts (a scan from before error bars): score again
-    if len(var["idx"]) >= len(base["utts"]):
-        return True
-    if not opts.adaptive:
-        return False
-    intervals, _, _ = _stored_intervals(counts, key, opts)
-    base = _baseline_rates(counts.baseline[key[0]])[opts.criterion.metric.upper()]
-    iv = intervals[opts.criterion.metric.upper()]
-    return opts.criterion.label_interval(base, iv.lo, iv.hi) != UNCERTAIN
-
-
 class _ScanState:
     """scan.json and scan.tsv of an out_dir, written as the scan goes."""
 
@@ -530,15 +444,15 @@ def _set_up(opts: ScanOptions) -> _ScanSetup:
 
 
 def _pending(setup: _ScanSetup, variants: Sequence[Variant], state: _ScanState,
-             counts: _UttErrors) -> List[Variant]:
+             counts: UttErrors) -> List[Variant]:
     """Variants still to score on some dataset (not in scan.tsv, or not settled by the rule)."""
     in_tsv = {(r.dataset, *r.variant_key) for r in state.rows}
     return [v for v in variants
-            if any((ds, *v.key) not in in_tsv or not _settled(counts, (ds, *v.key), setup.opts)
+            if any((ds, *v.key) not in in_tsv or not settled(counts, (ds, *v.key), setup.opts)
                    for ds in setup.datasets)]
 
 
-def _stored_baseline(setup: _ScanSetup, state: _ScanState, counts: _UttErrors) -> Optional[dict]:
+def _stored_baseline(setup: _ScanSetup, state: _ScanState, counts: UttErrors) -> Optional[dict]:
     """The baseline of scan.json when it covers every dataset (with its counts), else None."""
     baseline = state.meta.get("baseline")
     if baseline is not None and any(ds not in baseline or ds not in counts.baseline
@@ -572,7 +486,7 @@ def _record_setup(setup: _ScanSetup, state: _ScanState, identity: dict, variants
 
 
 def _relabelled_rows(setup: _ScanSetup, variants: Sequence[Variant], state: _ScanState,
-                     counts: _UttErrors, baseline: dict) -> Tuple[List[ScanRow], List[ScanRow]]:
+                     counts: UttErrors, baseline: dict) -> Tuple[List[ScanRow], List[ScanRow]]:
     """(rows of this scan's variants in layer order, rows of other variants already in the file),
     all relabelled with the current rule and confidence."""
     datasets = setup.datasets
@@ -585,7 +499,7 @@ def _relabelled_rows(setup: _ScanSetup, variants: Sequence[Variant], state: _Sca
     # Rows of other groups/variants already in the file (e.g. an earlier, larger scan) are kept.
     extra = [r for k, r in rows_by_key.items() if k not in wanted]
     for r in rows + extra:
-        stored = _stored_intervals(counts, (r.dataset, *r.variant_key), setup.opts)
+        stored = stored_intervals(counts, (r.dataset, *r.variant_key), setup.opts)
         r.relabel(baseline[r.dataset], setup.opts.criterion, stored[0] if stored else None)
     return rows, extra
 
@@ -621,7 +535,7 @@ def _report_notes(setup: _ScanSetup, rows: Sequence[ScanRow], baseline: dict,
 
 
 def _write_reports(setup: _ScanSetup, variants: Sequence[Variant], excluded: Dict[str, str],
-                   state: _ScanState, counts: _UttErrors, baseline: dict) -> Tuple[List[ScanRow], List[str]]:
+                   state: _ScanState, counts: UttErrors, baseline: dict) -> Tuple[List[ScanRow], List[str]]:
     """Rewrite scan.tsv, the heatmaps, scan.md and scan.json (status done) from the rows.
 
     Returns:
@@ -665,7 +579,7 @@ def run_scan(opts: ScanOptions) -> ScanRun:
     state = _ScanState(setup.out_dir)
     identity = _identity(opts, setup.model_path, setup.decode_options, setup.layer_map)
     _check_identity(setup.out_dir, state.meta.get("identity"), identity)
-    counts = _UttErrors(setup.out_dir / COUNTS_FILE)
+    counts = UttErrors(setup.out_dir / COUNTS_FILE)
     pending = _pending(setup, variants, state, counts)
     baseline = _stored_baseline(setup, state, counts)
     _record_setup(setup, state, identity, variants, excluded)
@@ -721,7 +635,7 @@ def _make_evaluator(setup: _ScanSetup, model, decoder, sets):
 
 
 def _score_baseline(setup: _ScanSetup, evaluator, sets, state: _ScanState, stored: Optional[dict],
-                    counts: _UttErrors) -> dict:
+                    counts: UttErrors) -> dict:
     """Score the trained model on every set, record its counts and hypotheses, save scan.json.
 
     Returns:
@@ -739,7 +653,7 @@ def _score_baseline(setup: _ScanSetup, evaluator, sets, state: _ScanState, store
                "chars": [chars[u].ref_tokens for u in st.keys],
                "w": [words[u].errors for u in st.keys], "c": [chars[u].errors for u in st.keys]}
         counts.append(rec)
-        baseline[st.name] = {**_baseline_rates(rec), "utterances": len(st.keys)}
+        baseline[st.name] = {**baseline_rates(rec), "utterances": len(st.keys)}
         _write_kaldi_text(setup.out_dir / "baseline" / st.name / "text", hyps[st.name])
     if stored is not None and any(
         not math.isclose(stored[ds][m], baseline[ds][m], abs_tol=1e-6)
@@ -755,7 +669,7 @@ def _score_baseline(setup: _ScanSetup, evaluator, sets, state: _ScanState, store
 
 
 def _score_variant(setup: _ScanSetup, evaluator, refs: Dict[str, Dict[str, str]], group: LayerGroup,
-                   v: Variant, values, baseline: dict, counts: _UttErrors) -> Tuple[List[ScanRow], int]:
+                   v: Variant, values, baseline: dict, counts: UttErrors) -> Tuple[List[ScanRow], int]:
     """Score one reset variant on every dataset (on growing looks when adaptive).
 
     Returns:
@@ -784,7 +698,7 @@ def _score_variant(setup: _ScanSetup, evaluator, refs: Dict[str, Dict[str, str]]
                 w.append(words[u].errors)
                 c.append(chars[u].errors)
             if opts.adaptive and k < len(looks) - 1:
-                iv = _intervals(base, idx, w, c, opts, look_conf)[metric]
+                iv = intervals(base, idx, w, c, opts, look_conf)[metric]
                 if opts.criterion.label_interval(baseline[ds][metric], iv.lo, iv.hi) != UNCERTAIN:
                     break  # decided at this look: the rest of the set is not needed
         counts.append({"dataset": ds, "group": group.name, "mode": v.mode, "value": str(v.value),
@@ -797,14 +711,14 @@ def _score_variant(setup: _ScanSetup, evaluator, refs: Dict[str, Dict[str, str]]
                       v.value if v.mode == RERANDOMIZE else None,
                       round(100.0 * sum(w) / max(n_words, 1), DECIMALS),
                       round(100.0 * sum(c) / max(n_chars, 1), DECIMALS))
-        conf = _row_confidence(opts, len(idx), len(base["utts"]))
-        row.relabel(baseline[ds], opts.criterion, _intervals(base, idx, w, c, opts, conf))
+        conf = row_confidence(opts, len(idx), len(base["utts"]))
+        row.relabel(baseline[ds], opts.criterion, intervals(base, idx, w, c, opts, conf))
         rows.append(row)
     return rows, evaluations
 
 
 def _evaluate(setup: _ScanSetup, pending: Sequence[Variant], state: _ScanState,
-              baseline: Optional[dict], counts: _UttErrors) -> Tuple[dict, int, int]:
+              baseline: Optional[dict], counts: UttErrors) -> Tuple[dict, int, int]:
     """Load model and data once, score the baseline and every pending variant.
 
     Returns:

@@ -281,13 +281,13 @@ def test_counts_file_cut_by_an_interruption_resumes_without_losing_the_next_reco
     next record starts a line of its own (it used to be glued to the cut line and lost)."""
     import json
 
-    from espnet_ext.scan.scanner import _UttErrors
+    from espnet_ext.scan.utt_errors import UttErrors
 
     path = tmp_path / "utt_errors.jsonl"
     rec = {"dataset": "dev", "group": "g", "mode": "reinit", "value": 0, "idx": [0], "w": [1], "c": [2]}
     path.write_text(json.dumps(rec) + "\n" + '{"dataset": "dev", "gro', encoding="utf-8")
-    _UttErrors(path).append({**rec, "group": "h"})
-    assert sorted(k[1] for k in _UttErrors(path).variants) == ["g", "h"]
+    UttErrors(path).append({**rec, "group": "h"})
+    assert sorted(k[1] for k in UttErrors(path).variants) == ["g", "h"]
 
 
 def test_trained_pass_runs_from_the_prefix_cache_with_the_same_hypotheses(trained):
