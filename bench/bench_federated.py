@@ -136,12 +136,12 @@ def _interleaved(fns, reps: int) -> List[List[float]]:
 
 
 def _central_process(rank, workers, barrier, queue, config_path, model_file, adapt_data, samples, local,
-                     threads, device):
+                     threads, device, seed):
     """One process of the central side: trains the clients dealt to it, round by round."""
     torch.set_num_threads(threads)
     register_encoders()
     from espnet_ext.data.kaldi import KaldiDataDir
-    from espnet_ext.federated.client import load_utterances, train_locally
+    from espnet_ext.federated.client import load_utterances, local_training_seed, train_locally
     from espnet_ext.federated.modelio import build_asr_model, build_data_pipeline, load_weights
     from espnet_ext.federated.partition import speaker_clients
 
@@ -157,7 +157,8 @@ def _central_process(rank, workers, barrier, queue, config_path, model_file, ada
         barrier.wait()
         t0 = time.perf_counter()
         for c in sampled[rank::workers]:
-            train_locally(model, audio[c], preprocess, collate, local, (0, r, c), device)
+            # The clients' own seeds: the same shuffles, hence the same batches, as in the run.
+            train_locally(model, audio[c], preprocess, collate, local, local_training_seed(seed, r, c), device)
         times.append(time.perf_counter() - t0)
         barrier.wait()
     queue.put((rank, times))
@@ -240,7 +241,7 @@ def main() -> int:
     samples = [list(sampler.sample(r)) for r in range(1, args.rounds + 1)]
     workers = args.num_workers if args.backend == "ray" else 1
     central_s = central_round_seconds(workers, setup.config_path, setup.model_file, setup.adapt_data, samples,
-                                      local, args.threads, args.device)
+                                      local, args.threads, args.device, setup.seed)
 
     steady_fl = statistics.median(round_s[1:] or round_s)
     steady_central = statistics.median(central_s[1:] or central_s)
@@ -253,9 +254,9 @@ def main() -> int:
         train_by_round.setdefault(int(row[col["round"]]), []).append(float(row[col["train_seconds"]]))
     # Clients of a round run on `workers` processes at once: their training takes about sum / workers.
     client_train = statistics.median(sum(v) / workers for r, v in train_by_round.items() if r >= 2 or args.rounds == 1)
-    merge_s = merge_seconds({k: v.cpu() for k, v in model.state_dict().items()
-                             if k in ModelInfo.from_model(model).sent_keys},
-                            ModelInfo.from_model(model), no_dropout_plan(), args.clients_per_round, args.reps)
+    info = ModelInfo.from_model(model)
+    merge_s = merge_seconds({k: v.cpu() for k, v in model.state_dict().items() if k in info.sent_keys},
+                            info, no_dropout_plan(), args.clients_per_round, args.reps)
     print(f"# Federated round vs central training ({args.backend} backend, {args.clients_per_round} "
           f"clients x {args.local_steps} steps per round, batch {args.batch_size}; both sides {workers} "
           f"process(es) x {args.threads} thread(s))")
@@ -269,7 +270,6 @@ def main() -> int:
     print(f"overhead ratio federated / central:       {steady_fl / steady_central:.2f}   goal <= 1.1")
 
     # --- 2. client step and bytes at dropout r vs none ----------------------------------------
-    info = ModelInfo.from_model(model)
     plan = uniform_plan(info, args.rate)
     layout = choose_submodel(info.modules, plan.module_rates(info.modules), np.random.default_rng(0))
     full_state = {k: v.cpu() for k, v in model.state_dict().items() if k in info.sent_keys}

@@ -22,7 +22,7 @@
     python bench/bench_fl_scale.py --skip_aggregation       # (a) only
     python bench/bench_fl_scale.py --populations "" --agg_clients 10   # (b) only, 10 clients
     python bench/bench_fl_scale.py --agg_clients 1,2        # where memory is short: peak RSS grows
-                                                            # by about two sub-models per client
+                                                            # by about one sub-model per client
 """
 
 from __future__ import annotations
@@ -202,15 +202,31 @@ def aggregation_worker(args, n: int, root: Path) -> int:
     # Clients reply at once with their sub-model plus noise (their training is not measured).
     app = ClientApp()
 
+    client_s = []  # the fake clients' own time (taken out of the server's)
+
     @app.train()
     def train(msg: Message, context) -> Message:
+        t_client = time.perf_counter()
         sub = msg.content["arrays"].to_torch_state_dict()
         updated = {k: v + 1e-3 * torch.randn_like(v) if v.is_floating_point() else v for k, v in sub.items()}
         metrics = MetricRecord({"num-examples": 10, "params-trained": 1, "steps": 1, "train-seconds": 0.0,
                                 "step-seconds": 0.0, "peak-rss-bytes": 0, "peak-device-bytes": 0,
                                 "model-state-bytes": 0, "loss": 1.0})
-        return Message(RecordDict({"arrays": ArrayRecord(torch_state_dict=updated), "metrics": metrics}),
-                       reply_to=msg)
+        reply = Message(RecordDict({"arrays": ArrayRecord(torch_state_dict=updated), "metrics": metrics}),
+                        reply_to=msg)
+        client_s.append(time.perf_counter() - t_client)
+        return reply
+
+    def timed(messages, spent):
+        """`messages`, adding the time each one takes to make (sub-model draw, extraction) to spent[0]."""
+        while True:
+            t = time.perf_counter()
+            try:
+                msg = next(messages)
+            except StopIteration:
+                return
+            spent[0] += time.perf_counter() - t
+            yield msg
 
     grid = LocalGrid(app, n)
     clients = [Client(i, f"spk{i}", ("u",) * 10) for i in range(n)]
@@ -219,17 +235,21 @@ def aggregation_worker(args, n: int, root: Path) -> int:
     rss_model = rss_bytes()
     configure_s, aggregate_s, sub_bytes = [], [], []
     for server_round in range(1, args.agg_rounds + 1):
+        # As in the server's round: messages made as the grid takes them, each client run as its
+        # reply is asked for, the merge once all replies are in.
+        client_s.clear()
+        spent = [0.0]
         t0 = time.perf_counter()
-        messages = list(strategy.configure_train(server_round, ArrayRecord(torch_state_dict=state),
-                                                 ConfigRecord(), grid))
-        configure_s.append(time.perf_counter() - t0)
-        sub_bytes.append(statistics.mean(s.bytes_down for s in strategy._pending.values()))
-        replies = grid.send_and_receive(messages)
-        t0 = time.perf_counter()
-        arrays, _ = strategy.aggregate_train(server_round, replies)
-        aggregate_s.append(time.perf_counter() - t0)
-        del messages, replies  # held until here, as the server's round holds them
-        state = arrays.to_torch_state_dict()
+        messages = strategy.configure_train_state(server_round, state, ConfigRecord())
+        spent[0] += time.perf_counter() - t0
+        replies = grid.send_and_receive(timed(messages, spent))
+        new, _ = strategy.aggregate_train_state(server_round, replies)
+        total = time.perf_counter() - t0
+        configure_s.append(spent[0])
+        aggregate_s.append(total - spent[0] - sum(client_s))
+        sub_bytes.append(statistics.mean(c.bytes_down for c in strategy.last_costs))
+        del messages, replies
+        state = new
     print(json.dumps({"clients": n, "encoder_params": encoder, "total_params": total, "built_s": built,
                       "full_bytes": sum(v.numel() * v.element_size() for v in state.values()),
                       "sub_bytes": statistics.mean(sub_bytes),
@@ -269,9 +289,9 @@ def server_aggregation(args, root: Path) -> None:
               f"peak RSS {per['peak_rss'] / 1e6:.0f} MB; linear estimate at {args.agg_estimate} clients: "
               f"configure {at['configure_s']:.1f} s, aggregate {at['aggregate_s']:.1f} s, "
               f"peak RSS {at['peak_rss'] / 1e9:.1f} GB (not measured)")
-    print("(until the merge the server holds every client's sub-model twice, the message sent and the "
-          "reply, since Flower hands over all replies together; the merge turns one reply array at a "
-          "time into a tensor)")
+    print("(configure: sub-model draws and extraction, message by message as the grid takes them; aggregate: "
+          "reply checks and the merge. The server holds one message at a time and every reply until the "
+          "merge, serialized; the merge turns one reply array at a time into a tensor)")
 
 
 def main() -> int:

@@ -26,7 +26,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -178,6 +178,9 @@ class ClientRuntime:
     """
 
     _cache: Dict[str, "ClientRuntime"] = {}
+    #: Working models kept per process, one per sub-model structure (a run's plan gives every
+    #: client the same structure: its clients reuse one model instead of copying the template).
+    MAX_WORKING_MODELS = 2
 
     def __init__(self, setup):
         from espnet_ext.data.kaldi import KaldiDataDir
@@ -194,6 +197,28 @@ class ClientRuntime:
         self.preprocess_fn, self.collate_fn = build_data_pipeline(setup.config_path)
         self.data = KaldiDataDir.read(setup.adapt_data)
         self.clients = speaker_clients(self.data, setup.min_utts)
+        self._working: Dict[str, torch.nn.Module] = {}
+
+    def working_model(self, structure: Mapping[str, Mapping[str, int]]) -> torch.nn.Module:
+        """A model of the received sub-model `structure`, on the runtime's device, all
+        parameters trainable, no gradients: the template resized to it once (a deep copy),
+        then reused by every update with that structure. Reuse is safe because an update loads
+        every entry that training changes (parameters and batch-norm statistics are all sent);
+        the entries it does not load are fixed buffers equal in every copy."""
+        from espnet_ext.federated.submodel import shrink_model_to_structure_
+
+        key = json.dumps(structure, sort_keys=True)
+        model = self._working.pop(key, None)
+        if model is None:
+            model = shrink_model_to_structure_(copy.deepcopy(self.template), self.modules, structure)
+            model.to(self.device)
+        self._working[key] = model  # most recently used last
+        while len(self._working) > self.MAX_WORKING_MODELS:
+            self._working.pop(next(iter(self._working)))
+        for p in model.parameters():
+            p.requires_grad_(True)
+            p.grad = None
+        return model
 
     @classmethod
     def get(cls, setup) -> "ClientRuntime":
@@ -201,6 +226,11 @@ class ClientRuntime:
         if key not in cls._cache:
             cls._cache[key] = cls(setup)
         return cls._cache[key]
+
+
+def local_training_seed(run_seed: int, server_round: int, client: int) -> Tuple[int, int, int, int]:
+    """The seed sequence of a client's local training in a round (shuffling, dropout, SpecAugment)."""
+    return (run_seed, server_round, client, 7)
 
 
 def injected_failure(seed: int, server_round: int, client: int, probability: float) -> bool:
@@ -231,7 +261,7 @@ def run_client_update(setup, partition_id: int, state: Dict[str, torch.Tensor], 
     Raises:
         ValueError: Received tensors that do not fit the model.
     """
-    from espnet_ext.federated.submodel import shrink_model_to_structure_
+    from espnet_ext.federated.submodel import detach_cached_tensors_
 
     rt = ClientRuntime.get(setup)
     client = rt.clients[partition_id]
@@ -240,8 +270,7 @@ def run_client_update(setup, partition_id: int, state: Dict[str, torch.Tensor], 
     examples = load_utterances(rt.data, client.utterances, setup.adapt_data)
     load_seconds = time.perf_counter() - t0
     with PeakMemory(rt.device) as mem:
-        model = copy.deepcopy(rt.template)
-        shrink_model_to_structure_(model, rt.modules, structure)
+        model = rt.working_model(structure)
         missing, unexpected = model.load_state_dict(state, strict=False)
         if unexpected:
             raise ValueError(f"received tensors the model does not have, e.g. {unexpected[0]!r}")
@@ -252,11 +281,12 @@ def run_client_update(setup, partition_id: int, state: Dict[str, torch.Tensor], 
         for name, p in params.items():
             if name in frozen:
                 p.requires_grad_(False)
-        model.to(rt.device)
         result = train_locally(model, examples, rt.preprocess_fn, rt.collate_fn, setup.local,
-                               seed=(setup.seed, server_round, partition_id, 7), device=rt.device)
+                               seed=local_training_seed(setup.seed, server_round, partition_id),
+                               device=rt.device)
         new_state = model.state_dict()
-        trained = {k: new_state[k].detach().to("cpu").contiguous() for k in state if k not in frozen}
+        # Copies: the kept model trains the next update, the reply must not change with it.
+        trained = {k: new_state[k].detach().to("cpu", copy=True).contiguous() for k in state if k not in frozen}
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     copies = optimizer_state_factor("sgd_momentum" if setup.local.optim == "sgd"
                                     and setup.local.momentum > 0 else setup.local.optim)
@@ -273,6 +303,9 @@ def run_client_update(setup, partition_id: int, state: Dict[str, torch.Tensor], 
         "peak-device-bytes": mem.peak_device_bytes,
         "model-state-bytes": training_state_bytes(model, copies),
     }
+    for p in model.parameters():  # the kept model holds no gradients or graph between updates
+        p.grad = None
+    detach_cached_tensors_(model)
     return trained, metrics
 
 

@@ -3,7 +3,7 @@
 :func:`run_server` is the body of the Flower ``ServerApp``. It maps Flower nodes to clients
 (each node reports its partition id, i.e. its speaker), then runs the rounds with
 :class:`espnet_ext.federated.strategy.FederatedDropoutFedAvg`:
-``configure_train`` -> ``grid.send_and_receive`` -> ``aggregate_train``.
+``configure_train`` -> ``grid.send_and_receive`` -> ``aggregate_train`` (their state-dict forms).
 
 After every round it writes, in this order, the cost ledger (``costs.tsv``), the round history
 (``history.jsonl``: seconds, loss, clients, failures, scores) and a checkpoint
@@ -165,14 +165,16 @@ def _train_round(strategy, grid, server_round: int, state: Dict[str, torch.Tenso
                  timeout: float) -> Tuple[Dict[str, torch.Tensor], Optional[Mapping[str, float]]]:
     """One round of client training and merging: (new global state, round metrics or None).
 
-    A round without any client update keeps `state` and has no metrics.
+    A round without any client update keeps `state` and has no metrics. The strategy takes and
+    gives state dicts here (its ``*_state`` methods): Flower's ArrayRecord entry points would
+    serialize and copy the whole global model twice per round for nothing.
     """
-    from flwr.app import ArrayRecord, ConfigRecord
+    from flwr.app import ConfigRecord
 
-    messages = strategy.configure_train(server_round, ArrayRecord(torch_state_dict=state), ConfigRecord(), grid)
+    messages = strategy.configure_train_state(server_round, state, ConfigRecord())
     replies = grid.send_and_receive(messages, timeout=timeout)
-    arrays, metrics = strategy.aggregate_train(server_round, replies)
-    return (arrays.to_torch_state_dict() if arrays is not None else state), metrics
+    new, metrics = strategy.aggregate_train_state(server_round, replies)
+    return (new if new is not None else state), metrics
 
 
 def _evaluate_round(evaluator, setup, server_round: int, state: Dict[str, torch.Tensor]) -> Tuple[dict, float]:

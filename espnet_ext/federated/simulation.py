@@ -33,7 +33,7 @@ import multiprocessing
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from espnet_ext.federated.options import FederatedSetup, OptionsError, check_same_run
 from espnet_ext.federated.plan import (
@@ -329,18 +329,21 @@ class LocalGrid:
     def get_node_ids(self) -> List[int]:
         return list(self.contexts)
 
-    def send_and_receive(self, messages: Iterable, *, timeout: Optional[float] = None) -> List:
+    def send_and_receive(self, messages: Iterable, *, timeout: Optional[float] = None) -> Iterator:
+        """The replies, each made when it is taken: a message is taken from `messages` and its
+        client run only when the caller asks for the next reply, so neither the messages nor
+        the clients' work pile up ahead of the caller (the server merges replies as they come)."""
         from flwr.app import Error, Message
 
-        replies = []
         for msg in messages:
             context = self.contexts[msg.metadata.dst_node_id]
             try:
-                replies.append(self.client_app(msg, context))
+                reply = self.client_app(msg, context)
             except Exception as e:  # a crashing client is a failed client, as in the runtime
                 logger.exception(f"client on node {msg.metadata.dst_node_id} raised")
-                replies.append(Message(Error(code=2, reason=f"{type(e).__name__}: {e}"), reply_to=msg))
-        return replies
+                reply = Message(Error(code=2, reason=f"{type(e).__name__}: {e}"), reply_to=msg)
+            del msg
+            yield reply
 
 
 class NoUpdateError(RuntimeError):

@@ -174,12 +174,28 @@ class FederatedDropoutFedAvg(FedAvg):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid) -> Iterable[Message]:
-        """One message per sampled client, each with that client's own sub-model."""
-        self._global = arrays.to_torch_state_dict()
+        """One message per sampled client, each with that client's own sub-model.
+
+        The messages are made as the grid takes them (a generator): a grid that delivers each
+        message before taking the next (:class:`espnet_ext.federated.simulation.LocalGrid`, a
+        SuperLink push) never has more than one client's sub-model in the server's memory.
+        The sampling and the global model are fixed here, before the first message is taken.
+        """
+        return self.configure_train_state(server_round, arrays.to_torch_state_dict(), config)
+
+    def configure_train_state(self, server_round: int, state: Dict[str, torch.Tensor],
+                              config: ConfigRecord) -> Iterator[Message]:
+        """:meth:`configure_train` from the global model's state dict (not copied, not changed):
+        the server's own rounds skip the ArrayRecord round trip of the whole model."""
+        self._global = state
         self._pending = {}
         self.last_round = server_round
-        messages = []
-        for c in self.sampler.sample(server_round):
+        return self._train_messages(server_round, list(self.sampler.sample(server_round)), config)
+
+    def _train_messages(self, server_round: int, sampled: Sequence[int], config: ConfigRecord) -> Iterator[Message]:
+        """The round's messages, in client order; each client's sub-model is drawn and
+        extracted when its message is taken, and what the reply is checked against is kept."""
+        for c in sampled:
             layout = choose_submodel(self.info.modules, self.module_rates,
                                      submodel_rng(self.seed, server_round, c), self.plan.group_norm_policy)
             small, imap = extract_submodel(self._global, layout)
@@ -192,13 +208,11 @@ class FederatedDropoutFedAvg(FedAvg):
             cfg["structure"] = json.dumps(layout.structure(), sort_keys=True)
             cfg["frozen-keys"] = self.frozen_keys
             node = self.node_of_client[c]
-            messages.append(Message(
-                RecordDict({self.arrayrecord_key: ArrayRecord(torch_state_dict=small),
-                            self.configrecord_key: cfg}),
-                dst_node_id=node, message_type=MessageType.TRAIN))
             self._pending[node] = _Sent(c, imap, {k: tuple(small[k].shape) for k in returned},
                                         tensor_bytes(small), params)
-        return messages
+            yield Message(RecordDict({self.arrayrecord_key: ArrayRecord(torch_state_dict=small),
+                                      self.configrecord_key: cfg}),
+                          dst_node_id=node, message_type=MessageType.TRAIN)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid) -> Iterable[Message]:
@@ -242,6 +256,12 @@ class FederatedDropoutFedAvg(FedAvg):
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> Tuple[Optional[ArrayRecord], Optional[MetricRecord]]:
         """Merge the sub-models of the clients that replied; record every client's cost."""
+        state, metrics = self.aggregate_train_state(server_round, replies)
+        return (ArrayRecord(torch_state_dict=state) if state is not None else None), metrics
+
+    def aggregate_train_state(self, server_round: int, replies: Iterable[Message]
+                              ) -> Tuple[Optional[Dict[str, torch.Tensor]], Optional[MetricRecord]]:
+        """:meth:`aggregate_train` returning the new global state dict (None: no update)."""
         costs: List[ClientCost] = []
         updates: List[_Update] = []
         for msg in replies:
@@ -271,4 +291,4 @@ class FederatedDropoutFedAvg(FedAvg):
                            [u.examples for u in updates], server_lr=self.server_lr)
         metrics = MetricRecord({"loss": _mean_loss(updates), "clients": len(updates),
                                 "failures": len(costs) - len(updates)})
-        return ArrayRecord(torch_state_dict=new), metrics
+        return new, metrics

@@ -63,3 +63,59 @@ def test_merge_of_replies_streams_is_bit_identical_and_leaves_nothing_behind():
     assert torch.equal(merged["frozen"], g["frozen"])
     assert all(len(r) == 0 for r in records)  # every array read and gone from its reply
     assert len(seen) == 12 and all(r() is None for r in seen)  # no tensor of a reply kept
+
+
+def test_round_makes_each_message_when_the_grid_takes_it_and_runs_each_client_when_asked(tmp_path):
+    """In-process rounds hold one client's sub-model message at a time: the strategy makes a message
+    only when the grid takes it, and the grid runs a client only when its reply is asked for; the
+    merge and the costs are those of the whole round."""
+    pytest.importorskip("espnet2.tasks.asr")
+    from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+    from flwr.clientapp import ClientApp
+    from helpers import build_tiny_model
+
+    from espnet_ext.federated.partition import Client, ClientSampler
+    from espnet_ext.federated.plan import ModelInfo, uniform_plan
+    from espnet_ext.federated.simulation import LocalGrid
+    from espnet_ext.federated.strategy import FederatedDropoutFedAvg
+
+    model = build_tiny_model(tmp_path)
+    info = ModelInfo.from_model(model)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items() if k in info.sent_keys}
+    events = []
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context) -> Message:
+        events.append(("client", int(msg.content["config"]["client-index"])))
+        sub = msg.content["arrays"].to_torch_state_dict()
+        metrics = MetricRecord({"num-examples": 2, "params-trained": 1, "steps": 1, "train-seconds": 0.0,
+                                "step-seconds": 0.0, "peak-rss-bytes": 0, "peak-device-bytes": 0,
+                                "model-state-bytes": 0, "loss": 1.0})
+        return Message(RecordDict({"arrays": ArrayRecord(torch_state_dict={k: v + 1 if v.is_floating_point() else v
+                                                                           for k, v in sub.items()}),
+                                   "metrics": metrics}), reply_to=msg)
+
+    n = 3
+    grid = LocalGrid(app, n)
+    strategy = FederatedDropoutFedAvg(info, uniform_plan(info, 0.5), [Client(i, f"s{i}", ("u", "v")) for i in range(n)],
+                                      ClientSampler(n, n, seed=0), {c: 101 + c for c in range(n)}, seed=0)
+    messages = strategy.configure_train(1, ArrayRecord(torch_state_dict=state), ConfigRecord(), grid)
+    assert strategy._pending == {}  # nothing extracted before the grid takes a message
+
+    def taken(it):
+        for msg in it:
+            events.append(("message", int(msg.content["config"]["client-index"])))
+            yield msg
+
+    replies = grid.send_and_receive(taken(iter(messages)))
+    assert events == []  # nothing sent or run until a reply is asked for
+    first = next(replies)
+    assert events == [("message", 0), ("client", 0)] and first.metadata.src_node_id == 101
+    arrays, metrics = strategy.aggregate_train(1, [first, *replies])
+    assert events == [("message", 0), ("client", 0), ("message", 1), ("client", 1), ("message", 2), ("client", 2)]
+    assert int(metrics["clients"]) == n and len(strategy.last_costs) == n
+    assert all(not c.failed and c.bytes_up == c.bytes_down for c in strategy.last_costs)
+    new = arrays.to_torch_state_dict()
+    moved = [k for k in state if state[k].is_floating_point() and not torch.equal(new[k], state[k])]
+    assert moved  # the clients' +1 reached the merged model
