@@ -68,6 +68,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=5, help="timed repetitions of the step comparison")
     p.add_argument("--threads", type=int, default=1, help="torch threads (here and per client)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--cpu_autocast", default="none", help="none or bf16: client (and central) forward precision")
     return p.parse_args()
 
 
@@ -217,7 +218,8 @@ def main() -> int:
         exp, model_file, adapt = synthetic_setup(tmp, args)
     else:
         exp, model_file, adapt = args.exp_dir, args.model_file, args.adapt_data
-    local = LocalTraining(steps=args.local_steps, batch_size=args.batch_size, optim="sgd", lr=0.01)
+    local = LocalTraining(steps=args.local_steps, batch_size=args.batch_size, optim="sgd", lr=0.01,
+                          cpu_autocast=args.cpu_autocast)
 
     # --- 1. federated rounds (no dropout) vs the same steps centrally ---------------------------
     setup = prepare_run(exp, model_file, adapt, [], tmp / "fl", no_dropout_plan(), rounds=args.rounds,
@@ -276,14 +278,13 @@ def main() -> int:
     small_state, _ = extract_submodel(full_state, layout)
     sub = build_submodel(model, layout)
     client = clients[0].index
-    step_local = LocalTraining(steps=args.local_steps, batch_size=args.batch_size, optim="sgd", lr=0.01)
     mems = {}
 
     def timed(m, name):
         def run():
             work = copy.deepcopy(detach_cached_tensors_(m))
             with PeakMemory(args.device) as mem:
-                res = train_locally(work, audio[client], preprocess, collate, step_local, (1, 1, client), args.device)
+                res = train_locally(work, audio[client], preprocess, collate, local, (1, 1, client), args.device)
             mems[name] = max(mems.get(name, 0), mem.peak_device_bytes)
             return res.step_seconds
         return run

@@ -78,6 +78,9 @@ def _add_simulation_options(p: argparse.ArgumentParser, out_help: str) -> None:
     p.add_argument("--client_lr", type=float, default=0.01)
     p.add_argument("--client_momentum", type=float, default=0.0)
     p.add_argument("--grad_clip", type=float, default=5.0)
+    p.add_argument("--client_cpu_autocast", default="none",
+                   help="none or bf16: the clients' forward under CPU bf16 autocast (as asr_train's "
+                        "--cpu_autocast; ignored on a GPU)")
     p.add_argument("--server_lr", type=float, default=1.0)
     p.add_argument("--seeds", type=int_list, default=None,
                    help="several federated seeds, comma-separated (e.g. 1,2,3): each plan's runs go "
@@ -108,7 +111,7 @@ def _simulation_options(args: argparse.Namespace) -> dict:
 
     local = LocalTraining(epochs=args.local_epochs, steps=args.local_steps, batch_size=args.batch_size,
                           optim=args.client_optim, lr=args.client_lr, momentum=args.client_momentum,
-                          grad_clip=args.grad_clip)
+                          grad_clip=args.grad_clip, cpu_autocast=args.client_cpu_autocast)
     return dict(scan_dataset=args.scan_dataset, target_mode=args.target_mode, match_cost=args.match_cost,
                 unit_kinds=tuple(args.unit_kinds), group_norm_policy=args.group_norm_policy,
                 plan_file=args.plan_file, ray_address=args.ray_address, rounds=args.rounds,

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from espnet_ext.data.audio import utterance_audio
+from espnet_ext.experiment.cpu_autocast import autocast_dtype, cpu_autocast
 from espnet_ext.federated.cost import PeakMemory, optimizer_state_factor, training_state_bytes
 
 CLIENT_OPTIMIZERS = ("sgd", "adam")
@@ -50,6 +51,9 @@ class LocalTraining:
         lr: Client learning rate.
         momentum: SGD momentum.
         grad_clip: Gradient-norm clipping threshold (ESPnet's default 5; <= 0: none).
+        cpu_autocast: ``none`` or ``bf16``: the forward under CPU bf16 autocast, as central
+            training's ``--cpu_autocast`` (:mod:`espnet_ext.experiment.cpu_autocast`; ignored on
+            a GPU).
     """
 
     epochs: int = 1
@@ -59,6 +63,15 @@ class LocalTraining:
     lr: float = 0.01
     momentum: float = 0.0
     grad_clip: float = 5.0
+    cpu_autocast: str = "none"
+
+    def identity(self) -> Dict[str, object]:
+        """The options as a dict for a run's identity; ``cpu_autocast`` only when not ``none``,
+        so runs made before it existed keep their identity (and resume)."""
+        d = dataclasses.asdict(self)
+        if d["cpu_autocast"] == "none":
+            del d["cpu_autocast"]
+        return d
 
     def validate(self) -> None:
         if self.optim not in CLIENT_OPTIMIZERS:
@@ -70,6 +83,7 @@ class LocalTraining:
             raise ValueError(f"client batch size must be >= 1, got {self.batch_size}")
         if self.lr <= 0:
             raise ValueError(f"client learning rate must be > 0, got {self.lr}")
+        autocast_dtype(self.cpu_autocast)
 
 
 @dataclasses.dataclass
@@ -138,6 +152,7 @@ def train_locally(model: torch.nn.Module, examples: Sequence[Tuple[str, np.ndarr
     torch.manual_seed(int(rng.integers(2**62)))
     items = [(uid, preprocess_fn(uid, {"speech": wav, "text": text})) for uid, wav, text in examples]
     model.train()
+    dtype = autocast_dtype(opts.cpu_autocast) if torch.device(device).type == "cpu" else None
     optimizer = _optimizer([p for p in model.parameters() if p.requires_grad], opts)
     total_steps = opts.steps if opts.steps > 0 else opts.epochs * int(np.ceil(len(items) / opts.batch_size))
     steps = skipped = 0
@@ -150,7 +165,8 @@ def train_locally(model: torch.nn.Module, examples: Sequence[Tuple[str, np.ndarr
                 break
             _, batch = collate_fn([items[i] for i in order[start:start + opts.batch_size]])
             batch = {k: v.to(device) for k, v in batch.items()}
-            loss, _, _ = model(**batch)
+            with cpu_autocast(model, dtype):
+                loss, _, _ = model(**batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(

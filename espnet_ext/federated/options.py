@@ -114,7 +114,7 @@ class FederatedSetup:
             "plan": self.plan.to_dict(),
             "clients_per_round": self.clients_per_round,
             "min_utts": self.min_utts,
-            "local": dataclasses.asdict(self.local),
+            "local": self.local.identity(),
             "server_lr": self.server_lr,
             "seed": self.seed,
             "failure_prob": self.failure_prob,

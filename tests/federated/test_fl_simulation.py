@@ -338,3 +338,38 @@ def test_parallel_runs_need_the_local_backend(world, tmp_path):
         run_plans(world["exp"], "latest.pth", world["adapt"], world["eval"][:1], tmp_path / "fl", ["none"],
                   seeds=[1, 2], parallel_runs=2, **_options(backend="ray"))
     assert not (tmp_path / "fl" / "none").exists()  # refused before any run dir was made
+
+
+def test_client_training_under_cpu_bf16_autocast_trains_float32_weights_differently(world):
+    """--client_cpu_autocast bf16: the clients' forward runs in bfloat16 (other updates than in
+    float32, from the same seed), the weights stay float32, and a run's identity only changes
+    when it is used (runs made before the option resume)."""
+    import copy
+
+    from espnet_ext.data.kaldi import KaldiDataDir
+    from espnet_ext.federated.client import load_utterances, train_locally
+    from espnet_ext.federated.modelio import build_asr_model, build_data_pipeline, load_weights
+    from espnet_ext.federated.partition import speaker_clients
+
+    config = world["exp"] / "config.yaml"
+    model = build_asr_model(config)
+    model.load_state_dict(load_weights(world["exp"] / "latest.pth"))
+    preprocess, collate = build_data_pipeline(config)
+    data = KaldiDataDir.read(world["adapt"])
+    examples = load_utterances(data, speaker_clients(data)[0].utterances)
+    trained = {}
+    for name in ("none", "bf16"):
+        m = copy.deepcopy(model)
+        opts = LocalTraining(steps=2, batch_size=3, optim="sgd", lr=0.1, cpu_autocast=name)
+        result = train_locally(m, examples, preprocess, collate, opts, seed=(0, 1, 0))
+        assert result.steps == 2 and np.isfinite(result.loss)
+        assert all(p.dtype == torch.float32 for p in m.parameters())
+        assert m.forward.__func__ is type(m).forward  # the autocast wrapper is gone after training
+        trained[name] = m.state_dict()
+    w = "encoder.encoders.0.feed_forward.w_1.weight"
+    assert not torch.equal(trained["none"][w], trained["bf16"][w])
+    assert torch.allclose(trained["none"][w], trained["bf16"][w], atol=0.05)
+    assert "cpu_autocast" not in LocalTraining().identity()
+    assert LocalTraining(cpu_autocast="bf16").identity()["cpu_autocast"] == "bf16"
+    with pytest.raises(ValueError, match="cpu_autocast"):
+        LocalTraining(cpu_autocast="fp8").validate()
