@@ -36,7 +36,7 @@ fl_seeds="1"
     --nbpe 50 \
     --seeds 1 \
     --scan_granularities "block submodule" \
-    --scan_taus 0,1,2,4,8,last \
+    --scan_taus 0,1,2,4,8,16,last \
     --fl_adapt_set "${fl_adapt_set}" \
     --fl_test_sets "${fl_test_sets}" \
     --fl_args "${fl_args}" \
