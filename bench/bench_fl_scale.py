@@ -244,9 +244,9 @@ def aggregation_worker(args, n: int, root: Path) -> int:
         spent[0] += time.perf_counter() - t0
         replies = grid.send_and_receive(timed(messages, spent))
         new, _ = strategy.aggregate_train_state(server_round, replies)
-        total = time.perf_counter() - t0
+        round_s = time.perf_counter() - t0
         configure_s.append(spent[0])
-        aggregate_s.append(total - spent[0] - sum(client_s))
+        aggregate_s.append(round_s - spent[0] - sum(client_s))
         sub_bytes.append(statistics.mean(c.bytes_down for c in strategy.last_costs))
         del messages, replies
         state = new
