@@ -42,9 +42,8 @@ def parse_args() -> argparse.Namespace:
 
 def build_model(config: Path, vocab: int) -> torch.nn.Module:
     """The model ESPnet builds from `config` with a `vocab`-token list (seed 0)."""
-    from espnet2.tasks.asr import ASRTask
-
     from espnet_ext.asr.registration import register_encoders
+    from espnet_ext.experiment.training import CheckpointKeepingASRTask as ASRTask  # reads cpu_autocast
 
     register_encoders()
     tokens = Path(tempfile.mkdtemp(prefix="bench_training_")) / "tokens.txt"
