@@ -22,9 +22,9 @@ fl_args="--rounds 20 --clients_per_round 4 --local_epochs 1 --batch_size 4 --cli
 fl_args+=" --backend local --parallel_runs 2 --client_threads 1"
 # Clients train in float32: under CPU bf16 autocast (--client_cpu_autocast bf16) their batches of 4
 # utterances took 9.1 s per round instead of 5.3 s on this corpus (RESULTS.md, "Recipe time").
-# One federated seed (~8 min of stage 8 on 2 cores; RESULTS.md, "Recipe time"); its results.md still
+# One federated seed (stage 8 took 576 s on 2 cores; RESULTS.md, "Recipe time"); its results.md still
 # gives paired bootstrap intervals over the test utterances. For the spread over seeds run every plan
-# once per seed: --fl_seeds "1 2 3" (each seed adds ~8 min).
+# once per seed: --fl_seeds "1 2 3" (each seed adds ~8-10 min).
 fl_seeds="1"
 
 ../../TEMPLATE/asr1/asr.sh \
