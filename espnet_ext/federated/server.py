@@ -172,6 +172,8 @@ def _train_round(strategy, grid, server_round: int, state: Dict[str, torch.Tenso
     from flwr.app import ConfigRecord
 
     messages = strategy.configure_train_state(server_round, state, ConfigRecord())
+    if not getattr(grid, "STREAMS_MESSAGES", False):
+        messages = list(messages)  # Flower's grids iterate the messages twice (checks, then push)
     replies = grid.send_and_receive(messages, timeout=timeout)
     new, metrics = strategy.aggregate_train_state(server_round, replies)
     return (new if new is not None else state), metrics

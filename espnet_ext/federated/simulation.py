@@ -307,6 +307,10 @@ class LocalGrid:
         num_nodes: Number of nodes (clients).
     """
 
+    #: send_and_receive takes each message only when it runs that client (the server may hand it
+    #: a generator; Flower's own grids get a list).
+    STREAMS_MESSAGES = True
+
     def __init__(self, client_app, num_nodes: int):
         from flwr.app import Context, RecordDict
         from flwr.common.constant import SUPERLINK_NODE_ID

@@ -174,19 +174,17 @@ class FederatedDropoutFedAvg(FedAvg):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid) -> Iterable[Message]:
-        """One message per sampled client, each with that client's own sub-model.
-
-        The messages are made as the grid takes them (a generator): a grid that delivers each
-        message before taking the next (:class:`espnet_ext.federated.simulation.LocalGrid`, a
-        SuperLink push) never has more than one client's sub-model in the server's memory.
-        The sampling and the global model are fixed here, before the first message is taken.
-        """
-        return self.configure_train_state(server_round, arrays.to_torch_state_dict(), config)
+        """One message per sampled client, each with that client's own sub-model (a list:
+        Flower's grids iterate the messages more than once)."""
+        return list(self.configure_train_state(server_round, arrays.to_torch_state_dict(), config))
 
     def configure_train_state(self, server_round: int, state: Dict[str, torch.Tensor],
                               config: ConfigRecord) -> Iterator[Message]:
-        """:meth:`configure_train` from the global model's state dict (not copied, not changed):
-        the server's own rounds skip the ArrayRecord round trip of the whole model."""
+        """:meth:`configure_train` from the global model's state dict (not copied, not changed),
+        the messages made as they are taken (a generator): a grid that delivers each message
+        before taking the next (:class:`espnet_ext.federated.simulation.LocalGrid`) never has
+        more than one client's sub-model in the server's memory. The sampling and the global
+        model are fixed here, before the first message is taken."""
         self._global = state
         self._pending = {}
         self.last_round = server_round

@@ -100,7 +100,12 @@ def test_round_makes_each_message_when_the_grid_takes_it_and_runs_each_client_wh
     grid = LocalGrid(app, n)
     strategy = FederatedDropoutFedAvg(info, uniform_plan(info, 0.5), [Client(i, f"s{i}", ("u", "v")) for i in range(n)],
                                       ClientSampler(n, n, seed=0), {c: 101 + c for c in range(n)}, seed=0)
-    messages = strategy.configure_train(1, ArrayRecord(torch_state_dict=state), ConfigRecord(), grid)
+    # Flower's API gives a list (its grids iterate the messages twice) ...
+    listed = strategy.configure_train(1, ArrayRecord(torch_state_dict=state), ConfigRecord(), grid)
+    assert isinstance(listed, list) and len(listed) == n
+    # ... the server's own entry point a generator, which the in-process grid takes one at a time.
+    assert LocalGrid.STREAMS_MESSAGES
+    messages = strategy.configure_train_state(1, state, ConfigRecord())
     assert strategy._pending == {}  # nothing extracted before the grid takes a message
 
     def taken(it):
