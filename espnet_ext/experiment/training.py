@@ -7,10 +7,13 @@ every epoch tau. ESPnet never writes the initial weights (they can be rebuilt fr
 `<output_dir>/checkpoints/0epoch.pth` (with its identity, seed and model-config hash, in
 `checkpoints/0epoch.json`) before the first update and hard-links each
 `{N}epoch.pth` into `checkpoints/` before ESPnet can delete it (a hard link costs no disk space).
-It adds one option, ``--cpu_autocast {none,bf16}`` (config key ``cpu_autocast``): the training
-forward under CPU mixed precision (:mod:`espnet_ext.experiment.cpu_autocast`; ignored with
-``--ngpu`` > 0, where ESPnet's ``--use_amp`` applies). Everything else is ESPnet's own training
-loop, unchanged.
+It adds three options for CPU training (config keys of the same names), all ignored with
+``--ngpu`` > 0: ``--cpu_autocast {none,bf16}``, the training forward under CPU mixed precision
+(:mod:`espnet_ext.experiment.cpu_autocast`; on a GPU ESPnet's ``--use_amp`` applies);
+``--cpu_dropout {torch,fast}``, dropout masks drawn from 16-bit random integers
+(:mod:`espnet_ext.experiment.cpu_dropout`); ``--cpu_channels_last {false,true}``, channels-last
+2-D convolution weights (:mod:`espnet_ext.experiment.cpu_layout`). Everything else is ESPnet's
+own training loop, unchanged.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import torch
 import yaml
 from espnet2.tasks.asr import ASRTask
 from espnet2.train.trainer import Trainer, TrainerOptions
+from espnet2.utils.types import str2bool
 
 from espnet_ext.experiment.checkpoints import (
     CHECKPOINT_DIR,
@@ -38,6 +42,8 @@ from espnet_ext.experiment.checkpoints import (
     write_identity,
 )
 from espnet_ext.experiment.cpu_autocast import CPU_AUTOCAST_DTYPES, autocast_dtype, cpu_autocast
+from espnet_ext.experiment.cpu_dropout import CPU_DROPOUT_KINDS, cpu_fast_dropout
+from espnet_ext.experiment.cpu_layout import channels_last_convs
 from espnet_ext.utils.atomic import save_torch_atomic
 
 
@@ -143,13 +149,17 @@ def keep_epoch_checkpoints(output_dir: Path) -> None:
 
 @dataclasses.dataclass
 class ExtTrainerOptions(TrainerOptions):
-    """ESPnet's trainer options plus ``cpu_autocast`` (``none`` or ``bf16``)."""
+    """ESPnet's trainer options plus the CPU training options ``cpu_autocast`` (``none`` or
+    ``bf16``), ``cpu_dropout`` (``torch`` or ``fast``) and ``cpu_channels_last``."""
 
     cpu_autocast: str = "none"
+    cpu_dropout: str = "torch"
+    cpu_channels_last: bool = False
 
 
 class CheckpointKeepingTrainer(Trainer):
-    """ESPnet's Trainer, plus checkpoint 0, a kept copy of every epoch's weights, and CPU autocast."""
+    """ESPnet's Trainer, plus checkpoint 0, a kept copy of every epoch's weights, and the CPU
+    training options (autocast, dropout, channels-last convolutions)."""
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -158,6 +168,15 @@ class CheckpointKeepingTrainer(Trainer):
             "--cpu_autocast", default="none", choices=list(CPU_AUTOCAST_DTYPES),
             help="CPU mixed precision of the training forward (front end stays float32; "
                  "weights and optimizer stay float32); ignored with --ngpu > 0 (see --use_amp)")
+        group.add_argument(
+            "--cpu_dropout", default="torch", choices=list(CPU_DROPOUT_KINDS),
+            help="dropout masks on CPU: torch's bernoulli, or 'fast' (16-bit random integers, "
+                 "same keep probability to 1/32768, ~0.9x the step time); ignored with --ngpu > 0")
+        group.add_argument(
+            "--cpu_channels_last", type=str2bool, default=False,
+            help="channels-last 2-D convolution weights while training on CPU (the conv2d "
+                 "subsampling front, ~0.9x the step time); ignored with --ngpu > 0 or several "
+                 "processes")
 
     @classmethod
     def build_options(cls, args: argparse.Namespace) -> ExtTrainerOptions:
@@ -197,7 +216,17 @@ class CheckpointKeepingTrainer(Trainer):
         if dtype is not None and options.ngpu > 0:
             logging.warning("--cpu_autocast applies to CPU training only; ignored with --ngpu > 0")
             dtype = None
-        with cpu_autocast(model, dtype):
+        fast_dropout = getattr(options, "cpu_dropout", "torch") == "fast"
+        if fast_dropout and options.ngpu > 0:
+            logging.warning("--cpu_dropout applies to CPU training only; ignored with --ngpu > 0")
+            fast_dropout = False
+        channels_last = bool(getattr(options, "cpu_channels_last", False))
+        if channels_last and (options.ngpu > 0 or distributed_option.distributed):
+            # DDP's gradient buckets are laid out for the parameters' layout at wrap time.
+            logging.warning("--cpu_channels_last applies to single-process CPU training only; ignored")
+            channels_last = False
+        with cpu_autocast(model, dtype), cpu_fast_dropout(model, fast_dropout), \
+                channels_last_convs(model, channels_last):
             return super().train_one_epoch(
                 model=model,
                 iterator=iterator,

@@ -1,5 +1,7 @@
 """The training wrapper keeps checkpoint 0 (the model before any update) and every epoch."""
 
+import contextlib
+
 import pytest
 import torch
 import yaml
@@ -80,3 +82,46 @@ def test_cpu_autocast_is_a_training_option_with_fixed_choices(tiny_asr_setup, tm
     args = CheckpointKeepingASRTask.get_parser().parse_args(
         train_args(*tiny_asr_setup, tmp_path / "exp", max_epoch=1))
     assert args.cpu_autocast == "none"  # off unless asked
+
+
+def test_fast_dropout_and_channels_last_options_train(tiny_asr_setup, tmp_path, one_thread, monkeypatch):
+    from espnet_ext.experiment import cpu_dropout, training
+    from espnet_ext.experiment.checkpoints import checkpoint_path, saved_epochs
+    from espnet_ext.experiment.training import CheckpointKeepingASRTask
+
+    masks, layouts = [], []
+    original_dropout, original_layout = cpu_dropout.fast_dropout, training.channels_last_convs
+
+    def counting_dropout(x, p, training=True):
+        masks.append(training and p > 0)
+        return original_dropout(x, p, training)
+
+    def seen_layout(model, enabled=True):
+        conv = getattr(model, "module", model).encoder.embed.conv[2]  # 2nd conv: >1 input channel
+        with original_layout(model, enabled):
+            layouts.append(conv.weight.is_contiguous(memory_format=torch.channels_last)
+                           and not conv.weight.is_contiguous())
+            yield
+
+    monkeypatch.setattr(cpu_dropout, "fast_dropout", counting_dropout)
+    monkeypatch.setattr(training, "channels_last_convs", contextlib.contextmanager(seen_layout))
+    train, valid, tokens, config = tiny_asr_setup
+    conf = yaml.safe_load(config.read_text())
+    conf["encoder_conf"]["dropout_rate"] = 0.1  # the tiny config has none
+    config.write_text(yaml.safe_dump(conf))
+    out = tmp_path / "exp"
+    CheckpointKeepingASRTask.main(cmd=train_args(train, valid, tokens, config, out, max_epoch=1,
+                                                 cpu_dropout="fast", cpu_channels_last="true"))
+
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["cpu_dropout"] == "fast" and saved["cpu_channels_last"] is True
+    assert any(masks)  # the training forward drew its masks here
+    assert layouts == [True]  # the epoch ran with channels-last convolutions
+    assert saved_epochs(out) == [0, 1]
+    ckpt0, ckpt1 = _load(checkpoint_path(out, 0)), _load(checkpoint_path(out, 1))
+    conv_weights = [k for k, t in ckpt1.items() if t.dim() == 4]
+    assert conv_weights and all(ckpt1[k].is_contiguous() for k in conv_weights)  # the usual layout
+    assert any(not torch.equal(ckpt0[k], ckpt1[k]) for k in ckpt1 if ckpt1[k].is_floating_point())
+    args = CheckpointKeepingASRTask.get_parser().parse_args(
+        train_args(*tiny_asr_setup, tmp_path / "exp2", max_epoch=1))
+    assert args.cpu_dropout == "torch" and args.cpu_channels_last is False  # off unless asked

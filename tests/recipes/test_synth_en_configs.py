@@ -38,8 +38,10 @@ def test_depth_configs_change_only_the_depth_and_precision_of_the_small_ones():
             assert d == expected, (norm, blocks)
 
 
-def test_default_configs_are_the_float32_ones_under_bf16_autocast():
+def test_default_configs_are_the_float32_ones_with_the_cpu_training_options():
     for n in ("", "_gn"):
         d = yaml.safe_load((CONF / f"train_asr_conformer{n}.yaml").read_text())
         fp32 = yaml.safe_load((CONF / "tuning" / f"train_asr_conformer{n}_fp32.yaml").read_text())
-        assert d.pop("cpu_autocast") == "bf16" and d == fp32
+        options = {k: d.pop(k) for k in ("cpu_autocast", "cpu_dropout", "cpu_channels_last")}
+        assert options == {"cpu_autocast": "bf16", "cpu_dropout": "fast", "cpu_channels_last": True}
+        assert d == fp32
