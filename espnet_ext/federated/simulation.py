@@ -555,39 +555,22 @@ def _init_run_process(threads: int, log_level: int, log_format: Optional[str]) -
     logging.basicConfig(level=log_level, format=log_format)
 
 
-def _run_in_process(setup: FederatedSetup, threads: int) -> dict:
-    import torch
-
-    torch.set_num_threads(max(1, threads))
+def _run_in_process(setup: FederatedSetup) -> dict:
     return run_federated(setup)
-
-
-def run_threads(count: int, processes: int, threads: int) -> List[int]:
-    """Torch threads of each of `count` runs done `processes` at a time with `threads` each.
-
-    The runs of a last, partial wave would leave processes idle; they share those processes'
-    threads instead (7 runs on 2 processes x 1 thread: the 7th runs alone, with 2 threads).
-    A run's floats can differ in the last bits with its thread count, as any torch training's.
-    """
-    full = count - count % processes if count > processes else 0
-    last = count - full
-    return [threads if i < full else max(threads, threads * processes // last) for i in range(count)]
 
 
 def run_in_processes(setups: Sequence[FederatedSetup], processes: int) -> List[dict]:
     """Run in-process (``local``) simulations, `processes` at a time, each in a worker process
-    with ``client_threads`` torch threads (the runs of a last, partial wave: more, see
-    :func:`run_threads`); returns their results in the order of `setups`.
+    with ``client_threads`` torch threads; returns their results in the order of `setups`.
 
     Workers are spawned (not forked: torch's thread pools do not survive a fork) and each does
-    several runs, so ESPnet is imported once per worker. Runs start in the order of `setups`.
+    several runs, so ESPnet is imported once per worker.
     """
     root = logging.getLogger()
     fmt = next((h.formatter._fmt for h in root.handlers if h.formatter is not None), None)
     threads = max(s.client_threads for s in setups)
-    workers = min(processes, len(setups))
-    with ProcessPoolExecutor(max_workers=workers,
+    with ProcessPoolExecutor(max_workers=min(processes, len(setups)),
                              mp_context=multiprocessing.get_context("spawn"),
                              initializer=_init_run_process,
                              initargs=(threads, root.getEffectiveLevel(), fmt)) as pool:
-        return list(pool.map(_run_in_process, setups, run_threads(len(setups), workers, threads)))
+        return list(pool.map(_run_in_process, setups))

@@ -373,14 +373,3 @@ def test_client_training_under_cpu_bf16_autocast_trains_float32_weights_differen
     assert LocalTraining(cpu_autocast="bf16").identity()["cpu_autocast"] == "bf16"
     with pytest.raises(ValueError, match="cpu_autocast"):
         LocalTraining(cpu_autocast="fp8").validate()
-
-
-def test_the_runs_of_a_last_partial_wave_share_the_idle_threads():
-    from espnet_ext.federated.simulation import run_threads
-
-    assert run_threads(7, 2, 1) == [1] * 6 + [2]  # stage 8's 7 runs: the 7th alone, both cores
-    assert run_threads(4, 2, 1) == [1] * 4  # full waves only
-    assert run_threads(5, 4, 2) == [2] * 4 + [8]
-    assert run_threads(6, 4, 1) == [1] * 4 + [2, 2]
-    assert run_threads(1, 2, 1) == [2]  # fewer runs than processes
-    assert run_threads(3, 3, 1) == [1, 1, 1]
