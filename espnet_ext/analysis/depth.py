@@ -422,7 +422,8 @@ def _markdown(setups: Sequence[DepthSetup], collections: Dict[str, Collection], 
                "straddles the threshold; `-`: scan without intervals).")
     out.append("- Normalized depth of a block: block index / (blocks - 1).")
     out += [f"- Note: {n}" for n in notes]
-    out += [f"- Skipped: {p} ({why})" for p, why in skipped.items()]
+    # A reason usually starts with its run's path: say it once.
+    out += [f"- Skipped: {p} ({why.removeprefix(f'{p}: ')})" for p, why in skipped.items()]
     head = ["norm", "blocks", "seeds"]
     for granularity in collections:
         kinds: List[str] = []
