@@ -2,7 +2,7 @@
 
 On CPU, ``torch.nn.functional.dropout`` draws its mask with ``bernoulli_``, which costs ~15x a
 multiply per element: in the synth_en Conformer's training step (4x96, batch 33, bf16 autocast,
-one thread) it is the single largest operator, ~16% of the step (``bench/bench_training.py
+one thread) it is the single largest operator, 14-16% of the step (``bench/bench_training.py
 --profile``). Drawing 16-bit random integers and comparing them with a threshold gives the same
 Bernoulli mask for a fraction of the cost (``bench/bench_training.py --levers``).
 

@@ -27,7 +27,9 @@ def channels_last_convs(model: torch.nn.Module, enabled: bool = True) -> Iterato
 
     The parameters stay the same ``Parameter`` objects (their data is re-laid out in place), so
     an optimizer built on them keeps working, and checkpoints written outside the context hold
-    the usual contiguous tensors. A ``DistributedDataParallel`` wrapper is looked through.
+    the usual contiguous tensors. A ``DistributedDataParallel`` wrapper is looked through, but
+    espnet_ext's trainer does not use this under several processes (DDP lays out its gradient
+    buckets for the parameters' layout when it wraps the model).
     """
     convs = _conv2d_modules(getattr(model, "module", model)) if enabled else []
     for conv in convs:
