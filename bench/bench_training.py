@@ -9,7 +9,9 @@ utterances of --seconds seconds each, exactly as espnet_ext's trainer runs it. L
 - ``bf16+fast_dropout``: ``--cpu_autocast bf16 --cpu_dropout fast``;
 - ``bf16+fast_dropout+channels_last``: the same and ``--cpu_channels_last true``;
 - ``bf16+compile``: ``bf16`` with the encoder under ``torch.compile`` (not a trainer option: the
-  bench measures whether it would be worth one; its compile time is printed apart).
+  bench measures whether it would be worth one; its compile time is printed apart);
+- ``fp32+fast_dropout``, ``fp32+fast_dropout+channels_last``: the two newer levers in float32,
+  as federated clients train (e.g. ``--batch 4 --seconds 3``).
 
 The levers alternate step by step (ABCABC...) at each thread count, so load from other processes
 hits all alike; medians are printed per lever, with each one's ratio to ``fp32`` (< 1: faster).
@@ -42,6 +44,9 @@ LEVERS = {
     "bf16+fast_dropout": ("bf16", "fast", False, False),
     "bf16+fast_dropout+channels_last": ("bf16", "fast", True, False),
     "bf16+compile": ("bf16", "torch", False, True),
+    # float32 with the other two levers: the federated clients' precision (fl_simulate)
+    "fp32+fast_dropout": ("none", "fast", False, False),
+    "fp32+fast_dropout+channels_last": ("none", "fast", True, False),
 }
 
 

@@ -145,7 +145,7 @@ SYNTH_CONF = __import__("pathlib").Path(__file__).resolve().parents[2] / "egs2" 
 def _recipe_model(tmp_path, config_name):
     from helpers import write_char_token_list
 
-    from espnet_ext.experiment.training import CheckpointKeepingASRTask  # parses cpu_autocast
+    from espnet_ext.experiment.training import CheckpointKeepingASRTask  # parses the cpu_* keys
 
     args = CheckpointKeepingASRTask.get_parser().parse_args(
         ["--config", str(SYNTH_CONF / config_name), "--token_type", "char",

@@ -127,7 +127,7 @@ def test_conformer_kinds_are_those_of_committed_results(tmp_path):
     from helpers import write_char_token_list
 
     recipe = Path(__file__).resolve().parents[2] / "egs2" / "synth_en" / "asr1"
-    from espnet_ext.experiment.training import CheckpointKeepingASRTask  # parses cpu_autocast
+    from espnet_ext.experiment.training import CheckpointKeepingASRTask  # parses the cpu_* keys
 
     args = CheckpointKeepingASRTask.get_parser().parse_args(
         ["--config", str(recipe / "conf" / "train_asr_conformer.yaml"), "--token_type", "char",
