@@ -30,7 +30,17 @@ Per setup:
   without uncertain labels) and mean Spearman of reset deltas
   (:func:`espnet_ext.analysis.stability.seed_stability`);
 * **weight update vs reset delta**: Spearman per run and pooled over the setup's runs
-  (:func:`espnet_ext.analysis.stability.update_vs_delta`).
+  (:func:`espnet_ext.analysis.stability.update_vs_delta`);
+* **training time** per run: epochs, median and summed epoch time (training + validation,
+  seconds) from ESPnet's reporter in ``checkpoint.pth``
+  (:meth:`~espnet_ext.experiment.experiment_dir.ExperimentDir.epoch_seconds`), which survives a
+  training that was interrupted and resumed.
+
+A run that did not learn is no evidence about its layers: resetting a layer of a model whose
+error is already near 100% barely changes it, so every layer would read ambient. Runs whose scan
+baseline (the trained model's error on the scanned set, the ambient rule's metric) is above
+``max_base_error`` percent are therefore left out of everything above and listed on their own
+with their error rates (``not_converged`` in depth.json).
 """
 
 from __future__ import annotations
@@ -79,6 +89,9 @@ class DepthOptions:
         depth_bins: Normalized-depth bins of the cross-run comparison (only used when the runs of
             one setup have different groups).
         allow_missing: Skip runs without a scan or checkpoints instead of failing.
+        max_base_error: Runs whose scan baseline on `dataset` is above this (percent, the ambient
+            rule's metric) did not converge and are left out of the analysis (listed apart);
+            None: keep every run.
     """
 
     exp_dir: Path
@@ -91,6 +104,7 @@ class DepthOptions:
     decode_tag: Optional[str] = None
     depth_bins: int = 4
     allow_missing: bool = False
+    max_base_error: Optional[float] = 50.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,6 +207,49 @@ class UpdateCorrelation:
     pooled: st.Correlation
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainingTime:
+    """How long one run's training took, from its epochs' times.
+
+    Attributes:
+        run: Run name.
+        epochs: Epochs finished.
+        median_epoch_s: Median epoch time (training + validation), seconds: robust to epochs that
+            shared the machine or were paused.
+        min_epoch_s: The fastest epoch, seconds: the closest to an idle machine's epoch when the
+            run shared it.
+        total_s: Sum of the epoch times, seconds (start-up and lost partial epochs not included).
+    """
+
+    run: str
+    epochs: int
+    median_epoch_s: float
+    min_epoch_s: float
+    total_s: float
+
+
+@dataclasses.dataclass(frozen=True)
+class NotConverged:
+    """A run left out of the analysis because its trained model's error is too high.
+
+    Attributes:
+        run: Run name.
+        norm, num_blocks, output_size, seed: Its setup and seed.
+        metric: The ambient rule's metric (``CER``/``WER``).
+        base_error: The scan baseline on the analysed set, percent.
+        error_rates: Its decodings: {set: {metric: percent}}.
+    """
+
+    run: str
+    norm: str
+    num_blocks: Optional[int]
+    output_size: Optional[int]
+    seed: Optional[int]
+    metric: str
+    base_error: float
+    error_rates: Dict[str, Dict[str, float]]
+
+
 @dataclasses.dataclass
 class DepthSetup:
     """Everything the depth analysis says about one setup (norm x blocks x dimension).
@@ -207,6 +264,7 @@ class DepthSetup:
         error_rates: Per decoded set and metric.
         stability: Per granularity, the agreement across seeds.
         updates: Per granularity, weight update vs reset delta.
+        training: Per run (by seed), its training time; runs without epoch times left out.
     """
 
     norm: str
@@ -218,6 +276,7 @@ class DepthSetup:
     error_rates: List[ErrorRate]
     stability: Dict[str, st.SeedStability]
     updates: Dict[str, UpdateCorrelation]
+    training: List[TrainingTime] = dataclasses.field(default_factory=list)
 
     @property
     def setup(self) -> str:
@@ -235,6 +294,7 @@ class DepthResult:
     figures: List[Path]
     skipped: Dict[str, str]
     notes: List[str]
+    not_converged: List[NotConverged] = dataclasses.field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- per run
@@ -323,6 +383,59 @@ def _error_rates(runs: Sequence[str], rates: Dict[str, Dict[str, Dict[str, float
     return out
 
 
+def training_time(run: AnalyzedRun) -> Optional[TrainingTime]:
+    """The run's epochs and their times (None when its checkpoint.pth has none)."""
+    from espnet_ext.experiment.experiment_dir import ExperimentDir
+
+    times = ExperimentDir(run.info.exp_dir).epoch_seconds()
+    if not times:
+        return None
+    return TrainingTime(run.info.name, len(times), statistics.median(times.values()),
+                        min(times.values()), sum(times.values()))
+
+
+# ----------------------------------------------------------------------------- convergence
+def split_not_converged(collections: Dict[str, Collection], max_base_error: Optional[float],
+                        rates: Dict[str, Dict[str, Dict[str, float]]]
+                        ) -> Tuple[Dict[str, Collection], List[NotConverged]]:
+    """Leave out the runs whose scan baseline is above `max_base_error` percent.
+
+    A run is left out of every granularity when any of its scans is above the limit.
+
+    Args:
+        collections: {granularity: its runs}.
+        max_base_error: The limit (percent, each scan's metric); None: keep every run.
+        rates: {run name: {set: {metric: percent}}}, reported for the runs left out.
+
+    Returns:
+        ({granularity: the runs kept}, the runs left out, in the collections' order).
+
+    Raises:
+        AnalysisInputError: No run is left in any granularity.
+    """
+    if max_base_error is None:
+        return collections, []
+    out: Dict[str, NotConverged] = {}
+    for coll in collections.values():
+        for r in coll.runs:
+            metric = coll.metric.upper()
+            base = r.scan.baseline.get(metric)
+            if base is not None and base > max_base_error and r.info.name not in out:
+                out[r.info.name] = NotConverged(
+                    r.info.name, r.info.norm, r.info.num_blocks, r.info.output_size, r.info.seed,
+                    metric, base, rates.get(r.info.name, {}))
+    kept = {g: dataclasses.replace(c, runs=[r for r in c.runs if r.info.name not in out])
+            for g, c in collections.items()}
+    kept = {g: c for g, c in kept.items() if c.runs}
+    if not kept:
+        raise AnalysisInputError(
+            f"every run's scan baseline is above --max_base_error {max_base_error:g}% "
+            f"({', '.join(f'{n.run}: {n.metric} {n.base_error:g}%' for n in out.values())}): no "
+            "trained model to analyse; train longer, or raise the limit if these error rates are "
+            "what a converged model gets on this data")
+    return kept, list(out.values())
+
+
 # ----------------------------------------------------------------------------- per setup
 SetupKey = Tuple[str, Optional[int], Optional[int]]
 
@@ -383,7 +496,9 @@ def depth_setups(collections: Dict[str, Collection], rates: Dict[str, Dict[str, 
             fractions={g: _fractions(runs, g) for g, runs in by_gran.items()},
             positions=[block_positions(r) for r in by_gran.get(BLOCK_GRANULARITY, [])],
             error_rates=_error_rates(list(names), rates, datasets),
-            stability=stability, updates=updates))
+            stability=stability, updates=updates,
+            training=[t for t in (training_time(r) for r in _by_seed(
+                list({r.info.name: r for runs in by_gran.values() for r in runs}.values()))) if t]))
     return out
 
 
@@ -408,7 +523,7 @@ def _rate_cell(setup: DepthSetup, dataset: str, metric: str) -> str:
 
 def _markdown(setups: Sequence[DepthSetup], collections: Dict[str, Collection], opts: DepthOptions,
               datasets: Sequence[str], figures: Sequence[Path], skipped: Dict[str, str],
-              notes: Sequence[str]) -> str:
+              notes: Sequence[str], not_converged: Sequence[NotConverged] = ()) -> str:
     first = next(iter(collections.values()))
     m = first.metric.upper()
     run = first.runs[0]
@@ -424,6 +539,9 @@ def _markdown(setups: Sequence[DepthSetup], collections: Dict[str, Collection], 
     out += [f"- Note: {n}" for n in notes]
     # A reason usually starts with its run's path: say it once.
     out += [f"- Skipped: {p} ({why.removeprefix(f'{p}: ')})" for p, why in skipped.items()]
+    if opts.max_base_error is not None:
+        out.append(f"- Left out as not converged: runs whose scan baseline on {opts.dataset} is above "
+                   f"{opts.max_base_error:g}% ({len(not_converged)} run(s); table at the end).")
     head = ["norm", "blocks", "seeds"]
     for granularity in collections:
         kinds: List[str] = []
@@ -479,13 +597,34 @@ def _markdown(setups: Sequence[DepthSetup], collections: Dict[str, Collection], 
             per_run = "; ".join(f"{name}: {rep.fmt_corr(c)}" for name, c in u.per_run.items())
             rows.append([s.norm, s.num_blocks, g, per_run, rep.fmt_corr(u.pooled)])
     out += markdown_table(["norm", "blocks", "granularity", "per run", "pooled"], rows)
+    if any(s.training for s in setups):
+        out += ["", "## Training time", "",
+                "Per run: epochs finished, median and summed epoch time (training + validation, "
+                "seconds; from ESPnet's reporter in checkpoint.pth), fastest epoch. The sum counts "
+                "every second an epoch was running, also while the machine was shared or the run "
+                "paused; the median is the typical epoch, the fastest the closest to an idle one.", ""]
+        rows = [[s.norm, s.num_blocks, t.run, t.epochs, f"{t.median_epoch_s:.0f}", f"{t.total_s:.0f}",
+                 f"{t.min_epoch_s:.0f}"] for s in setups for t in s.training]
+        out += markdown_table(["norm", "blocks", "run", "epochs", "median epoch (s)", "sum (s)",
+                               "fastest epoch (s)"], rows)
+
+    if not_converged:
+        out += ["", "## Runs left out: not converged", "",
+                f"Scan baseline on {opts.dataset} above {opts.max_base_error:g}%: resetting a layer "
+                "of such a model says nothing about the layer. Their decodings, percent:", ""]
+        out += markdown_table(
+            ["norm", "blocks", "run", "seed", f"scan baseline ({opts.dataset})"]
+            + [f"{d} {metric}" for d in datasets for metric in METRICS],
+            [[n.norm, n.num_blocks, n.run, n.seed, f"{n.metric} {rep.fmt(n.base_error)}"]
+             + [rep.fmt(n.error_rates.get(d, {}).get(metric)) for d in datasets for metric in METRICS]
+             for n in not_converged])
     out += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figures] + [""]
     return "\n".join(out)
 
 
 def _json(setups: Sequence[DepthSetup], collections: Dict[str, Collection], opts: DepthOptions,
           datasets: Sequence[str], figures: Sequence[Path], skipped: Dict[str, str],
-          notes: Sequence[str]) -> dict:
+          notes: Sequence[str], not_converged: Sequence[NotConverged] = ()) -> dict:
     first = next(iter(collections.values()))
     setup_json = []
     for s in setups:
@@ -498,7 +637,8 @@ def _json(setups: Sequence[DepthSetup], collections: Dict[str, Collection], opts
     return {
         "options": {"exp_dir": str(opts.exp_dir), "runs_glob": opts.runs_glob, "dataset": opts.dataset,
                     "granularities": list(collections), "tau": opts.tau, "decode_sets": list(datasets),
-                    "decode_tag": opts.decode_tag, "metric": first.metric, "criterion": first.criterion},
+                    "decode_tag": opts.decode_tag, "metric": first.metric, "criterion": first.criterion,
+                    "max_base_error": opts.max_base_error},
         "runs": {g: [{"name": r.info.name, "exp_dir": str(r.info.exp_dir), "norm": r.info.norm,
                       "num_blocks": r.info.num_blocks, "output_size": r.info.output_size,
                       "seed": r.info.seed, "scan_dir": str(r.scan.scan_dir),
@@ -508,6 +648,7 @@ def _json(setups: Sequence[DepthSetup], collections: Dict[str, Collection], opts
         "figures": [p.name for p in figures],
         "skipped": skipped,
         "notes": list(notes),
+        "not_converged": [dataclasses.asdict(n) for n in not_converged],
     }
 
 
@@ -570,12 +711,13 @@ def run_depth_analysis(opts: DepthOptions) -> DepthResult:
     undecoded = [name for name, r in rates.items() if not r]
     if undecoded:
         notes.append(f"no decoding scores (stage 5) for {', '.join(sorted(undecoded))}")
+    collections, not_converged = split_not_converged(collections, opts.max_base_error, rates)
     setups = depth_setups(collections, rates, datasets, opts.depth_bins)
     out_dir = Path(opts.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = _draw_figures(setups, out_dir)
-    write_text_atomic(out_dir / "depth.md",
-                      _markdown(setups, collections, opts, datasets, figures, skipped, notes))
-    payload = _json(setups, collections, opts, datasets, figures, skipped, notes)
+    write_text_atomic(out_dir / "depth.md", _markdown(setups, collections, opts, datasets, figures,
+                                                      skipped, notes, not_converged))
+    payload = _json(setups, collections, opts, datasets, figures, skipped, notes, not_converged)
     write_text_atomic(out_dir / "depth.json", json.dumps(jsonable(payload), indent=1) + "\n")
-    return DepthResult(setups, out_dir, figures, skipped, notes)
+    return DepthResult(setups, out_dir, figures, skipped, notes, not_converged)

@@ -95,6 +95,10 @@ def get_depth_parser() -> argparse.ArgumentParser:
                    help="normalized-depth bins for comparing runs whose groups differ (default: %(default)s)")
     p.add_argument("--allow_missing", action="store_true",
                    help="skip runs without a finished scan or checkpoints instead of failing")
+    p.add_argument("--max_base_error", type=float, default=50.0,
+                   help="leave out runs whose scan baseline on --dataset is above this many percent "
+                        "(the ambient rule's metric): they did not converge, and resetting their "
+                        "layers says nothing; a negative value keeps every run (default: %(default)s)")
     p.add_argument("--num_threads", type=int, default=1, help="CPU threads for torch (default: %(default)s)")
     p.add_argument("--log_level", default="WARNING", help="logging level (default: %(default)s)")
     return p
@@ -117,7 +121,8 @@ def depth_main(argv=None) -> int:
     opts = DepthOptions(exp_dir=args.exp_dir, runs_glob=args.runs_glob, dataset=args.dataset,
                         out_dir=args.out_dir, granularities=list(dict.fromkeys(args.granularity)),
                         tau=args.tau, decode_sets=args.decode_sets, decode_tag=args.decode_tag,
-                        depth_bins=args.depth_bins, allow_missing=args.allow_missing)
+                        depth_bins=args.depth_bins, allow_missing=args.allow_missing,
+                        max_base_error=args.max_base_error if args.max_base_error >= 0 else None)
     results = []
     status = run_guarded("layer_analysis depth", lambda: results.append(run_depth_analysis(opts)),
                          (ValueError, FileNotFoundError))
@@ -125,9 +130,11 @@ def depth_main(argv=None) -> int:
         return status
     result = results[0]
     for path, why in result.skipped.items():
-        print(f"skipped {path}: {why}")
+        print(f"skipped {path}: {why.removeprefix(f'{path}: ')}")
     for note in result.notes:
         print(f"note: {note}")
+    for n in result.not_converged:
+        print(f"left out (not converged): {n.run}: {n.metric} {n.base_error:g}% on {args.dataset}")
     for s in result.setups:
         fractions = ", ".join(f"{k.kind} {k.mean:.2f}" for ks in s.fractions.values() for k in ks)
         print(f"{s.setup} ({len(s.runs)} seeds): ambient fraction {fractions}")
@@ -183,7 +190,7 @@ def main(argv=None) -> int:
     for result in results:
         print(f"== {result.granularity}")
         for path, why in result.skipped.items():
-            print(f"skipped {path}: {why}")
+            print(f"skipped {path}: {why.removeprefix(f'{path}: ')}")
         for line in result.reading:
             print(line)
         print(f"{result.out_dir}/analysis.md ({len(result.figures)} figures)")

@@ -29,7 +29,9 @@ What it reads, wherever the run was trained:
 from __future__ import annotations
 
 import collections
+import datetime
 import logging
+import pickle
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -210,6 +212,40 @@ class ExperimentDir:
             return float(self.train_wall_path.read_text().split()[0])
         except (FileNotFoundError, IndexError, ValueError):
             return None
+
+    def epoch_seconds(self) -> Optional[Dict[int, float]]:
+        """Seconds each finished epoch took (training + validation), by epoch; None if unknown.
+
+        Read from the reporter ESPnet's trainer keeps in ``checkpoint.pth`` (updated after every
+        epoch, kept across resumes), so unlike :meth:`train_wall_s` it survives a training that
+        was killed and resumed. Loaded weights-only, with the three non-tensor types the reporter
+        holds allowed (``datetime.timedelta``, numpy scalars and dtypes); None without a
+        checkpoint.pth, with a torch too old to allow them (< 2.5), or a reporter without times.
+        """
+        path = self.path / RESUME_FILE
+        if not path.is_file() or not hasattr(torch.serialization, "safe_globals"):
+            return None
+        import numpy
+
+        core = getattr(numpy, "_core", None) or numpy.core  # numpy 2 renamed numpy.core
+        allowed = [datetime.timedelta, core.multiarray.scalar, numpy.dtype]
+        # numpy >= 1.25 pickles a scalar's dtype as its class (numpy.dtypes.Float64DType...).
+        dtypes = getattr(numpy, "dtypes", None)
+        allowed += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")] if dtypes else []
+        try:
+            with torch.serialization.safe_globals(allowed):
+                state = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+            logging.warning("%s: no epoch times (%s)", path, str(e).splitlines()[0])
+            return None
+        stats = (state.get("reporter") or {}).get("stats") or {} if isinstance(state, dict) else {}
+        out = {}
+        for epoch, subs in stats.items():
+            times = [sub.get("time") for sub in subs.values() if isinstance(sub, dict)]
+            times = [t for t in times if isinstance(t, datetime.timedelta)]
+            if times:
+                out[int(epoch)] = sum(t.total_seconds() for t in times)
+        return dict(sorted(out.items())) or None
 
     def write_resolved_config(self, out_path: Union[str, Path]) -> Path:
         """Copy config.yaml to `out_path` with the files it names made absolute.

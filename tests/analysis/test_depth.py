@@ -239,3 +239,72 @@ def test_block_positions_of_one_block_model(sweep):
     coll = collect_runs([str(exp / "asr_*")], "block", "dev")
     positions = block_positions(coll.runs[0])
     assert [(b.position, b.mark) for b in positions.blocks] == [(0.0, "ambient")]
+
+
+def _set_scan_baseline(run, cer):
+    """Makes `run` look unconverged: its scans' baseline CER on dev becomes `cer` percent."""
+    for scan_json in run.glob("scan_*_dev/scan.json"):
+        meta = json.loads(scan_json.read_text())
+        meta["baseline"]["dev"] = {"WER": 100.0, "CER": cer}
+        scan_json.write_text(json.dumps(meta))
+
+
+def test_runs_that_did_not_converge_are_left_out(sweep, tmp_path, capsys):
+    """A model whose error is near 100% reads ambient everywhere: it is listed apart, not counted."""
+    exp = tmp_path / "exp"
+    for name in ("asr_conformer_4x4_seed1", "asr_conformer_4x4_seed2", "asr_conformer_gn_4x4_seed1"):
+        shutil.copytree(sweep / name, exp / name)
+    _set_scan_baseline(exp / "asr_conformer_4x4_seed2", 85.0)
+
+    result = run_depth_analysis(DepthOptions(exp_dir=exp, runs_glob=GLOB, dataset="dev",
+                                             out_dir=tmp_path / "out"))
+    bn4 = _setup(result, "batch_norm", 4)
+    assert list(bn4.runs) == ["asr_conformer_4x4_seed1"]
+    assert [p.run for p in bn4.positions] == ["asr_conformer_4x4_seed1"]
+    assert all(len(k.per_seed) == 1 for ks in bn4.fractions.values() for k in ks)
+    [left] = result.not_converged
+    assert (left.run, left.norm, left.num_blocks, left.seed, left.metric, left.base_error) == (
+        "asr_conformer_4x4_seed2", "batch_norm", 4, 2, "CER", 85.0)
+    assert left.error_rates["test"]["CER"] == pytest.approx(30.0)  # its decodings are still reported
+    md = (tmp_path / "out" / "depth.md").read_text()
+    assert "## Runs left out: not converged" in md
+    assert "| batch_norm | 4 | asr_conformer_4x4_seed2 | 2 | CER 85.00 |" in md
+    data = json.loads((tmp_path / "out" / "depth.json").read_text())
+    assert [n["run"] for n in data["not_converged"]] == ["asr_conformer_4x4_seed2"]
+    assert data["options"]["max_base_error"] == 50.0
+
+    # No limit: every run counts; a limit below every baseline: one clear error.
+    kept = run_depth_analysis(DepthOptions(exp_dir=exp, runs_glob=GLOB, dataset="dev",
+                                           out_dir=tmp_path / "all", max_base_error=None))
+    assert len(_setup(kept, "batch_norm", 4).runs) == 2 and kept.not_converged == []
+    with pytest.raises(AnalysisInputError, match="every run's scan baseline is above"):
+        run_depth_analysis(DepthOptions(exp_dir=exp, runs_glob=GLOB, dataset="dev",
+                                        out_dir=tmp_path / "none", max_base_error=5.0))
+    assert main(["depth", "--exp_dir", str(exp), "--runs_glob", GLOB, "--dataset", "dev",
+                 "--out_dir", str(tmp_path / "cli"), "--max_base_error", "-1"]) == 0
+    assert "left out" not in capsys.readouterr().out
+    assert main(["depth", "--exp_dir", str(exp), "--runs_glob", GLOB, "--dataset", "dev",
+                 "--out_dir", str(tmp_path / "cli2")]) == 0
+    assert "left out (not converged): asr_conformer_4x4_seed2: CER 85% on dev" in capsys.readouterr().out
+
+
+def test_training_time_per_run(sweep, tmp_path):
+    """Epoch times of a run with ESPnet's checkpoint.pth are reported; runs without it are not."""
+    import datetime
+
+    import torch
+
+    exp = tmp_path / "exp"
+    shutil.copytree(sweep / "asr_conformer_2x4_seed1", exp / "asr_conformer_2x4_seed1")
+    shutil.copytree(sweep / "asr_conformer_2x4_seed2", exp / "asr_conformer_2x4_seed2")
+    stats = {e: {"train": {"time": datetime.timedelta(seconds=s)},
+                 "valid": {"time": datetime.timedelta(seconds=1)}} for e, s in {1: 99, 2: 49, 3: 59}.items()}
+    torch.save({"model": {}, "reporter": {"stats": stats, "epoch": 3}},
+               exp / "asr_conformer_2x4_seed1" / "checkpoint.pth")
+    result = run_depth_analysis(DepthOptions(exp_dir=exp, runs_glob=GLOB, dataset="dev",
+                                             out_dir=tmp_path / "out"))
+    [t] = _setup(result, "batch_norm", 2).training
+    assert (t.run, t.epochs, t.median_epoch_s, t.min_epoch_s, t.total_s) == (
+        "asr_conformer_2x4_seed1", 3, 60.0, 50.0, 210.0)
+    assert "| batch_norm | 2 | asr_conformer_2x4_seed1 | 3 | 60 | 210 | 50 |" in \
+        (tmp_path / "out" / "depth.md").read_text()

@@ -412,6 +412,8 @@ def test_records_of_the_recipe_driver_and_config_and_weights_files(tmp_path):
     exp.train_wall_path.write_text("1234\n")
     assert exp.train_wall_s() == 1234.0
 
+    assert exp.epoch_seconds() is None  # no checkpoint.pth
+
     (tmp_path / "copy.yaml").write_text("seed: 3\nencoder: conformer\n")
     assert read_config_file(tmp_path / "copy.yaml") == {"seed": 3, "encoder": "conformer"}
     (tmp_path / "list.yaml").write_text("- a\n")
@@ -428,3 +430,33 @@ def test_records_of_the_recipe_driver_and_config_and_weights_files(tmp_path):
 
     assert init_param_path("exp/a/valid.acc.ave.pth:encoder:encoder:decoder") == "exp/a/valid.acc.ave.pth"
     assert init_param_path("model.pth") == "model.pth"
+
+
+def test_epoch_seconds_from_the_reporter_of_checkpoint_pth(tmp_path):
+    """Epoch times (training + validation) come from ESPnet's own Reporter as its trainer saves
+    it in checkpoint.pth (timedelta and numpy values, loaded weights-only)."""
+    import datetime
+
+    import numpy as np
+
+    reporter_mod = pytest.importorskip("espnet2.train.reporter")
+    reporter = reporter_mod.Reporter()
+    for epoch in (1, 2):
+        reporter.set_epoch(epoch)
+        for key in ("train", "valid"):
+            with reporter.observe(key) as sub:
+                sub.register({"loss": np.float64(1.5)})
+                sub.next()
+    state = reporter.state_dict()
+    # Known times instead of the measured ones: epoch 1 took 60 + 2 s, epoch 2 58.5 + 1.5 s.
+    for (epoch, key), seconds in {(1, "train"): 60, (1, "valid"): 2, (2, "train"): 58.5,
+                                  (2, "valid"): 1.5}.items():
+        state["stats"][epoch][key]["time"] = datetime.timedelta(seconds=seconds)
+    torch.save({"model": {"w": torch.ones(1)}, "reporter": state, "optimizers": [],
+                "schedulers": [], "scaler": None}, tmp_path / "checkpoint.pth")
+    assert ExperimentDir(tmp_path).epoch_seconds() == {1: pytest.approx(62.0), 2: pytest.approx(60.0)}
+    # A checkpoint.pth without a reporter (not ESPnet's) or one that is cut: no times, no error.
+    torch.save({"model": {}}, tmp_path / "checkpoint.pth")
+    assert ExperimentDir(tmp_path).epoch_seconds() is None
+    (tmp_path / "checkpoint.pth").write_bytes(b"cut")
+    assert ExperimentDir(tmp_path).epoch_seconds() is None

@@ -56,6 +56,12 @@ def test_checkpoint0_is_the_model_before_any_update_and_every_epoch_is_kept(tiny
     latest = _load(out / "latest.pth")
     assert all(torch.equal(final[k], latest[k]) for k in final)
 
+    # The epochs' times survive the resume: all four, read from ESPnet's own checkpoint.pth.
+    from espnet_ext.experiment.experiment_dir import ExperimentDir
+
+    times = ExperimentDir(out).epoch_seconds()
+    assert list(times) == [1, 2, 3, 4] and all(t > 0 for t in times.values())
+
 
 def test_bf16_cpu_autocast_trains_and_keeps_float32_weights(tiny_asr_setup, tmp_path, one_thread):
     from espnet_ext.experiment.checkpoints import checkpoint_path, saved_epochs

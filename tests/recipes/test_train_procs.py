@@ -1,5 +1,6 @@
-"""Stage 4's ``--train_procs``: a training as several CPU processes (torchrun, gloo), each with its
-share of the training's threads. The interpreter is a stand-in that records how it was called."""
+"""Stage 4's training call: ``--train_procs`` (a training as several CPU processes, torchrun and
+gloo, each with its share of the training's threads) and the log of a resumed training. The
+interpreter is a stand-in that records how it was called."""
 
 from __future__ import annotations
 
@@ -57,3 +58,24 @@ def test_one_process_by_default_and_train_procs_refused_with_gpus(tmp_path):
     assert proc.returncode != 0 and "with GPUs, --ngpu N trains with N processes" in proc.stderr
     proc = _stage4(tmp_path, "--train_procs", "two")
     assert proc.returncode != 0 and "--train_procs must be a positive integer" in proc.stderr
+
+
+def test_a_resumed_training_adds_to_its_log(tmp_path):
+    """An interrupted training (checkpoint.pth, no .done) resumes with its earlier log kept."""
+    assert _stage4(tmp_path, "--num_threads", "2").returncode == 0
+    run = tmp_path / "recipe" / "exp" / "asr_train_seed1"
+    first = (run / "train.log").read_text()
+    (run / ".done").unlink()  # as if killed before the end
+    (run / "checkpoint.pth").write_bytes(b"")
+    proc = _stage4(tmp_path, "--num_threads", "2")
+    assert proc.returncode == 0, proc.stderr
+    log = (run / "train.log").read_text()
+    assert log.startswith(first)
+    resumed = log[len(first):].splitlines()
+    assert resumed[0].startswith("# ") and resumed[0].endswith("resumed from exp/asr_train_seed1/checkpoint.pth")
+    assert resumed[1] == "OMP_NUM_THREADS=2" and "--resume" in resumed
+    # A training that starts afresh replaces its log.
+    (run / ".done").unlink()
+    (run / "checkpoint.pth").unlink()
+    assert _stage4(tmp_path, "--num_threads", "2").returncode == 0
+    assert (run / "train.log").read_text() == first

@@ -192,8 +192,10 @@ check_done_for_train_set() {
 # Writes the exact command to <cmdfile> (replayable) and runs it with output in <logfile>.
 # On failure, prints the end of the log and the paths to look at.
 # With progress_pattern set, log lines matching it are also shown (e.g. one line per epoch).
+# With log_append=true the log is added to, not replaced (a resumed training keeps its history).
 progress_pattern=
 progress_prefix=
+log_append=false
 run_logged() {
     local logfile=$1 cmdfile=$2; shift 2
     mkdir -p "$(dirname "${logfile}")" "$(dirname "${cmdfile}")"
@@ -203,10 +205,14 @@ run_logged() {
       printf '%q ' "$@"; echo; } >"${cmdfile}"
     chmod +x "${cmdfile}"
     local rc=0
+    local tee_args=()
+    [ "${log_append}" = true ] && tee_args=(-a)
     if [ -n "${progress_pattern}" ]; then
-        "$@" 2>&1 | tee "${logfile}" \
+        "$@" 2>&1 | tee ${tee_args[@]+"${tee_args[@]}"} "${logfile}" \
             | { grep --line-buffered -E "${progress_pattern}" | sed -u "s|^|${progress_prefix}|" || true; }
         rc=${PIPESTATUS[0]}
+    elif [ "${log_append}" = true ]; then
+        "$@" >>"${logfile}" 2>&1 || rc=$?
     else
         "$@" >"${logfile}" 2>&1 || rc=$?
     fi
@@ -325,7 +331,13 @@ exp_name() { echo "${expdir}/asr_$(basename "${1%.*}")_seed${2}"; }
 train_one() {
     local config=$1 seed=$2 dir
     dir=$(exp_name "${config}" "${seed}")
-    [ -f "${dir}/checkpoint.pth" ] && log "Resuming ${dir}"
+    local resume=false
+    if [ -f "${dir}/checkpoint.pth" ]; then
+        resume=true
+        log "Resuming ${dir}"
+        # The interrupted part's log stays: the resumed run's lines follow it.
+        echo "# $(date '+%Y-%m-%dT%H:%M:%S') resumed from ${dir}/checkpoint.pth" >>"${dir}/train.log"
+    fi
     log "Training ${dir} (log: ${dir}/train.log)"
     local t0=${SECONDS}
     # Trainings that run side by side share the --num_threads budget (called in a subshell).
@@ -336,7 +348,7 @@ train_one() {
     [ "${train_procs}" -eq 1 ] || log "${dir}: ${train_procs} processes x ${threads} thread(s), gloo"
     # shellcheck disable=SC2046,SC2086
     progress_pattern="epoch results|initial weights|Traceback|Error:" progress_prefix="[${dir##*/}] " \
-    run_logged "${dir}/train.log" "${dir}/train.sh" \
+    log_append=${resume} run_logged "${dir}/train.log" "${dir}/train.sh" \
         "${python}" "${train_launcher[@]}" -m espnet_ext.bin.asr_train --config "${config}" --seed "${seed}" \
         --ngpu "${ngpu}" "${ddp_args[@]}" $(common_train_args) "${normalize_args[@]}" \
         --train_data_path_and_name_and_type "data/${train_set}/wav.scp,speech,sound" \
