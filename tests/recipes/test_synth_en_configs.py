@@ -27,14 +27,18 @@ def test_small_configs_change_only_the_size():
         assert (d["encoder_conf"]["num_blocks"], d["encoder_conf"]["output_size"]) == (4, 96)
 
 
-def test_depth_configs_change_only_the_depth_and_precision_of_the_small_ones():
+def test_depth_configs_change_only_the_depth_learning_rate_and_cpu_options_of_the_small_ones():
     for norm in ("", "_gn"):
         small = yaml.safe_load((CONF / f"train_asr_conformer{norm}_small.yaml").read_text())
         for blocks in (4, 8, 12, 16):
             d = yaml.safe_load((CONF / "depth" / f"train_asr_conformer{norm}_{blocks}x64.yaml").read_text())
-            assert d.pop("cpu_autocast") == "bf16"
+            options = {k: d.pop(k) for k in ("cpu_autocast", "cpu_dropout", "cpu_channels_last")}
+            assert options == {"cpu_autocast": "bf16", "cpu_dropout": "fast", "cpu_channels_last": True}
             assert d["encoder_conf"].pop("num_blocks") == blocks
-            expected = dict(small, encoder_conf={k: v for k, v in small["encoder_conf"].items() if k != "num_blocks"})
+            # One peak learning rate for every depth, lower than the small ones' (deep runs stalled).
+            assert (small["optim_conf"]["lr"], d["optim_conf"]["lr"]) == (0.005, 0.002)
+            expected = dict(small, encoder_conf={k: v for k, v in small["encoder_conf"].items() if k != "num_blocks"},
+                            optim_conf=dict(small["optim_conf"], lr=0.002))
             assert d == expected, (norm, blocks)
 
 

@@ -7,9 +7,10 @@
 # the depth analysis of the sweep: exp/analysis_depth_<set>/, i.e. `layer_analysis depth`: fraction
 # of ambient groups per kind and ambient block positions vs depth, error rates, stability across
 # seeds, weight updates). Runs already trained are reused, and an interrupted training resumes.
-# Trainings run two at a time with one thread each, under CPU bf16 autocast (the configs' cpu_autocast);
-# a 4x64 pair's epochs took 44-57 s on an idle 2-core machine, and the deeper models' times and the
-# sweep's results go to RESULTS.md ("Ambient blocks and depth") once it has run.
+# Trainings run two at a time with one thread each, with the CPU training levers (the configs'
+# cpu_autocast, cpu_dropout, cpu_channels_last) and a peak learning rate of 0.002 (at 0.005 most
+# deep runs stayed on the CTC blank plateau); epoch times, per depth, and the sweep's results are
+# in RESULTS.md ("Ambient blocks and depth").
 #
 # Usage: ./run_depth.sh [--stage N] [--stop_stage M] [--seeds "1 2 3"] [any option of asr.sh]
 #        e.g. train the first seed of every depth only: ./run_depth.sh --stop_stage 4 --seeds 1
