@@ -213,14 +213,20 @@ class ExperimentDir:
         except (FileNotFoundError, IndexError, ValueError):
             return None
 
-    def epoch_seconds(self) -> Optional[Dict[int, float]]:
-        """Seconds each finished epoch took (training + validation), by epoch; None if unknown.
+    def epoch_stats(self) -> Optional[Dict[int, Dict[str, Dict[str, float]]]]:
+        """What ESPnet's trainer reported for each finished epoch; None if unknown.
 
         Read from the reporter ESPnet's trainer keeps in ``checkpoint.pth`` (updated after every
-        epoch, kept across resumes), so unlike :meth:`train_wall_s` it survives a training that
-        was killed and resumed. Loaded weights-only, with the three non-tensor types the reporter
-        holds allowed (``datetime.timedelta``, numpy scalars and dtypes); None without a
-        checkpoint.pth, with a torch too old to allow them (< 2.5), or a reporter without times.
+        epoch, kept across resumes, so unlike ``train.log`` of an older driver or
+        :meth:`train_wall_s` it survives a training that was killed and resumed). Loaded
+        weights-only, with the three non-tensor types the reporter holds allowed
+        (``datetime.timedelta``, numpy scalars and dtypes).
+
+        Returns:
+            {epoch: {"train": {key: value}, "valid": {key: value}}}: the numbers ESPnet logs as
+            ``<epoch>epoch results`` (``loss_ctc``, ``acc``, ``cer_ctc``...), with ``time`` in
+            seconds. None without a checkpoint.pth, with a torch too old to allow those types
+            (< 2.5), or with a file that holds no reporter.
         """
         path = self.path / RESUME_FILE
         if not path.is_file() or not hasattr(torch.serialization, "safe_globals"):
@@ -236,16 +242,33 @@ class ExperimentDir:
             with torch.serialization.safe_globals(allowed):
                 state = torch.load(path, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-            logging.warning("%s: no epoch times (%s)", path, str(e).splitlines()[0])
+            logging.warning("%s: no epoch statistics (%s)", path, str(e).splitlines()[0])
             return None
         stats = (state.get("reporter") or {}).get("stats") or {} if isinstance(state, dict) else {}
-        out = {}
+        out: Dict[int, Dict[str, Dict[str, float]]] = {}
         for epoch, subs in stats.items():
-            times = [sub.get("time") for sub in subs.values() if isinstance(sub, dict)]
-            times = [t for t in times if isinstance(t, datetime.timedelta)]
-            if times:
-                out[int(epoch)] = sum(t.total_seconds() for t in times)
+            for key, values in (subs or {}).items():
+                if not isinstance(values, dict):
+                    continue
+                row = {}
+                for name, v in values.items():
+                    if isinstance(v, datetime.timedelta):
+                        row[name] = v.total_seconds()
+                    elif isinstance(v, (int, float, numpy.number)) and not isinstance(v, bool):
+                        row[name] = float(v)
+                out.setdefault(int(epoch), {})[key] = row
         return dict(sorted(out.items())) or None
+
+    def epoch_seconds(self) -> Optional[Dict[int, float]]:
+        """Seconds each finished epoch took (training + validation), by epoch; None if unknown.
+
+        From :meth:`epoch_stats` (ESPnet's reporter in ``checkpoint.pth``): survives a training
+        that was killed and resumed, unlike :meth:`train_wall_s`.
+        """
+        stats = self.epoch_stats() or {}
+        out = {epoch: sum(sub["time"] for sub in subs.values() if "time" in sub)
+               for epoch, subs in stats.items() if any("time" in sub for sub in subs.values())}
+        return out or None
 
     def write_resolved_config(self, out_path: Union[str, Path]) -> Path:
         """Copy config.yaml to `out_path` with the files it names made absolute.
