@@ -1,5 +1,6 @@
 """Stage 4's training call: ``--train_procs`` (a training as several CPU processes, torchrun and
-gloo, each with its share of the training's threads) and the log of a resumed training. The
+gloo, each with its share of the training's threads), the memory allocator (``--cpu_allocator``)
+and the log of a resumed training. The
 interpreter is a stand-in that records how it was called."""
 
 from __future__ import annotations
@@ -7,10 +8,13 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 ASR_SH = REPO / "egs2" / "TEMPLATE" / "asr1" / "asr.sh"
 # Records its arguments and thread settings, one per line, in the training log (stdout).
-RECORDING_PYTHON = '#!/usr/bin/env bash\necho "OMP_NUM_THREADS=${OMP_NUM_THREADS}"\nprintf "%s\\n" "$@"\n'
+RECORDING_PYTHON = ('#!/usr/bin/env bash\necho "OMP_NUM_THREADS=${OMP_NUM_THREADS}"\nprintf "%s\\n" "$@"\n'
+                    'echo "LD_PRELOAD=${LD_PRELOAD:-}"\n')
 
 
 def _stage4(tmp_path: Path, *options: str) -> subprocess.CompletedProcess:
@@ -79,3 +83,28 @@ def test_a_resumed_training_adds_to_its_log(tmp_path):
     (run / "checkpoint.pth").unlink()
     assert _stage4(tmp_path, "--num_threads", "2").returncode == 0
     assert (run / "train.log").read_text() == first
+
+
+def _tcmalloc() -> str:
+    """The library asr.sh finds (common.sh's tcmalloc_library), '' when not installed."""
+    common = REPO / "egs2" / "TEMPLATE" / "asr1" / "common.sh"
+    return subprocess.run(["bash", "-c", f". {common} && tcmalloc_library"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
+def test_processes_allocate_with_tcmalloc_unless_told_otherwise(tmp_path):
+    lib = _tcmalloc()
+    if not lib:
+        pytest.skip("libtcmalloc-minimal4 is not installed (tools/install.sh installs it)")
+    assert _stage4(tmp_path, "--num_threads", "2").returncode == 0
+    run = tmp_path / "recipe" / "exp" / "asr_train_seed1"
+    assert _train_call(tmp_path)[-1] == f"LD_PRELOAD={lib}"
+    # The replay script sets it too, so a replay times like the run.
+    assert f"export LD_PRELOAD={lib} " in (run / "train.sh").read_text()
+
+    (run / ".done").unlink()
+    assert _stage4(tmp_path, "--num_threads", "2", "--cpu_allocator", "system").returncode == 0
+    assert _train_call(tmp_path)[-1] == "LD_PRELOAD="
+    assert "LD_PRELOAD" not in (run / "train.sh").read_text()
+    proc = _stage4(tmp_path, "--cpu_allocator", "jemalloc")
+    assert proc.returncode != 0 and "--cpu_allocator must be tcmalloc or system, got jemalloc" in proc.stderr

@@ -31,6 +31,21 @@ default_python() {
     fi
 }
 
+# Path of tcmalloc's shared library (libtcmalloc_minimal.so.4, Debian's libtcmalloc-minimal4), or
+# nothing when it is not installed.
+tcmalloc_library() {
+    local lib
+    lib=$(ldconfig -p 2>/dev/null | awk '/libtcmalloc_minimal\.so\.4 / { print $NF; exit }')
+    if [ -z "${lib}" ]; then
+        for lib in /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 \
+                   /usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib64/libtcmalloc_minimal.so.4 \
+                   /usr/lib/libtcmalloc_minimal.so.4 ""; do
+            [ -f "${lib}" ] && break
+        done
+    fi
+    echo "${lib}"
+}
+
 # Call right before a script declares its options (`name=default  # what it is` lines);
 # parse_options then accepts exactly the lower-case variables declared in between, so a mistyped
 # option fails instead of being silently ignored.
