@@ -36,6 +36,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from espnet2.utils.types import str2bool
+
 from espnet_ext.bin.cli import csv_list, fail, float_list, int_list, setup_logging, str_or_none
 
 
@@ -81,6 +83,12 @@ def _add_simulation_options(p: argparse.ArgumentParser, out_help: str) -> None:
     p.add_argument("--client_cpu_autocast", default="none",
                    help="none or bf16: the clients' forward under CPU bf16 autocast (as asr_train's "
                         "--cpu_autocast; ignored on a GPU)")
+    p.add_argument("--client_cpu_dropout", default="torch", choices=["torch", "fast"],
+                   help="fast: the clients' dropout masks from 16-bit random integers (as asr_train's "
+                        "--cpu_dropout; CPU only; default: %(default)s)")
+    p.add_argument("--client_cpu_channels_last", type=str2bool, default=False,
+                   help="true: the clients' conv2d weights channels-last while they train (as "
+                        "asr_train's --cpu_channels_last; CPU only; default: %(default)s)")
     p.add_argument("--server_lr", type=float, default=1.0)
     p.add_argument("--seeds", type=int_list, default=None,
                    help="several federated seeds, comma-separated (e.g. 1,2,3): each plan's runs go "
@@ -111,7 +119,8 @@ def _simulation_options(args: argparse.Namespace) -> dict:
 
     local = LocalTraining(epochs=args.local_epochs, steps=args.local_steps, batch_size=args.batch_size,
                           optim=args.client_optim, lr=args.client_lr, momentum=args.client_momentum,
-                          grad_clip=args.grad_clip, cpu_autocast=args.client_cpu_autocast)
+                          grad_clip=args.grad_clip, cpu_autocast=args.client_cpu_autocast,
+                          cpu_dropout=args.client_cpu_dropout, cpu_channels_last=args.client_cpu_channels_last)
     return dict(scan_dataset=args.scan_dataset, target_mode=args.target_mode, match_cost=args.match_cost,
                 unit_kinds=tuple(args.unit_kinds), group_norm_policy=args.group_norm_policy,
                 plan_file=args.plan_file, ray_address=args.ray_address, rounds=args.rounds,

@@ -22,6 +22,7 @@ the speaker of its own partition id (``node_config["partition-id"]``).
 from __future__ import annotations
 
 import copy
+import contextlib
 import dataclasses
 import json
 import time
@@ -33,6 +34,8 @@ import torch
 
 from espnet_ext.data.audio import utterance_audio
 from espnet_ext.experiment.cpu_autocast import autocast_dtype, cpu_autocast
+from espnet_ext.experiment.cpu_dropout import CPU_DROPOUT_KINDS, cpu_fast_dropout
+from espnet_ext.experiment.cpu_layout import channels_last_convs
 from espnet_ext.federated.cost import PeakMemory, optimizer_state_factor, training_state_bytes
 
 CLIENT_OPTIMIZERS = ("sgd", "adam")
@@ -54,6 +57,10 @@ class LocalTraining:
         cpu_autocast: ``none`` or ``bf16``: the forward under CPU bf16 autocast, as central
             training's ``--cpu_autocast`` (:mod:`espnet_ext.experiment.cpu_autocast`; ignored on
             a GPU).
+        cpu_dropout: ``torch`` or ``fast``: dropout masks from 16-bit random integers, as central
+            training's ``--cpu_dropout`` (:mod:`espnet_ext.experiment.cpu_dropout`; CPU only).
+        cpu_channels_last: Conv2d weights channels-last while the client trains, as central
+            training's ``--cpu_channels_last`` (:mod:`espnet_ext.experiment.cpu_layout`; CPU only).
     """
 
     epochs: int = 1
@@ -64,13 +71,20 @@ class LocalTraining:
     momentum: float = 0.0
     grad_clip: float = 5.0
     cpu_autocast: str = "none"
+    cpu_dropout: str = "torch"
+    cpu_channels_last: bool = False
+
+    #: Options added after runs were made, with the value those runs trained with: an option at
+    #: that value is left out of the identity, so those runs keep their identity (and resume).
+    _ADDED_LATER = {"cpu_autocast": "none", "cpu_dropout": "torch", "cpu_channels_last": False}
 
     def identity(self) -> Dict[str, object]:
-        """The options as a dict for a run's identity; ``cpu_autocast`` only when not ``none``,
-        so runs made before it existed keep their identity (and resume)."""
+        """The options as a dict for a run's identity (options added later only when not at their
+        old behaviour's value)."""
         d = dataclasses.asdict(self)
-        if d["cpu_autocast"] == "none":
-            del d["cpu_autocast"]
+        for key, old in self._ADDED_LATER.items():
+            if d[key] == old:
+                del d[key]
         return d
 
     def validate(self) -> None:
@@ -84,6 +98,9 @@ class LocalTraining:
         if self.lr <= 0:
             raise ValueError(f"client learning rate must be > 0, got {self.lr}")
         autocast_dtype(self.cpu_autocast)
+        if self.cpu_dropout not in CPU_DROPOUT_KINDS:
+            raise ValueError(f"client cpu_dropout must be one of {', '.join(CPU_DROPOUT_KINDS)}, "
+                             f"got {self.cpu_dropout!r}")
 
 
 @dataclasses.dataclass
@@ -152,12 +169,27 @@ def train_locally(model: torch.nn.Module, examples: Sequence[Tuple[str, np.ndarr
     torch.manual_seed(int(rng.integers(2**62)))
     items = [(uid, preprocess_fn(uid, {"speech": wav, "text": text})) for uid, wav, text in examples]
     model.train()
-    dtype = autocast_dtype(opts.cpu_autocast) if torch.device(device).type == "cpu" else None
+    on_cpu = torch.device(device).type == "cpu"
+    dtype = autocast_dtype(opts.cpu_autocast) if on_cpu else None
     optimizer = _optimizer([p for p in model.parameters() if p.requires_grad], opts)
     total_steps = opts.steps if opts.steps > 0 else opts.epochs * int(np.ceil(len(items) / opts.batch_size))
-    steps = skipped = 0
-    losses = []
     t0 = time.perf_counter()
+    levers = contextlib.ExitStack()
+    levers.enter_context(cpu_fast_dropout(model, on_cpu and opts.cpu_dropout == "fast"))
+    levers.enter_context(channels_last_convs(model, on_cpu and opts.cpu_channels_last))
+    with levers:
+        steps, skipped, losses = _train_steps(model, items, collate_fn, optimizer, opts, rng, dtype,
+                                              device, total_steps)
+    seconds = time.perf_counter() - t0
+    return LocalResult(steps=steps, examples=len(items), seconds=seconds,
+                       loss=float(np.mean(losses)) if losses else float("nan"), skipped=skipped)
+
+
+def _train_steps(model, items, collate_fn, optimizer, opts: LocalTraining, rng, dtype, device,
+                 total_steps: int) -> Tuple[int, int, List[float]]:
+    """The local training loop: (steps taken, steps skipped, losses of the steps taken)."""
+    steps = skipped = 0
+    losses: List[float] = []
     while steps + skipped < total_steps:
         order = rng.permutation(len(items))
         for start in range(0, len(order), opts.batch_size):
@@ -177,9 +209,7 @@ def train_locally(model: torch.nn.Module, examples: Sequence[Tuple[str, np.ndarr
             optimizer.step()
             steps += 1
             losses.append(float(loss.detach()))
-    seconds = time.perf_counter() - t0
-    return LocalResult(steps=steps, examples=len(items), seconds=seconds,
-                       loss=float(np.mean(losses)) if losses else float("nan"), skipped=skipped)
+    return steps, skipped, losses
 
 
 # --- the client's process-wide state ---------------------------------------------------------

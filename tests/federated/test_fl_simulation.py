@@ -373,3 +373,47 @@ def test_client_training_under_cpu_bf16_autocast_trains_float32_weights_differen
     assert LocalTraining(cpu_autocast="bf16").identity()["cpu_autocast"] == "bf16"
     with pytest.raises(ValueError, match="cpu_autocast"):
         LocalTraining(cpu_autocast="fp8").validate()
+
+
+def test_client_training_with_fast_dropout_and_channels_last(world, monkeypatch):
+    """--client_cpu_dropout fast / --client_cpu_channels_last true: while a client trains, its
+    dropout masks come from cpu_dropout.fast_dropout and its conv2d weights are channels-last;
+    afterwards the model is as before (torch's dropout, contiguous weights), and a run's identity
+    names the options only when used."""
+    from espnet_ext.data.kaldi import KaldiDataDir
+    from espnet_ext.experiment import cpu_dropout
+    from espnet_ext.federated.client import load_utterances, train_locally
+    from espnet_ext.federated.modelio import build_asr_model, build_data_pipeline, load_weights
+    from espnet_ext.federated.partition import speaker_clients
+
+    config = world["exp"] / "config.yaml"
+    model = build_asr_model(config)
+    model.load_state_dict(load_weights(world["exp"] / "latest.pth"))
+    preprocess, collate = build_data_pipeline(config)
+    data = KaldiDataDir.read(world["adapt"])
+    examples = load_utterances(data, speaker_clients(data)[0].utterances)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    dropouts = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert convs and dropouts
+    drawn, layouts = [], []
+    real = cpu_dropout.fast_dropout
+    monkeypatch.setattr(cpu_dropout, "fast_dropout", lambda *a, **k: drawn.append(1) or real(*a, **k))
+    convs[0].register_forward_pre_hook(
+        lambda m, _: layouts.append(m.weight.is_contiguous(memory_format=torch.channels_last)))
+    for p in dropouts:
+        p.p = 0.1  # the tiny config may train without dropout: give the masks something to do
+    opts = LocalTraining(steps=2, batch_size=3, optim="sgd", lr=0.1, cpu_dropout="fast",
+                         cpu_channels_last=True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = train_locally(model, examples, preprocess, collate, opts, seed=(0, 1, 0))
+    assert result.steps == 2 and np.isfinite(result.loss)
+    assert drawn and layouts and all(layouts)
+    assert all(c.weight.is_contiguous() for c in convs)
+    assert all("forward" not in d.__dict__ for d in dropouts)  # torch's dropout is back
+    w = "encoder.encoders.0.feed_forward.w_1.weight"
+    assert not torch.equal(before[w], model.state_dict()[w])
+    assert set(LocalTraining().identity()).isdisjoint({"cpu_dropout", "cpu_channels_last"})
+    assert LocalTraining(cpu_dropout="fast", cpu_channels_last=True).identity() == dict(
+        LocalTraining().identity(), cpu_dropout="fast", cpu_channels_last=True)
+    with pytest.raises(ValueError, match="cpu_dropout must be one of torch, fast"):
+        LocalTraining(cpu_dropout="faster").validate()
