@@ -42,10 +42,12 @@ def test_depth_configs_change_only_the_depth_learning_rate_and_cpu_options_of_th
             assert d == expected, (norm, blocks)
 
 
-def test_default_configs_are_the_float32_ones_with_the_cpu_training_options():
+def test_default_configs_are_the_float32_ones_with_the_cpu_training_options_and_17_epochs():
     for n in ("", "_gn"):
         d = yaml.safe_load((CONF / f"train_asr_conformer{n}.yaml").read_text())
         fp32 = yaml.safe_load((CONF / "tuning" / f"train_asr_conformer{n}_fp32.yaml").read_text())
         options = {k: d.pop(k) for k in ("cpu_autocast", "cpu_dropout", "cpu_channels_last")}
         assert options == {"cpu_autocast": "bf16", "cpu_dropout": "fast", "cpu_channels_last": True}
+        # The same schedule stopped at epoch 17 (the float32 runs of RESULTS.md trained 20).
+        assert (d.pop("max_epoch"), fp32.pop("max_epoch")) == (17, 20)
         assert d == fp32
