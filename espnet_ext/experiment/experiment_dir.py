@@ -213,20 +213,13 @@ class ExperimentDir:
         except (FileNotFoundError, IndexError, ValueError):
             return None
 
-    def epoch_stats(self) -> Optional[Dict[int, Dict[str, Dict[str, float]]]]:
-        """What ESPnet's trainer reported for each finished epoch; None if unknown.
+    def reporter_state(self) -> Optional[dict]:
+        """ESPnet's ``Reporter.state_dict()`` as its trainer saved it in ``checkpoint.pth``.
 
-        Read from the reporter ESPnet's trainer keeps in ``checkpoint.pth`` (updated after every
-        epoch, kept across resumes, so unlike ``train.log`` of an older driver or
-        :meth:`train_wall_s` it survives a training that was killed and resumed). Loaded
-        weights-only, with the three non-tensor types the reporter holds allowed
-        (``datetime.timedelta``, numpy scalars and dtypes).
-
-        Returns:
-            {epoch: {"train": {key: value}, "valid": {key: value}}}: the numbers ESPnet logs as
-            ``<epoch>epoch results`` (``loss_ctc``, ``acc``, ``cer_ctc``...), with ``time`` in
-            seconds. None without a checkpoint.pth, with a torch too old to allow those types
-            (< 2.5), or with a file that holds no reporter.
+        The reporter holds every finished epoch's numbers and is kept across resumes. Loaded
+        weights-only, with the three non-tensor types it holds allowed (``datetime.timedelta``,
+        numpy scalars and dtypes). None without a checkpoint.pth, with a torch too old to allow
+        them (< 2.5), or with a file that holds no reporter.
         """
         path = self.path / RESUME_FILE
         if not path.is_file() or not hasattr(torch.serialization, "safe_globals"):
@@ -242,11 +235,29 @@ class ExperimentDir:
             with torch.serialization.safe_globals(allowed):
                 state = torch.load(path, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-            logging.warning("%s: no epoch statistics (%s)", path, str(e).splitlines()[0])
+            logging.warning("%s: no reporter (%s)", path, str(e).splitlines()[0])
             return None
-        stats = (state.get("reporter") or {}).get("stats") or {} if isinstance(state, dict) else {}
+        reporter = state.get("reporter") if isinstance(state, dict) else None
+        return reporter if isinstance(reporter, dict) and reporter.get("stats") else None
+
+    def epoch_stats(self) -> Optional[Dict[int, Dict[str, Dict[str, float]]]]:
+        """What ESPnet's trainer reported for each finished epoch; None if unknown.
+
+        From :meth:`reporter_state` (so unlike ``train.log`` of an older driver or
+        :meth:`train_wall_s` it survives a training that was killed and resumed).
+
+        Returns:
+            {epoch: {"train": {key: value}, "valid": {key: value}}}: the numbers ESPnet logs as
+            ``<epoch>epoch results`` (``loss_ctc``, ``acc``, ``cer_ctc``...), with ``time`` in
+            seconds.
+        """
+        import numpy
+
+        state = self.reporter_state()
+        if state is None:
+            return None
         out: Dict[int, Dict[str, Dict[str, float]]] = {}
-        for epoch, subs in stats.items():
+        for epoch, subs in state["stats"].items():
             for key, values in (subs or {}).items():
                 if not isinstance(values, dict):
                     continue

@@ -110,9 +110,14 @@ def plot_curves(runs: Sequence[RunCurves], curves: Sequence[str], path: Path,
     if not runs or not curves:
         raise CurveError("training curves: nothing to draw")
     plt = pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     cols = min(3, len(curves))
     rows = -(-len(curves) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows + 0.8), squeeze=False)
+    ncol = min(len(runs), 3)
+    legend_in = 0.22 * -(-len(runs) // ncol) + 0.15  # legend rows below the panels, inches
+    height = 3.0 * rows + legend_in
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, height), squeeze=False)
     for i, curve in enumerate(curves):
         ax = axes[i // cols][i % cols]
         for r in runs:
@@ -120,12 +125,13 @@ def plot_curves(runs: Sequence[RunCurves], curves: Sequence[str], path: Path,
             ax.plot([e for e, _ in points], [v for _, v in points], marker="o", ms=2.5, lw=1.2, label=r.name)
         ax.set_title(curve, fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(labelsize=7)
     for j in range(len(curves), rows * cols):
         axes[j // cols][j % cols].set_visible(False)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(runs), 3), fontsize=7, frameon=False)
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=7, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.05 + 0.02 * (len(runs) // 3), 1, 1))
+    fig.tight_layout(rect=(0, legend_in / height, 1, 1))
     return save_figure(fig, path)
