@@ -62,8 +62,10 @@ def test_refusals(trained, tmp_path):
 
     with pytest.raises(ExperimentError, match="outside the trained epochs 1..3"):
         truncated_average(trained, 4)
-    with pytest.raises(ExperimentError, match="no valid.wer"):
-        truncated_average(trained, 3, criterion=("valid", "wer", "min"))
+    with pytest.raises(ExperimentError, match="no valid.bleu"):
+        truncated_average(trained, 3, criterion=("valid", "bleu", "max"))
+    with pytest.raises(ExperimentError, match="criterion must be"):
+        truncated_average(trained, 3, criterion=("valid", "loss", "lowest"))
     (trained / "valid.loss.ave_upto1.pth").write_bytes(b"someone else's")
     with pytest.raises(ExperimentError, match="was not written by this tool"):
         truncated_average(trained, 1)
@@ -72,8 +74,12 @@ def test_refusals(trained, tmp_path):
     (trained / "2epoch.pth").unlink(missing_ok=True)
     with pytest.raises(ExperimentError, match="not kept"):
         truncated_average(trained, 2, nbest=2)
+    with pytest.raises(ExperimentError, match="is not a trained ESPnet experiment dir"):
+        truncated_average(tmp_path / "nothing", 1)
+    (tmp_path / "untrained").mkdir()
+    (tmp_path / "untrained" / "config.yaml").write_text((trained / "config.yaml").read_text())
     with pytest.raises(ExperimentError, match="no per-epoch numbers"):
-        truncated_average(tmp_path, 1)
+        truncated_average(tmp_path / "untrained", 1)
 
 
 def test_cli(trained, capsys):
