@@ -340,14 +340,11 @@ def test_parallel_runs_need_the_local_backend(world, tmp_path):
     assert not (tmp_path / "fl" / "none").exists()  # refused before any run dir was made
 
 
-def test_client_training_under_cpu_bf16_autocast_trains_float32_weights_differently(world):
-    """--client_cpu_autocast bf16: the clients' forward runs in bfloat16 (other updates than in
-    float32, from the same seed), the weights stay float32, and a run's identity only changes
-    when it is used (runs made before the option resume)."""
-    import copy
-
+def _first_client(world):
+    """(the world's trained model, ESPnet's preprocessor and collate function, the utterances of
+    its first speaker as one client's examples)."""
     from espnet_ext.data.kaldi import KaldiDataDir
-    from espnet_ext.federated.client import load_utterances, train_locally
+    from espnet_ext.federated.client import load_utterances
     from espnet_ext.federated.modelio import build_asr_model, build_data_pipeline, load_weights
     from espnet_ext.federated.partition import speaker_clients
 
@@ -356,7 +353,18 @@ def test_client_training_under_cpu_bf16_autocast_trains_float32_weights_differen
     model.load_state_dict(load_weights(world["exp"] / "latest.pth"))
     preprocess, collate = build_data_pipeline(config)
     data = KaldiDataDir.read(world["adapt"])
-    examples = load_utterances(data, speaker_clients(data)[0].utterances)
+    return model, preprocess, collate, load_utterances(data, speaker_clients(data)[0].utterances)
+
+
+def test_client_training_under_cpu_bf16_autocast_trains_float32_weights_differently(world):
+    """--client_cpu_autocast bf16: the clients' forward runs in bfloat16 (other updates than in
+    float32, from the same seed), the weights stay float32, and a run's identity only changes
+    when it is used (runs made before the option resume)."""
+    import copy
+
+    from espnet_ext.federated.client import train_locally
+
+    model, preprocess, collate, examples = _first_client(world)
     trained = {}
     for name in ("none", "bf16"):
         m = copy.deepcopy(model)
@@ -380,18 +388,10 @@ def test_client_training_with_fast_dropout_and_channels_last(world, monkeypatch)
     dropout masks come from cpu_dropout.fast_dropout and its conv2d weights are channels-last;
     afterwards the model is as before (torch's dropout, contiguous weights), and a run's identity
     names the options only when used."""
-    from espnet_ext.data.kaldi import KaldiDataDir
     from espnet_ext.experiment import cpu_dropout
-    from espnet_ext.federated.client import load_utterances, train_locally
-    from espnet_ext.federated.modelio import build_asr_model, build_data_pipeline, load_weights
-    from espnet_ext.federated.partition import speaker_clients
+    from espnet_ext.federated.client import train_locally
 
-    config = world["exp"] / "config.yaml"
-    model = build_asr_model(config)
-    model.load_state_dict(load_weights(world["exp"] / "latest.pth"))
-    preprocess, collate = build_data_pipeline(config)
-    data = KaldiDataDir.read(world["adapt"])
-    examples = load_utterances(data, speaker_clients(data)[0].utterances)
+    model, preprocess, collate, examples = _first_client(world)
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     dropouts = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
     assert convs and dropouts
