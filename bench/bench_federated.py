@@ -199,6 +199,23 @@ def merge_seconds(full_state, info, plan, num_clients: int, reps: int) -> float:
     return statistics.median(times)
 
 
+def step_flops(model, examples, preprocess, collate, batch_size: int) -> int:
+    """FLOPs of one training step (forward + backward) of `model` on the client's first batch,
+    as torch.utils.flop_counter counts them (matrix products and convolutions): the work kept."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from espnet_ext.federated.submodel import detach_cached_tensors_
+
+    work = copy.deepcopy(detach_cached_tensors_(model))
+    work.train()
+    items = [(uid, preprocess(uid, {"speech": wav, "text": text})) for uid, wav, text in examples[:batch_size]]
+    _, batch = collate(items)
+    with FlopCounterMode(display=False) as counter:
+        loss, _, _ = work(**batch)
+        loss.backward()
+    return counter.get_total_flops()
+
+
 def main() -> int:
     args = parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -290,6 +307,8 @@ def main() -> int:
         return run
 
     full_t, sub_t = _interleaved([timed(model, "full"), timed(sub, "sub")], args.reps)
+    flops_full, flops_sub = (step_flops(m, audio[client], preprocess, collate, args.batch_size)
+                             for m in (model, sub))
     ratio = statistics.median(s / f for s, f in zip(sub_t, full_t))
     params_full = sum(p.numel() for p in model.parameters())
     params_sub = sum(p.numel() for p in sub.parameters())
@@ -298,6 +317,8 @@ def main() -> int:
           f"({args.reps} interleaved reps of {args.local_steps} steps, batch {args.batch_size})")
     print(f"step time:         {1000 * statistics.median(sub_t):.1f} ms vs {1000 * statistics.median(full_t):.1f} ms "
           f"(ratio {ratio:.2f})")
+    print(f"work per step:     {flops_sub / 1e9:.2f} vs {flops_full / 1e9:.2f} GFLOP (ratio {flops_sub / flops_full:.3f}; "
+          "forward + backward, matrix products and convolutions, torch.utils.flop_counter)")
     print(f"bytes down (= up): {b_sub / 1e6:.3f} MB vs {b_full / 1e6:.3f} MB (ratio {b_sub / b_full:.3f})")
     print(f"params trained:    {params_sub} vs {params_full} (ratio {params_sub / params_full:.3f})")
     print(f"params+grads+SGD:  {2 * 4 * params_sub / 1e6:.2f} MB vs {2 * 4 * params_full / 1e6:.2f} MB")
