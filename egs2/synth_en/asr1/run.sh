@@ -25,9 +25,9 @@ fl_args+=" --backend local --parallel_runs 2 --client_threads 1"
 # Their dropout masks come from 16-bit random integers and their conv2d weights are channels-last
 # while they train (README, "Speed": 0.94 of a float32 client step together).
 fl_args+=" --client_cpu_dropout fast --client_cpu_channels_last true"
-# One federated seed (stage 8 took 576 s on 2 cores; RESULTS.md, "Recipe time"); its results.md still
+# One federated seed (stage 8 took 380 s on 2 cores; RESULTS.md, "Recipe time"); its results.md still
 # gives paired bootstrap intervals over the test utterances. For the spread over seeds run every plan
-# once per seed: --fl_seeds "1 2 3" (each seed adds ~8-10 min).
+# once per seed: --fl_seeds "1 2 3" (each seed adds about as much again).
 fl_seeds="1"
 
 ../../TEMPLATE/asr1/asr.sh \
