@@ -480,11 +480,9 @@ def depth_setups(collections: Dict[str, Collection], rates: Dict[str, Dict[str, 
                                               k[2] if k[2] is not None else big)):
         norm, num_blocks, output_size = key
         by_gran = {g: _by_seed(runs) for g, runs in grouped[key].items()}
-        names: Dict[str, Optional[int]] = {}
-        for runs in by_gran.values():
-            for r in runs:
-                names.setdefault(r.info.name, r.info.seed)
-        names = dict(sorted(names.items(), key=lambda kv: (kv[1] is None, kv[1] or 0, kv[0])))
+        # The setup's runs, each once (a run has one entry per granularity scanned), by seed.
+        unique = _by_seed(list({r.info.name: r for runs in by_gran.values() for r in runs}.values()))
+        names = {r.info.name: r.info.seed for r in unique}
         stability, updates = {}, {}
         for g, runs in by_gran.items():
             outcomes = [r.outcome for r in runs]
@@ -497,8 +495,7 @@ def depth_setups(collections: Dict[str, Collection], rates: Dict[str, Dict[str, 
             positions=[block_positions(r) for r in by_gran.get(BLOCK_GRANULARITY, [])],
             error_rates=_error_rates(list(names), rates, datasets),
             stability=stability, updates=updates,
-            training=[t for t in (training_time(r) for r in _by_seed(
-                list({r.info.name: r for runs in by_gran.values() for r in runs}.values()))) if t]))
+            training=[t for t in map(training_time, unique) if t]))
     return out
 
 
