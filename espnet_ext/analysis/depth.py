@@ -17,7 +17,8 @@ stage-6 scans via ScanResult, the weight updates) and the decoding scores of sta
 Per setup:
 
 * **fraction ambient per kind** at the analysed reset (default: each scan's reference reset,
-  re-initialization to the smallest tau scanned): per run, ambient groups / groups of that kind
+  re-initialization to the smallest tau scanned; or re-initialization to a given tau, or
+  re-randomization, for the same question at the other resets of the scan): per run, ambient groups / groups of that kind
   among the encoder blocks' groups (``enc_block`` at block granularity; ``enc_self_attn``,
   ``enc_feed_forward``, ``enc_feed_forward_macaron``, ``enc_conv_module``, ``enc_norms``... at
   sub-module granularity), its mean over seeds, and the number of uncertain labels (interval
@@ -56,7 +57,7 @@ from espnet_ext.analysis import analysis_report as rep
 from espnet_ext.analysis import stability as st
 from espnet_ext.analysis.cross_run import AnalysisInputError, AnalyzedRun, Collection, collect_runs_multi
 from espnet_ext.reporting.tables import markdown_table
-from espnet_ext.scan.result import REINIT, variant_title
+from espnet_ext.scan.result import REINIT, RERANDOMIZE, variant_title
 from espnet_ext.utils.atomic import write_text_atomic
 
 #: The granularity whose ``enc_block`` groups give the block positions.
@@ -82,7 +83,11 @@ class DepthOptions:
         out_dir: Output dir (``exp/analysis_depth_dev``).
         granularities: Scan granularities read (the block positions need ``block``).
         tau: Reset analysed: re-initialization to this tau; None: each scan's reference reset
-            (re-initialization to the smallest tau scanned).
+            (re-initialization to the smallest tau scanned), or with ``mode`` reinit the smallest
+            tau scanned.
+        mode: Reset mode analysed (``reinit``/``rerandomize``); None: ``reinit`` when `tau` is
+            given, else each scan's reference reset.
+        reset_seed: Seed of the ``rerandomize`` reset; None: each run's first.
         decode_sets: Decoded data sets whose error rates are reported; None: every set decoded.
         decode_tag: The decoding dir (``decode_asr_valid.acc.ave``) when a run has several;
             None: each run's only one.
@@ -100,11 +105,32 @@ class DepthOptions:
     out_dir: Path
     granularities: Sequence[str] = ("block", "submodule")
     tau: Optional[int] = None
+    mode: Optional[str] = None
+    reset_seed: Optional[int] = None
     decode_sets: Optional[Sequence[str]] = None
     decode_tag: Optional[str] = None
     depth_bins: int = 4
     allow_missing: bool = False
     max_base_error: Optional[float] = 50.0
+
+    def reset(self) -> Tuple[Optional[str], Optional[int]]:
+        """(mode, tau or seed) of the reset analysed; (None, None): each scan's reference reset.
+
+        Raises:
+            ValueError: `tau` with the ``rerandomize`` mode, `reset_seed` without it, or an
+                unknown mode.
+        """
+        mode = self.mode if self.mode is not None else (REINIT if self.tau is not None else None)
+        if mode not in (None, REINIT, RERANDOMIZE):
+            raise ValueError(f"unknown reset mode {mode!r}: use {REINIT} or {RERANDOMIZE}")
+        if mode == RERANDOMIZE:
+            if self.tau is not None:
+                raise ValueError("tau selects a re-initialization: it does not go with the "
+                                 f"{RERANDOMIZE} mode (use reset_seed)")
+            return mode, self.reset_seed
+        if self.reset_seed is not None:
+            raise ValueError(f"reset_seed selects a re-randomization: it needs the {RERANDOMIZE} mode")
+        return mode, self.tau
 
 
 @dataclasses.dataclass(frozen=True)
@@ -524,7 +550,7 @@ def _markdown(setups: Sequence[DepthSetup], collections: Dict[str, Collection], 
     first = next(iter(collections.values()))
     m = first.metric.upper()
     run = first.runs[0]
-    reset = f"{run.scan.reset[0]} {variant_title(*run.scan.reset)}" if opts.tau is not None else \
+    reset = f"{run.scan.reset[0]} {variant_title(*run.scan.reset)}" if opts.reset()[0] is not None else \
         "each scan's reference reset (re-initialization to the smallest tau scanned)"
     out = [f"# Depth sweep: ambient groups vs encoder depth on {opts.dataset}", ""]
     out.append(f"- Runs: `{opts.runs_glob}` in {opts.exp_dir}; reset: {reset}; ambient rule of the "
@@ -633,7 +659,8 @@ def _json(setups: Sequence[DepthSetup], collections: Dict[str, Collection], opts
         setup_json.append(item)
     return {
         "options": {"exp_dir": str(opts.exp_dir), "runs_glob": opts.runs_glob, "dataset": opts.dataset,
-                    "granularities": list(collections), "tau": opts.tau, "decode_sets": list(datasets),
+                    "granularities": list(collections), "mode": opts.reset()[0], "tau": opts.tau,
+                    "reset_seed": opts.reset_seed, "decode_sets": list(datasets),
                     "decode_tag": opts.decode_tag, "metric": first.metric, "criterion": first.criterion,
                     "max_base_error": opts.max_base_error},
         "runs": {g: [{"name": r.info.name, "exp_dir": str(r.info.exp_dir), "norm": r.info.norm,
@@ -686,12 +713,13 @@ def run_depth_analysis(opts: DepthOptions) -> DepthResult:
     Raises:
         AnalysisInputError: No run matches, runs lack scans or checkpoints (without
             ``allow_missing``), a set decoded in several dirs without ``decode_tag``.
+        ValueError: Contradictory reset options (:meth:`DepthOptions.reset`).
     """
     from espnet_ext.utils.jsonable import jsonable
 
+    mode, value = opts.reset()
     pattern = str(Path(opts.exp_dir) / opts.runs_glob)
-    collections = collect_runs_multi([pattern], list(opts.granularities), opts.dataset,
-                                     REINIT if opts.tau is not None else None, opts.tau,
+    collections = collect_runs_multi([pattern], list(opts.granularities), opts.dataset, mode, value,
                                      opts.allow_missing)
     runs = {r.info.name: r.info.exp_dir for coll in collections.values() for r in coll.runs}
     rates = {name: decode_error_rates(path, opts.decode_sets, opts.decode_tag) for name, path in runs.items()}

@@ -19,7 +19,7 @@ depth, dev/test error rates, stability across seeds and weight update vs reset; 
 depth.md, depth_ambient_fraction.png and depth_ambient_positions.png into --out_dir:
     python -m espnet_ext.bin.layer_analysis depth --exp_dir exp \\
         --runs_glob 'asr_train_asr_conformer*_[0-9]*x64_seed*' --dataset dev \\
-        --out_dir exp/analysis_depth_dev
+        --out_dir exp/analysis_depth_dev [--tau 10 | --mode rerandomize]
 """
 
 from __future__ import annotations
@@ -84,9 +84,14 @@ def get_depth_parser() -> argparse.ArgumentParser:
     p.add_argument("--out_dir", type=Path, required=True, help="output dir, e.g. exp/analysis_depth_dev")
     p.add_argument("--granularity", nargs="+", default=["block", "submodule"],
                    help="scan granularities to read (block positions need block; default: %(default)s)")
+    p.add_argument("--mode", default=None, choices=["reinit", "rerandomize"],
+                   help="reset to analyse (default: reinit when --tau is given, else each scan's "
+                        "reference reset, i.e. reinit to the smallest tau scanned)")
     p.add_argument("--tau", type=int, default=None,
                    help="analyse re-initialization to this tau (default: each scan's reference "
                         "reset, the smallest tau scanned)")
+    p.add_argument("--reset_seed", type=int, default=None,
+                   help="seed of --mode rerandomize (default: each run's first)")
     p.add_argument("--decode_sets", nargs="+", default=None,
                    help="decoded sets whose error rates are reported (default: every set decoded)")
     p.add_argument("--decode_tag", default=None,
@@ -113,6 +118,10 @@ def depth_main(argv=None) -> int:
         parser.error("--depth_bins must be >= 1")
     if args.num_threads < 1:
         parser.error("--num_threads must be >= 1")
+    if args.tau is not None and args.mode == "rerandomize":
+        parser.error("--tau selects a re-initialization: use --reset_seed with --mode rerandomize")
+    if args.reset_seed is not None and args.mode != "rerandomize":
+        parser.error("--reset_seed needs --mode rerandomize")
     import torch
 
     torch.set_num_threads(args.num_threads)
@@ -120,7 +129,8 @@ def depth_main(argv=None) -> int:
 
     opts = DepthOptions(exp_dir=args.exp_dir, runs_glob=args.runs_glob, dataset=args.dataset,
                         out_dir=args.out_dir, granularities=list(dict.fromkeys(args.granularity)),
-                        tau=args.tau, decode_sets=args.decode_sets, decode_tag=args.decode_tag,
+                        tau=args.tau, mode=args.mode, reset_seed=args.reset_seed,
+                        decode_sets=args.decode_sets, decode_tag=args.decode_tag,
                         depth_bins=args.depth_bins, allow_missing=args.allow_missing,
                         max_base_error=args.max_base_error if args.max_base_error >= 0 else None)
     results = []

@@ -56,7 +56,7 @@ def make_depth_run(root, name, num_blocks, ambient, norm="batch_norm", seed=1, u
                   for i in range(num_blocks)})
     return make_fake_run(root, name, rates, epochs=EPOCHS, norm=norm, seed=seed,
                          granularities=("block", "submodule"), kind_factor=SUB_FACTOR,
-                         uncertain=uncertain, decodings=cer)
+                         uncertain=uncertain, decodings=cer, rerandomize=True)
 
 
 @pytest.fixture(scope="module")
@@ -205,6 +205,33 @@ def test_tau_option_and_block_scan_missing(sweep, tmp_path):
                                         out_dir=tmp_path / "none"))
 
 
+def test_rerandomization_option(sweep, tmp_path):
+    """--mode rerandomize reads the scans' re-randomization rows (CER 40: every group critical)."""
+    out = tmp_path / "rerandomize"
+    result = run_depth_analysis(DepthOptions(exp_dir=sweep, runs_glob="asr_conformer_4x4_seed*",
+                                             dataset="dev", out_dir=out, mode="rerandomize"))
+    data = json.loads((out / "depth.json").read_text())
+    # make_fake_run re-randomizes with seed + 1: runs of seeds 1 and 2 read seeds 2 and 3.
+    assert sorted(r["reset"]["value"] for r in data["runs"]["block"]) == [2, 3]
+    assert {r["reset"]["mode"] for r in data["runs"]["block"]} == {"rerandomize"}
+    assert data["options"]["mode"] == "rerandomize"
+    block = result.setups[0].fractions["block"][0]
+    assert [s.fraction for s in block.per_seed] == [0.0, 0.0]
+    assert "reset: rerandomize seed=2" in (out / "depth.md").read_text()
+    # A seed no run scanned: each run says so, in one error.
+    with pytest.raises(AnalysisInputError, match="seed=7"):
+        run_depth_analysis(DepthOptions(exp_dir=sweep, runs_glob="asr_conformer_4x4_seed*",
+                                        dataset="dev", out_dir=tmp_path / "s7", mode="rerandomize",
+                                        reset_seed=7))
+    with pytest.raises(ValueError, match="does not go with the rerandomize mode"):
+        DepthOptions(exp_dir=sweep, runs_glob=GLOB, dataset="dev", out_dir=out, mode="rerandomize",
+                     tau=0).reset()
+    with pytest.raises(ValueError, match="needs the rerandomize mode"):
+        DepthOptions(exp_dir=sweep, runs_glob=GLOB, dataset="dev", out_dir=out, reset_seed=2).reset()
+    assert DepthOptions(exp_dir=sweep, runs_glob=GLOB, dataset="dev", out_dir=out,
+                        tau=1).reset() == ("reinit", 1)
+
+
 def test_several_decodings_need_a_tag(sweep, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(sweep / "asr_conformer_2x4_seed1" / "decode_asr_valid.acc.ave",
@@ -228,6 +255,12 @@ def test_cli(sweep, tmp_path, capsys):
                "--out_dir", str(tmp_path / "bad")])
     assert rc == 1
     assert "layer_analysis depth: error:" in capsys.readouterr().err
+    for bad in (["--mode", "rerandomize", "--tau", "0"], ["--reset_seed", "2"]):
+        with pytest.raises(SystemExit):
+            main(["depth", "--exp_dir", str(sweep), "--runs_glob", GLOB, "--dataset", "dev",
+                  "--out_dir", str(tmp_path / "bad"), *bad])
+        assert "--reset_seed" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_block_positions_of_one_block_model(sweep):
