@@ -97,3 +97,17 @@ def test_synth_en_study_scripts_pass_options_to_run_sh(tmp_path):
     assert _value(args, "--asr_configs").split()[0] == "conf/depth/train_asr_conformer_4x64.yaml"
     assert args[-4:] == ["--stop_stage", "4", "--seeds", "1"]
     assert "The depth sweep" in _run(recipe / "run_depth.sh", "--help").stdout
+
+    # Stage 7: after run.sh, one depth analysis per reset the scans hold (tau 0, mid tau, re-randomization).
+    python = tmp_path / "python"
+    python.write_text('#!/usr/bin/env bash\necho "python $*"\n')
+    python.chmod(0o755)
+    proc = _run(recipe / "run_depth.sh", "--stage", "7", "--python", str(python))
+    assert proc.returncode == 0, proc.stderr
+    args = proc.stdout.splitlines()
+    assert _value(args, "--scan_taus") == "0,10"
+    calls = [line for line in args if line.startswith("python -m espnet_ext.bin.layer_analysis depth")]
+    assert len(calls) == 3
+    assert calls[0].endswith("--out_dir exp/analysis_depth_dev") and "--tau" not in calls[0]
+    assert "--tau 10 " in calls[1] and calls[1].endswith("--out_dir exp/analysis_depth_dev_tau10")
+    assert "--mode rerandomize " in calls[2] and calls[2].endswith("--out_dir exp/analysis_depth_dev_rerandomize")
