@@ -57,6 +57,7 @@ from espnet_ext.analysis import analysis_report as rep
 from espnet_ext.analysis import stability as st
 from espnet_ext.analysis.cross_run import AnalysisInputError, AnalyzedRun, Collection, collect_runs_multi
 from espnet_ext.reporting.tables import markdown_table
+from espnet_ext.scan.labels import AmbientCriterion
 from espnet_ext.scan.result import REINIT, RERANDOMIZE, variant_title
 from espnet_ext.utils.atomic import write_text_atomic
 
@@ -69,6 +70,7 @@ METRICS = ("CER", "WER")
 #: Figure file names.
 FRACTION_FIGURE = "depth_ambient_fraction.png"
 POSITIONS_FIGURE = "depth_ambient_positions.png"
+DELTA_FIGURE = "depth_block_delta.png"
 
 
 @dataclasses.dataclass
@@ -182,6 +184,8 @@ class BlockPosition:
         ambient: The scan's label.
         uncertain: Its interval straddles the ambient threshold.
         delta: Error change after the reset, percentage points (the scans' metric).
+        tolerance: The run's ambient tolerance, percentage points (the largest change the rule
+            calls ambient at the run's baseline error); NaN when the scan has no rule recorded.
     """
 
     block: int
@@ -189,6 +193,7 @@ class BlockPosition:
     ambient: bool
     uncertain: bool
     delta: float
+    tolerance: float = math.nan
 
     @property
     def mark(self) -> str:
@@ -352,13 +357,23 @@ def normalized_depth(block: int, num_blocks: int) -> float:
     return block / (num_blocks - 1) if num_blocks > 1 else 0.0
 
 
+def _tolerance(run: AnalyzedRun) -> float:
+    """The run's ambient tolerance in points at its scan baseline (NaN without a recorded rule)."""
+    baseline = run.scan.baseline.get(run.scan.metric.upper())
+    if not run.scan.criterion or baseline is None:
+        return math.nan
+    return AmbientCriterion(**run.scan.criterion).tolerance(baseline)
+
+
 def block_positions(run: AnalyzedRun) -> RunPositions:
     """The run's ``enc_block`` groups in normalized depth (its depth: config.yaml's num_blocks)."""
     blocks = [g for g in _in_block_layers(run) if g.kind == "enc_block"]
+    tolerance = _tolerance(run)
     out = []
     for g in blocks:
         n = run.info.num_blocks or g.num_blocks or len(blocks)
-        out.append(BlockPosition(g.block, normalized_depth(g.block, n), g.ambient, g.uncertain, g.delta))
+        out.append(BlockPosition(g.block, normalized_depth(g.block, n), g.ambient, g.uncertain, g.delta,
+                                 tolerance))
     return RunPositions(run.info.name, run.info.seed, tuple(out))
 
 
@@ -677,7 +692,11 @@ def _json(setups: Sequence[DepthSetup], collections: Dict[str, Collection], opts
 
 
 def _draw_figures(setups: Sequence[DepthSetup], out_dir: Path) -> List[Path]:
-    from espnet_ext.reporting.analysis_figures import plot_ambient_fraction, plot_block_positions
+    from espnet_ext.reporting.analysis_figures import (
+        plot_ambient_fraction,
+        plot_block_delta,
+        plot_block_positions,
+    )
 
     norms = list(dict.fromkeys(s.norm for s in setups))
     panels = []
@@ -701,9 +720,21 @@ def _draw_figures(setups: Sequence[DepthSetup], out_dir: Path) -> List[Path]:
             if rows:
                 position_panels.append((norm, rows))
         figures.append(plot_block_positions(position_panels, out_dir / POSITIONS_FIGURE))
-    elif (out_dir / POSITIONS_FIGURE).exists():
-        # An earlier analysis with the block scan drew it; depth.md must not link a stale one.
-        (out_dir / POSITIONS_FIGURE).unlink()
+        delta_panels = []
+        for norm in norms:
+            rows = [(f"{s.num_blocks} blocks",
+                     [[(b.position, b.delta / b.tolerance) for b in p.blocks if b.tolerance > 0]
+                      for p in s.positions])
+                    for s in setups if s.norm == norm and s.positions]
+            rows = [(label, [seed for seed in seeds if seed]) for label, seeds in rows]
+            if any(seeds for _, seeds in rows):
+                delta_panels.append((norm, [(label, seeds) for label, seeds in rows if seeds]))
+        if delta_panels:
+            figures.append(plot_block_delta(delta_panels, out_dir / DELTA_FIGURE))
+    for name in (POSITIONS_FIGURE, DELTA_FIGURE):
+        if out_dir / name not in figures and (out_dir / name).exists():
+            # An earlier analysis with the block scan drew it; depth.md must not link a stale one.
+            (out_dir / name).unlink()
     return figures
 
 

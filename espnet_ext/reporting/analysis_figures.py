@@ -7,7 +7,9 @@
 * :func:`plot_ambient_fraction`: the depth sweep's fraction of ambient groups per kind vs encoder
   blocks, one panel per norm;
 * :func:`plot_block_positions`: the depth sweep's ambient / critical / uncertain blocks by
-  normalized depth, one row per model depth.
+  normalized depth, one row per model depth;
+* :func:`plot_block_delta`: the depth sweep's error change after resetting each block, in units
+  of the ambient tolerance, vs normalized depth, one line per model depth.
 
 The analysis's heatmaps (one panel per seed, runs x runs matrices, the depth profile) are
 :func:`espnet_ext.reporting.figures.plot_heatmap`'s.
@@ -234,4 +236,74 @@ def plot_block_positions(
     fig.legend(handles=handles, loc="center right", fontsize=7)
     width = 4.8 * len(panels) + 1.6
     fig.tight_layout(rect=(0, 0, 1 - 1.3 / width, 1))
+    return save_figure(fig, path)
+
+
+#: y ticks of :func:`plot_block_delta` (tolerance units; linear below 1, logarithmic above).
+_DELTA_TICKS = (-1, -0.5, 0, 0.5, 1, 2, 5, 10, 20, 50, 100)
+
+
+def plot_block_delta(
+    panels: Sequence[Tuple[str, Sequence[Tuple[str, Sequence[Sequence[Tuple[float, float]]]]]]],
+    path: Path,
+    xlabel: str = "normalized depth (block / (blocks − 1))",
+    ylabel: str = "error change / ambient tolerance",
+) -> Path:
+    """How much resetting each block hurts, by normalized depth: one line per model depth.
+
+    Args:
+        panels: (panel title, [(line label, [[(position, value), ...] per seed]), ...]); a line
+            joins the mean over seeds at each position, the seeds are small dots. With values in
+            units of the ambient tolerance, 1 is the ambient threshold (dashed).
+        path: Output PNG.
+        xlabel, ylabel: Axis labels.
+
+    Returns:
+        `path`.
+    """
+    if not panels:
+        raise ValueError("block delta: nothing to draw")
+    plt = pyplot()
+    labels: List[str] = []
+    for _, lines in panels:
+        for label, _ in lines:
+            if label not in labels:
+                labels.append(label)
+    cmap = plt.get_cmap("viridis")
+    colour = {label: cmap(i / max(1, len(labels) - 1) * 0.9) for i, label in enumerate(labels)}
+    values = [v for _, lines in panels for _, seeds in lines for seed in seeds for _, v in seed]
+    lo, hi = min(values, default=0.0), max(values, default=1.0)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels) + 1.8, 3.6), squeeze=False,
+                             sharey=True)
+    for ax, (title, lines) in zip(axes[0], panels):
+        for label, seeds in lines:
+            by_x: dict = {}
+            for seed in seeds:
+                for x, v in seed:
+                    by_x.setdefault(x, []).append(v)
+            xs = sorted(by_x)
+            ax.plot(xs, [sum(by_x[x]) / len(by_x[x]) for x in xs], marker="o", ms=3, lw=1.3,
+                    color=colour[label])
+            dots = [(x, v) for x in xs for v in by_x[x]]
+            ax.scatter([x for x, _ in dots], [v for _, v in dots], s=8, color=colour[label], alpha=0.4)
+        # Symmetric log: changes span from below the tolerance (ambient) to tens of times it.
+        ax.set_yscale("symlog", linthresh=1.0)
+        ticks = [t for t in _DELTA_TICKS if lo - 0.5 <= t <= max(hi, 1.0) * 1.5]
+        ax.set_yticks(ticks)
+        ax.set_yticklabels([f"{t:g}" for t in ticks])
+        ax.set_ylim(min(lo, 0.0) - 0.1, max(hi, 1.0) * 1.4)
+        ax.axhline(1.0, color="grey", ls="--", lw=0.9)
+        ax.set_xlim(-0.05, 1.05)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(axis="y", color="grey", alpha=0.25, lw=0.5)
+    axes[0][0].set_ylabel(ylabel, fontsize=8)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], marker="o", ms=3, color=colour[label], label=label) for label in labels]
+    handles.append(Line2D([], [], ls="--", color="grey", label="ambient threshold"))
+    fig.legend(handles=handles, loc="center right", fontsize=7)
+    width = 4.8 * len(panels) + 1.8
+    fig.tight_layout(rect=(0, 0, 1 - 1.6 / width, 1))
     return save_figure(fig, path)

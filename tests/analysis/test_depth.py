@@ -17,6 +17,7 @@ import shutil
 import pytest
 
 from espnet_ext.analysis.depth import (
+    DELTA_FIGURE,
     FRACTION_FIGURE,
     POSITIONS_FIGURE,
     DepthOptions,
@@ -129,6 +130,10 @@ def test_block_positions(analysed):
     assert [b.mark for b in seed1.blocks] == ["critical", "ambient", "uncertain", "ambient"]
     assert seed1.ambient_positions() == pytest.approx([1 / 3, 1.0])
     assert [b.mark for b in seed2.blocks] == ["critical", "critical", "critical", "ambient"]
+    # The fake scans' rule (+2 points) at their baseline; block b's change after the reset to
+    # tau 0 is 10 * k(b): 5.0 for critical block 0, 1.1 for ambient block 1.
+    assert {b.tolerance for b in seed1.blocks} == {2.0}
+    assert [b.delta for b in seed1.blocks[:2]] == pytest.approx([5.0, 1.1])
     assert _setup(result, "batch_norm", 2).positions[0].ambient_positions() == [1.0]
     stored = data["setups"][2]["positions"][0]
     assert stored["ambient_positions"] == [0.0, 1.0] and stored["blocks"][0]["mark"] == "ambient"
@@ -174,10 +179,11 @@ def test_stability_and_weight_updates(analysed):
 def test_reports_and_figures(analysed):
     result, data = analysed
     out = result.out_dir
-    assert [p.name for p in result.figures] == [FRACTION_FIGURE, POSITIONS_FIGURE]
-    for name in (FRACTION_FIGURE, POSITIONS_FIGURE):
+    assert [p.name for p in result.figures] == [FRACTION_FIGURE, POSITIONS_FIGURE, DELTA_FIGURE]
+    for name in (FRACTION_FIGURE, POSITIONS_FIGURE, DELTA_FIGURE):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert data["figures"] == [FRACTION_FIGURE, POSITIONS_FIGURE]
+    assert data["figures"] == [FRACTION_FIGURE, POSITIONS_FIGURE, DELTA_FIGURE]
+    assert data["setups"][0]["positions"][0]["blocks"][0]["tolerance"] == 2.0
     md = (out / "depth.md").read_text()
     assert "| batch_norm | 4 | 2 | 0.50 (0.75, 0.25; ? 1, -) |" in md
     assert "| batch_norm | 4 | asr_conformer_4x4_seed1 | 1 | 0.33, 1.00 [0.67] |" in md
@@ -249,7 +255,7 @@ def test_cli(sweep, tmp_path, capsys):
     stdout = capsys.readouterr().out
     assert rc == 0
     assert "batch_norm 4x4 (2 seeds): ambient fraction enc_block 0.50" in stdout
-    assert f"{out}/depth.md (2 figures)" in stdout
+    assert f"{out}/depth.md (3 figures)" in stdout
     assert (out / "depth.json").is_file()
     rc = main(["depth", "--exp_dir", str(sweep), "--runs_glob", GLOB, "--dataset", "test",
                "--out_dir", str(tmp_path / "bad")])
