@@ -130,6 +130,11 @@ def plot_trajectories(
     return save_figure(fig, path)
 
 
+def _line_labels(panels: Sequence[Tuple[str, Sequence[Tuple[str, object]]]]) -> List[str]:
+    """The lines' labels over all panels, each once, in order of appearance (one legend)."""
+    return list(dict.fromkeys(label for _, lines in panels for label, _ in lines))
+
+
 def plot_ambient_fraction(
     panels: Sequence[Tuple[str, Sequence[Tuple[str, Sequence[Tuple[float, float, Sequence[float]]]]]]],
     path: Path,
@@ -150,11 +155,7 @@ def plot_ambient_fraction(
     if not panels:
         raise ValueError("ambient fraction: nothing to draw")
     plt = pyplot()
-    kinds: List[str] = []
-    for _, lines in panels:
-        for kind, _ in lines:
-            if kind not in kinds:
-                kinds.append(kind)
+    kinds = _line_labels(panels)
     colour = kind_colours(kinds)
     xs = sorted({p[0] for _, lines in panels for _, points in lines for p in points})
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 2.2, 3.6), squeeze=False,
@@ -264,11 +265,7 @@ def plot_block_delta(
     if not panels:
         raise ValueError("block delta: nothing to draw")
     plt = pyplot()
-    labels: List[str] = []
-    for _, lines in panels:
-        for label, _ in lines:
-            if label not in labels:
-                labels.append(label)
+    labels = _line_labels(panels)
     cmap = plt.get_cmap("viridis")
     colour = {label: cmap(i / max(1, len(labels) - 1) * 0.9) for i, label in enumerate(labels)}
     values = [v for _, lines in panels for _, seeds in lines for seed in seeds for _, v in seed]
