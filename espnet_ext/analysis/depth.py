@@ -564,9 +564,13 @@ def _markdown(setups: Sequence[DepthSetup], collections: Dict[str, Collection], 
               notes: Sequence[str], not_converged: Sequence[NotConverged] = ()) -> str:
     first = next(iter(collections.values()))
     m = first.metric.upper()
-    run = first.runs[0]
-    reset = f"{run.scan.reset[0]} {variant_title(*run.scan.reset)}" if opts.reset()[0] is not None else \
+    # Runs may differ in the reset read (e.g. each run's own re-randomization seed): name each once.
+    resets = list(dict.fromkeys(r.scan.reset for coll in collections.values() for r in coll.runs))
+    reset = ", ".join(f"{mode} {variant_title(mode, value)}" for mode, value in resets) \
+        if opts.reset()[0] is not None else \
         "each scan's reference reset (re-initialization to the smallest tau scanned)"
+    if opts.reset()[0] is not None and len(resets) > 1:
+        reset += " (each run's own)"
     out = [f"# Depth sweep: ambient groups vs encoder depth on {opts.dataset}", ""]
     out.append(f"- Runs: `{opts.runs_glob}` in {opts.exp_dir}; reset: {reset}; ambient rule of the "
                f"scans: {rep.describe_rule(first.criterion)}.")

@@ -223,7 +223,7 @@ def test_rerandomization_option(sweep, tmp_path):
     assert data["options"]["mode"] == "rerandomize"
     block = result.setups[0].fractions["block"][0]
     assert [s.fraction for s in block.per_seed] == [0.0, 0.0]
-    assert "reset: rerandomize seed=2" in (out / "depth.md").read_text()
+    assert "reset: rerandomize seed=2, rerandomize seed=3 (each run's own);" in (out / "depth.md").read_text()
     # A seed no run scanned: each run says so, in one error.
     with pytest.raises(AnalysisInputError, match="seed=7"):
         run_depth_analysis(DepthOptions(exp_dir=sweep, runs_glob="asr_conformer_4x4_seed*",
