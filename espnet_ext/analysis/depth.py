@@ -19,9 +19,9 @@ Per setup:
 * **fraction ambient per kind** at the analysed reset (default: each scan's reference reset,
   re-initialization to the smallest tau scanned; or re-initialization to a given tau, or
   re-randomization, for the same question at the scan's other resets): per run, ambient groups /
-  groups of that kind among the encoder blocks' groups (``enc_block`` at block granularity; ``enc_self_attn``,
-  ``enc_feed_forward``, ``enc_feed_forward_macaron``, ``enc_conv_module``, ``enc_norms``... at
-  sub-module granularity), its mean over seeds, and the number of uncertain labels (interval
+  groups of that kind among the encoder blocks' groups (``enc_block`` at block granularity;
+  ``enc_self_attn``, ``enc_feed_forward``, ``enc_feed_forward_macaron``, ``enc_conv_module``,
+  ``enc_norms``... at sub-module granularity), its mean over seeds, and the number of uncertain labels (interval
   straddling the threshold, scan column ``label_ci``; None for scans without intervals). Groups
   outside the blocks (embedding, final norm, CTC) do not grow with depth and are left out;
 * **block positions**: each block's normalized depth and its mark (``uncertain`` when its interval
