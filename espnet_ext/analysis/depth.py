@@ -21,8 +21,9 @@ Per setup:
   re-randomization, for the same question at the scan's other resets): per run, ambient groups /
   groups of that kind among the encoder blocks' groups (``enc_block`` at block granularity;
   ``enc_self_attn``, ``enc_feed_forward``, ``enc_feed_forward_macaron``, ``enc_conv_module``,
-  ``enc_norms``... at sub-module granularity), its mean over seeds, and the number of uncertain labels (interval
-  straddling the threshold, scan column ``label_ci``; None for scans without intervals). Groups
+  ``enc_norms``... at sub-module granularity), its mean over seeds, and the number of uncertain
+  labels (interval straddling the threshold, scan column ``label_ci``; None for scans without
+  intervals). Groups
   outside the blocks (embedding, final norm, CTC) do not grow with depth and are left out;
 * **block positions**: each block's normalized depth and its mark (``uncertain`` when its interval
   straddles the threshold, else ``ambient`` or ``critical``), from the block-granularity scan;
@@ -211,6 +212,13 @@ class RunPositions:
 
     def ambient_positions(self) -> List[float]:
         return [b.position for b in self.blocks if b.mark == "ambient"]
+
+    def delta_in_tolerances(self) -> List[Tuple[float, float]]:
+        """(normalized depth, error change / ambient tolerance) per block: 1 is the threshold.
+
+        Blocks whose run has no positive tolerance recorded (NaN, or a 0-point rule) are left out.
+        """
+        return [(b.position, b.delta / b.tolerance) for b in self.blocks if b.tolerance > 0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -726,13 +734,14 @@ def _draw_figures(setups: Sequence[DepthSetup], out_dir: Path) -> List[Path]:
         figures.append(plot_block_positions(position_panels, out_dir / POSITIONS_FIGURE))
         delta_panels = []
         for norm in norms:
-            rows = [(f"{s.num_blocks} blocks",
-                     [[(b.position, b.delta / b.tolerance) for b in p.blocks if b.tolerance > 0]
-                      for p in s.positions])
-                    for s in setups if s.norm == norm and s.positions]
-            rows = [(label, [seed for seed in seeds if seed]) for label, seeds in rows]
-            if any(seeds for _, seeds in rows):
-                delta_panels.append((norm, [(label, seeds) for label, seeds in rows if seeds]))
+            rows = []
+            for s in setups:
+                seeds = [p.delta_in_tolerances() for p in s.positions] if s.norm == norm else []
+                seeds = [points for points in seeds if points]
+                if seeds:
+                    rows.append((f"{s.num_blocks} blocks", seeds))
+            if rows:
+                delta_panels.append((norm, rows))
         if delta_panels:
             figures.append(plot_block_delta(delta_panels, out_dir / DELTA_FIGURE))
     for name in (POSITIONS_FIGURE, DELTA_FIGURE):

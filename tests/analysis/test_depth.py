@@ -134,6 +134,8 @@ def test_block_positions(analysed):
     # tau 0 is 10 * k(b): 5.0 for critical block 0, 1.1 for ambient block 1.
     assert {b.tolerance for b in seed1.blocks} == {2.0}
     assert [b.delta for b in seed1.blocks[:2]] == pytest.approx([5.0, 1.1])
+    # The figure's values: change / tolerance (ambient block 1 below the threshold of 1).
+    assert [v for point in seed1.delta_in_tolerances()[:2] for v in point] == pytest.approx([0.0, 2.5, 1 / 3, 0.55])
     assert _setup(result, "batch_norm", 2).positions[0].ambient_positions() == [1.0]
     stored = data["setups"][2]["positions"][0]
     assert stored["ambient_positions"] == [0.0, 1.0] and stored["blocks"][0]["mark"] == "ambient"
